@@ -1,0 +1,237 @@
+"""PiT: Pooling-based Vision Transformer (Heo et al., ICCV 2021), faithful to naver-ai/pit.
+
+One model class for all variants; sizes are data (configs/*.yaml) and `distilled` adds the second class token
+and `head_dist` of the DeiT-style distilled models. Parameter names follow the official checkpoints
+(`transformers.{s}.blocks.{j}...`, `pools.{s}.{conv,fc}`), so converted weights load one to one.
+
+Shapes: images [B, 3, H, W] -> patch embedding [B, C0, W0, W0] -> stages of transformer blocks over
+[class tokens; W_s*W_s patch tokens], with a depthwise-conv pooling (and a Linear on the class tokens)
+halving the grid and doubling the channels between stages -> LayerNorm on the class tokens -> heads.
+"""
+import math
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from droppath import DropPath
+
+
+def _torch_default_uniform(fan_in):
+    """PyTorch's default Linear/Conv init (kaiming_uniform(a=sqrt(5)) and its bias rule): U(-1/sqrt(fan_in), +)."""
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    return nn.initializer.Uniform(-bound, bound)
+
+
+def _linear(in_features, out_features):
+    """nn.Linear with PyTorch's default init, as the official code keeps it (Paddle's default is Xavier)."""
+    init = _torch_default_uniform(in_features)
+    return nn.Linear(in_features, out_features, weight_attr=paddle.ParamAttr(initializer=init),
+                     bias_attr=paddle.ParamAttr(initializer=init))
+
+
+def _conv(in_channels, out_channels, kernel_size, stride, padding, groups=1):
+    """nn.Conv2D with PyTorch's default init (fan_in = in_channels / groups * k * k)."""
+    init = _torch_default_uniform(in_channels // groups * kernel_size * kernel_size)
+    return nn.Conv2D(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
+                     weight_attr=paddle.ParamAttr(initializer=init), bias_attr=paddle.ParamAttr(initializer=init))
+
+
+def _trunc_normal(std=0.02):
+    """timm's trunc_normal_(std): normal(0, std) truncated to [-2, 2] (absolute, i.e. +-100 std)."""
+    return nn.initializer.TruncatedNormal(mean=0.0, std=std, a=-2.0, b=2.0)
+
+
+class Mlp(nn.Layer):
+    """fc1 -> exact GELU -> dropout -> fc2 -> dropout."""
+
+    def __init__(self, dim, hidden_dim, drop=0.0):
+        super().__init__()
+        self.fc1 = _linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = _linear(hidden_dim, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Attention(nn.Layer):
+    """Multi-head self-attention with a qkv bias; [B, N, C] -> [B, N, C]."""
+
+    def __init__(self, dim, num_heads, attn_drop=0.0, proj_drop=0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = _linear(dim, dim * 3)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = _linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape([B, N, 3, self.num_heads, self.head_dim]).transpose([2, 0, 3, 1, 4])
+        q, k, v = qkv[0], qkv[1], qkv[2]  # [B, heads, N, head_dim]
+        attn = paddle.matmul(q * self.scale, k, transpose_y=True)
+        attn = self.attn_drop(F.softmax(attn, axis=-1))
+        x = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([B, N, C])
+        return self.proj_drop(self.proj(x))
+
+
+class Block(nn.Layer):
+    """Pre-norm transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
+
+    def __init__(self, dim, num_heads, mlp_ratio, drop=0.0, attn_drop=0.0, drop_path=0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, epsilon=1e-6)
+        self.attn = Attention(dim, num_heads, attn_drop=attn_drop, proj_drop=drop)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, epsilon=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+
+    def forward(self, x):
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class Transformer(nn.Layer):
+    """One stage: flattens the grid [B, C, H, W] behind the class tokens [B, T, C], runs the blocks, splits back."""
+
+    def __init__(self, dim, depth, num_heads, mlp_ratio, drop, attn_drop, drop_path_rates):
+        super().__init__()
+        self.blocks = nn.LayerList([
+            Block(dim, num_heads, mlp_ratio, drop=drop, attn_drop=attn_drop, drop_path=rate)
+            for rate in drop_path_rates])
+
+    def forward(self, x, cls_tokens):
+        B, C, H, W = x.shape
+        num_tokens = cls_tokens.shape[1]
+        x = paddle.concat([cls_tokens, x.flatten(2).transpose([0, 2, 1])], axis=1)
+        for block in self.blocks:
+            x = block(x)
+        cls_tokens = x[:, :num_tokens]
+        x = x[:, num_tokens:].transpose([0, 2, 1]).reshape([B, C, H, W])
+        return x, cls_tokens
+
+
+class ConvHeadPooling(nn.Layer):
+    """Between stages: depthwise conv (k 3, s 2, p 1, groups C_in, C_out = 2 C_in) on the grid, Linear on tokens."""
+
+    def __init__(self, in_dim, out_dim, stride=2):
+        super().__init__()
+        self.conv = _conv(in_dim, out_dim, stride + 1, stride=stride, padding=stride // 2, groups=in_dim)
+        self.fc = _linear(in_dim, out_dim)
+
+    def forward(self, x, cls_tokens):
+        return self.conv(x), self.fc(cls_tokens)
+
+
+class ConvEmbedding(nn.Layer):
+    """Overlapping patch embedding: conv with kernel = patch size, the given stride, padding 0."""
+
+    def __init__(self, in_channels, out_channels, patch_size, stride):
+        super().__init__()
+        self.conv = _conv(in_channels, out_channels, patch_size, stride=stride, padding=0)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class PoolingTransformer(nn.Layer):
+    """PiT. In training, distilled models return (cls_logits, dist_logits); in eval, their mean.
+
+    Args:
+        image_size: input side; the pos_embed grid is floor((image_size - patch_size) / stride + 1).
+        base_dims, depth, heads: per stage; the stage width is base_dims[s] * heads[s].
+        drop_path_rate: block i of N (counted over all stages) drops with drop_path_rate * i / N.
+    """
+
+    def __init__(self, image_size=224, patch_size=16, stride=8, base_dims=(32, 32, 32), depth=(2, 6, 4),
+                 heads=(2, 4, 8), mlp_ratio=4.0, num_classes=1000, in_chans=3, distilled=False,
+                 drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0):
+        super().__init__()
+        self.distilled = distilled
+        self.num_classes = num_classes
+        self.patch_size = patch_size
+        self.stride = stride
+        widths = [b * h for b, h in zip(base_dims, heads)]
+        self.embed_dim = widths[-1]
+        grid = (image_size - patch_size) // stride + 1
+        num_tokens = 2 if distilled else 1
+
+        self.patch_embed = ConvEmbedding(in_chans, widths[0], patch_size, stride)
+        self.pos_embed = self.create_parameter([1, widths[0], grid, grid], default_initializer=_trunc_normal())
+        self.cls_token = self.create_parameter([1, num_tokens, widths[0]], default_initializer=_trunc_normal())
+        self.pos_drop = nn.Dropout(drop_rate)
+
+        total = sum(depth)
+        rates = [drop_path_rate * i / total for i in range(total)]
+        self.transformers = nn.LayerList()
+        self.pools = nn.LayerList()
+        for s in range(len(depth)):
+            start = sum(depth[:s])
+            self.transformers.append(Transformer(widths[s], depth[s], heads[s], mlp_ratio, drop_rate,
+                                                 attn_drop_rate, rates[start:start + depth[s]]))
+            if s < len(depth) - 1:
+                self.pools.append(ConvHeadPooling(widths[s], widths[s + 1], stride=2))
+
+        self.norm = nn.LayerNorm(self.embed_dim, epsilon=1e-6)
+        self.head = _linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if distilled:
+            self.head_dist = _linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def no_weight_decay(self):
+        """Structured names of parameters that must never be decayed (the optimizer also skips 1-D params)."""
+        return {'pos_embed', 'cls_token'}
+
+    def forward_features(self, x):
+        """[B, 3, H, W] -> normalised class tokens [B, 1 or 2, C_last]."""
+        x = self.patch_embed(x)
+        pos_embed = self.pos_embed
+        if pos_embed.shape[2:] != x.shape[2:]:
+            pos_embed = resize_pos_embed(pos_embed, x.shape[2:])
+        x = self.pos_drop(x + pos_embed)
+        cls_tokens = self.cls_token.expand([x.shape[0], -1, -1])
+        for stage, pool in enumerate(self.pools):
+            x, cls_tokens = self.transformers[stage](x, cls_tokens)
+            x, cls_tokens = pool(x, cls_tokens)
+        x, cls_tokens = self.transformers[-1](x, cls_tokens)
+        return self.norm(cls_tokens)
+
+    def forward(self, x):
+        tokens = self.forward_features(x)
+        logits = self.head(tokens[:, 0])
+        if not self.distilled:
+            return logits
+        logits_dist = self.head_dist(tokens[:, 1])
+        if self.training:
+            return logits, logits_dist
+        return (logits + logits_dist) / 2
+
+
+def resize_pos_embed(pos_embed, grid_hw):
+    """Bicubic (align_corners=False) resize of a [1, C, H, W] pos_embed to grid_hw = (H', W')."""
+    grid_hw = [int(s) for s in grid_hw]
+    if list(pos_embed.shape[2:]) == grid_hw:
+        return pos_embed
+    return F.interpolate(pos_embed, size=grid_hw, mode='bicubic', align_corners=False)
+
+
+def build_pit(config):
+    """Build the PiT that config describes (MODEL.TRANS sizes, MODEL.DISTILL, dropouts, DATA.IMAGE_SIZE)."""
+    trans = config.MODEL.TRANS
+    return PoolingTransformer(
+        image_size=config.DATA.IMAGE_SIZE,
+        patch_size=trans.PATCH_SIZE,
+        stride=trans.STRIDE,
+        base_dims=list(trans.BASE_DIMS),
+        depth=list(trans.DEPTH),
+        heads=list(trans.HEADS),
+        mlp_ratio=trans.MLP_RATIO,
+        num_classes=config.MODEL.NUM_CLASSES,
+        distilled=config.MODEL.DISTILL,
+        drop_rate=config.MODEL.DROPOUT,
+        attn_drop_rate=config.MODEL.ATTENTION_DROPOUT,
+        drop_path_rate=config.MODEL.DROP_PATH,
+    )
