@@ -1,0 +1,1 @@
+"""Small shared helpers: logging, meters, checkpoint I/O, process/thread setup."""
