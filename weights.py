@@ -212,7 +212,7 @@ _PADDLE_NAME_TABLE = 'StructuredToParameterName@@'  # added by older paddle.save
 
 
 def _is_state_dict(obj):
-    return isinstance(obj, dict) and obj and all(
+    return isinstance(obj, dict) and bool(obj) and all(
         isinstance(v, np.ndarray) for k, v in obj.items() if k != _PADDLE_NAME_TABLE)
 
 
@@ -304,7 +304,7 @@ class Fit:
     mismatched: list = field(default_factory=list)  # (model name, source shape, model shape)
     resized: tuple = None  # (source grid, model grid) when pos_embed was resized
 
-    def problems(self, limit=5):
+    def problems(self, limit=3):
         """One line listing missing, unexpected and mis-shaped keys ('' when everything fits)."""
         def some(items):
             items = [str(i) for i in items]
@@ -331,11 +331,13 @@ def fit_state_dict(state, model, from_torch=True):
     params = model.state_dict()
     linear_weights = {f'{name}.weight' for name, layer in model.named_sublayers() if isinstance(layer, nn.Linear)}
     fit = Fit(arrays={}, layout=layout)
+    seen = set()
     for key, value in state.items():
         name = _rename(key, layout)
-        if name not in params:
+        if name not in params or name in seen:  # seen: a second key for the same parameter (mixed layouts)
             fit.unexpected.append(key)
             continue
+        seen.add(name)
         target = params[name]
         if from_torch and name in linear_weights and value.ndim == 2:
             value = value.T
@@ -362,15 +364,22 @@ def to_paddle_state_dict(state, model, from_torch=True, source='checkpoint'):
     """
     fit = fit_state_dict(state, model, from_torch=from_torch)
     if fit.problems():
-        raise WeightsError(f"'{source}': weights do not fit the model ({fit.layout} layout): {fit.problems()}")
+        raise WeightsError(_misfit_message(source, fit))
     return fit.arrays
+
+
+def _misfit_message(source, fit):
+    fitting = len(fit.arrays)
+    hint = ' (weights of another variant? check the config)' if len(fit.mismatched) > fitting else ''
+    return (f"'{source}': weights do not fit the model{hint}: {fitting} tensors fit, {fit.layout} layout; "
+            f'{fit.problems()}')
 
 
 @dataclass
 class LoadReport:
     """What load_pretrained did; str() is one line for logs."""
     path: str
-    entry: str
+    entry: str  # the wrapper entry the weights came from, None for a raw state dict
     fit: Fit
 
     def __str__(self):
@@ -401,7 +410,7 @@ def load_pretrained(model, path, strict=True, prefer_ema=False):
     state, entry = _read(path, prefer_ema)
     fit = fit_state_dict(state, model, from_torch=not path.endswith('.pdparams'))
     if strict and fit.problems():
-        raise WeightsError(f"'{path}': weights do not fit the model ({fit.layout} layout): {fit.problems()}")
+        raise WeightsError(_misfit_message(path, fit))
     with warnings.catch_warnings():  # Paddle warns per key left out; the report lists them once
         warnings.simplefilter('ignore', UserWarning)
         model.set_state_dict(fit.arrays)

@@ -3,11 +3,11 @@
 Runs in a Python environment with torch, timm and safetensors (not needed by this repo otherwise):
 
     python tools/make_parity_fixture.py fixtures                      # rewrite tests/fixtures/ (< 1 MB)
-    python tools/make_parity_fixture.py variant pit_ti_distilled OUT  # full-size reference into OUT/
+    python tools/make_parity_fixture.py variant pit_ti_distilled OUT  # full-size reference in OUT/
 
 `fixtures` builds small timm PiTs (random init, fixed seed) and writes, with the yaml configs that describe them:
-- pit_tiny{,_distilled}.pth + .npz: pit_ti-shaped models (heads 2, 4, 8) at 48 px; eval logits, and for the distilled one the
-  train-mode (cls, dist) logits, for a fixed input;
+- pit_tiny{,_distilled}.pth + .npz: pit_ti-shaped models (heads 2, 4, 8) at 48 px; eval logits, and for the
+  distilled one the train-mode (cls, dist) logits, for a fixed input;
 - pit_micro_*.pth / .safetensors + pit_micro.npz: one small model saved in every layout and wrapping the
   converter understands (naver-ai, timm >= 0.9, timm <= 0.8, DeiT-style with EMA, DDP `module.`), its logits;
 - tensors.pth + tensors.npz: tensors with storage offsets, strides, shared storage, fp16/bf16/int/bool;
@@ -100,10 +100,10 @@ def write_micro(torch, timm):
     torch.save({'state_dict': pools_as(state, 'timm08'), 'epoch': 7, 'arch': 'pit_micro'}, path('timm08.pth'))
     torch.save({'state_dict': {'module.' + k: v for k, v in state.items()}}, path('ddp.pth'))
     optimizer = torch.optim.AdamW(model.parameters())
+    args = argparse.Namespace(lr=5e-4, model='pit_micro')  # DeiT keeps its command line in checkpoints
     torch.save({'model': pools_as(state, 'naver'),
                 'model_ema': {'module.' + k: v for k, v in pools_as(ema.state_dict(), 'naver').items()},
-                'optimizer': optimizer.state_dict(), 'epoch': 2, 'args': argparse.Namespace(lr=5e-4, model='pit_micro')},
-               path('deit.pth'))
+                'optimizer': optimizer.state_dict(), 'epoch': 2, 'args': args}, path('deit.pth'))
     save_file({k: v.contiguous() for k, v in state.items()}, path('timm.safetensors'))
     out = reference_outputs(torch, model, MICRO['img_size'], 6)
     out['logits_ema'] = ema(torch.from_numpy(out['input'])).detach().numpy()

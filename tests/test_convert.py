@@ -1,0 +1,94 @@
+"""tools/convert_weights.py: every supported layout converts to the same .pdparams; failures leave no file."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import pytest
+
+from config import get_config
+from pit import build_pit
+from tools import convert_weights
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
+MICRO_CFG = os.path.join(FIXTURES, 'pit_micro.yaml')
+
+# one small timm model saved by torch in every layout and wrapping the converter reads
+MICRO_SOURCES = ['pit_micro_naver.pth', 'pit_micro_timm.pth', 'pit_micro_timm08.pth', 'pit_micro_ddp.pth',
+                 'pit_micro_deit.pth', 'pit_micro_timm.safetensors']
+
+
+def logits_of(pdparams, cfg=MICRO_CFG):
+    """Eval logits on the fixture input of a fresh model loaded with plain paddle.load + set_state_dict."""
+    model = build_pit(get_config(cfg))
+    missing, unexpected = model.set_state_dict(paddle.load(pdparams))
+    assert not missing and not unexpected
+    model.eval()
+    return model(paddle.to_tensor(np.load(os.path.join(FIXTURES, 'pit_micro.npz'))['input'])).numpy()
+
+
+@pytest.mark.parametrize('source', MICRO_SOURCES)
+def test_every_source_layout_converts_to_the_reference_logits(tmp_path, source):
+    dst = tmp_path / 'out'
+    assert convert_weights.main(['-cfg', MICRO_CFG, '-src', os.path.join(FIXTURES, source), '-dst', str(dst)]) == 0
+    assert sorted(os.listdir(tmp_path)) == ['out.pdparams']
+    reference = np.load(os.path.join(FIXTURES, 'pit_micro.npz'))['logits']
+    np.testing.assert_allclose(logits_of(str(dst) + '.pdparams'), reference, atol=1e-5)
+
+
+def test_ema_flag_converts_the_ema_weights(tmp_path):
+    dst = str(tmp_path / 'ema.pdparams')
+    src = os.path.join(FIXTURES, 'pit_micro_deit.pth')
+    assert convert_weights.main(['-cfg', MICRO_CFG, '-src', src, '-dst', dst, '-ema']) == 0
+    reference = np.load(os.path.join(FIXTURES, 'pit_micro.npz'))['logits_ema']
+    np.testing.assert_allclose(logits_of(dst), reference, atol=1e-5)
+
+
+def test_conversion_prints_one_summary_line_and_imports_no_torch(tmp_path, capsys):
+    src = os.path.join(FIXTURES, 'pit_micro_timm.pth')
+    assert convert_weights.main(['-cfg', MICRO_CFG, '-src', src, '-dst', str(tmp_path / 'x')]) == 0
+    out = capsys.readouterr().out
+    assert out.count('\n') == 1 and 'timm>=0.9 layout' in out and 'x.pdparams' in out
+    assert 'torch' not in sys.modules
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'convert_weights.py'), *args],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+def error_lines(stderr):
+    """stderr lines that are not warnings printed by Paddle at import."""
+    return [line for line in stderr.splitlines() if line.startswith('convert_weights:')]
+
+
+def test_wrong_variant_fails_with_one_line_exit_2_and_no_output(tmp_path):
+    result = run_cli('-cfg', MICRO_CFG, '-src', os.path.join(FIXTURES, 'pit_tiny.pth'),
+                     '-dst', str(tmp_path / 'out'))
+    assert result.returncode == 2
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and 'pit_tiny.pth' in lines[0] and 'mis-shaped' in lines[0]
+    assert os.listdir(tmp_path) == []
+
+
+def test_truncated_source_fails_with_exit_2_and_no_output(tmp_path):
+    data = open(os.path.join(FIXTURES, 'pit_micro_timm.pth'), 'rb').read()
+    (tmp_path / 'cut.pth').write_bytes(data[:len(data) // 2])
+    code = convert_weights.main(['-cfg', MICRO_CFG, '-src', str(tmp_path / 'cut.pth'),
+                                 '-dst', str(tmp_path / 'out.pdparams')])
+    assert code == 2 and sorted(os.listdir(tmp_path)) == ['cut.pth']
+
+
+def test_failed_save_keeps_an_existing_output_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    dst = tmp_path / 'out.pdparams'
+    dst.write_bytes(b'previous')
+
+    def broken_save(obj, path):
+        open(path, 'wb').write(b'partial')
+        raise OSError('disk full')
+    monkeypatch.setattr(convert_weights.paddle, 'save', broken_save)
+    code = convert_weights.main(['-cfg', MICRO_CFG, '-src', os.path.join(FIXTURES, 'pit_micro_timm.pth'),
+                                 '-dst', str(dst)])
+    assert code == 2 and dst.read_bytes() == b'previous' and os.listdir(tmp_path) == ['out.pdparams']

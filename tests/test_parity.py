@@ -1,0 +1,133 @@
+"""Numerical parity with timm's PiT (PyTorch) and the published sizes (params, GMACs).
+
+The small fixtures (tests/fixtures, written by tools/make_parity_fixture.py) run everywhere. The full-size
+comparison of all eight official variants needs torch and timm: in this process when importable, otherwise
+in the interpreter named by PIT_REFERENCE_PYTHON, e.g.
+
+    PIT_REFERENCE_PYTHON=/path/to/torch-env/bin/python python -m pytest tests/test_parity.py -k official
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import pytest
+
+from config import get_config, merge_opts
+from pit import build_pit
+from tools import convert_weights
+from tools.model_info import count_macs, count_params
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
+ATOL = 1e-4
+
+
+def converted_model(cfg, src, tmp_path):
+    """Convert src with the CLI, then load the result into a fresh model of cfg without drop path."""
+    dst = str(tmp_path / 'converted.pdparams')
+    assert convert_weights.main(['-cfg', cfg, '-src', src, '-dst', dst]) == 0
+    model = build_pit(merge_opts(get_config(cfg), ['MODEL.DROP_PATH', '0.0']))
+    model.set_state_dict(paddle.load(dst))
+    return model
+
+
+def max_diffs(model, reference):
+    """{'eval': max |logits - ref|, and for distilled models 'train_cls', 'train_dist'}."""
+    x = paddle.to_tensor(reference['input'])
+    with paddle.no_grad():
+        diffs = {'eval': np.abs(model.eval()(x).numpy() - reference['logits']).max()}
+        if 'train_cls' in reference:
+            cls_logits, dist_logits = model.train()(x)
+            diffs['train_cls'] = np.abs(cls_logits.numpy() - reference['train_cls']).max()
+            diffs['train_dist'] = np.abs(dist_logits.numpy() - reference['train_dist']).max()
+    return diffs
+
+
+@pytest.mark.parametrize('name', ['pit_tiny', 'pit_tiny_distilled'])
+def test_converted_fixture_matches_timm_logits(tmp_path, name):
+    reference = np.load(os.path.join(FIXTURES, name + '.npz'))
+    model = converted_model(os.path.join(FIXTURES, name + '.yaml'), os.path.join(FIXTURES, name + '.pth'), tmp_path)
+    diffs = max_diffs(model, reference)
+    assert set(diffs) == ({'eval', 'train_cls', 'train_dist'} if 'distilled' in name else {'eval'})
+    assert max(diffs.values()) <= ATOL, diffs
+
+
+OFFICIAL = ['pit_ti', 'pit_xs', 'pit_s', 'pit_b', 'pit_ti_distilled', 'pit_xs_distilled', 'pit_s_distilled',
+            'pit_b_distilled']
+
+
+def write_reference(name, out_dir):
+    """OUT/NAME.pth and OUT/NAME.npz from timm, in this process or in PIT_REFERENCE_PYTHON; skip if neither."""
+    try:
+        import timm  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as e:
+        python = os.environ.get('PIT_REFERENCE_PYTHON')
+        if not python:
+            pytest.skip(f'torch+timm not importable: {e}; set PIT_REFERENCE_PYTHON to a python that has them')
+        script = os.path.join(ROOT, 'tools', 'make_parity_fixture.py')
+        subprocess.run([python, script, 'variant', name, str(out_dir)], check=True)
+        return
+    from tools import make_parity_fixture
+    make_parity_fixture.write_variant(name, str(out_dir))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', OFFICIAL)
+def test_official_variant_matches_timm(tmp_path, name):
+    write_reference(name, tmp_path)
+    reference = np.load(str(tmp_path / (name + '.npz')))
+    model = converted_model(os.path.join(ROOT, 'configs', name + '.yaml'), str(tmp_path / (name + '.pth')),
+                            tmp_path)
+    diffs = max_diffs(model, reference)
+    print(f'{name}: max abs logit diff ' + ', '.join(f'{k} {v:.2e}' for k, v in diffs.items()))
+    assert max(diffs.values()) <= ATOL, diffs
+
+
+# ---------------------------------------------------------------- published sizes
+
+# naver-ai/pit and timm: GMACs at 224 px (fvcore counting), parameters
+PUBLISHED_GMACS = {'pit_ti': 0.70, 'pit_xs': 1.40, 'pit_s': 2.88, 'pit_b': 12.42}
+
+
+@pytest.mark.parametrize('name', sorted(PUBLISHED_GMACS))
+def test_counted_gmacs_round_to_the_published_figure(name):
+    model = build_pit(get_config(os.path.join(ROOT, 'configs', name + '.yaml')))
+    assert round(count_macs(model, 224)['total'] / 1e9, 2) == PUBLISHED_GMACS[name]
+
+
+def test_count_macs_follows_its_definition_on_a_small_model():
+    """patch conv, per stage: blocks (qkv, q k^T, attn v, proj, 2 MLP linears, 2 LayerNorms), pooling conv and
+    fc, final LayerNorm on the class token, head; for the pit_micro sizes at 24 px."""
+    model = build_pit(get_config(os.path.join(FIXTURES, 'pit_micro.yaml')))
+    grids, widths, classes = [5, 3, 2], [2, 4, 8], 5
+    conv = grids[0] ** 2 * widths[0] * 3 * 8 * 8
+    conv += sum(grids[s + 1] ** 2 * widths[s + 1] * 3 * 3 for s in range(2))  # depthwise: 1 input channel each
+    linear = attention = layernorm = 0
+    for grid, width in zip(grids, widths):
+        tokens = grid * grid + 1
+        linear += tokens * width * (3 * width + width + 4 * width + 4 * width)
+        attention += 2 * tokens * tokens * width
+        layernorm += 5 * 2 * tokens * width
+    linear += sum(widths[s] * widths[s + 1] for s in range(2)) + widths[-1] * classes
+    layernorm += 5 * widths[-1]
+    counts = count_macs(model, 24)
+    assert counts == {'conv': conv, 'linear': linear, 'attention': attention, 'layernorm': layernorm,
+                      'total': conv + linear + attention + layernorm}
+
+
+def test_count_macs_restores_train_mode_and_count_params_counts_every_weight():
+    model = build_pit(get_config(os.path.join(FIXTURES, 'pit_micro.yaml')))
+    model.train()
+    count_macs(model, 24)
+    assert model.training
+    assert count_params(model) == sum(int(np.prod(v.shape)) for v in model.state_dict().values())
+
+
+def test_model_info_prints_params_and_gmacs():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'model_info.py'), '-cfg',
+                             os.path.join(ROOT, 'configs', 'pit_ti.yaml')], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert 'pit_ti @ 224px: 4.85M params, 0.70 GMACs' in result.stdout
