@@ -1,1 +1,97 @@
-"""Small shared helpers: logging, meters, checkpoint I/O, process/thread setup."""
+"""Small shared helpers: processes, seeding, the rank-aware logger, metric sums synced across ranks."""
+import logging
+import os
+import random
+import sys
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+
+
+def get_world_size():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def get_rank():
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def seed_everything(seed):
+    """Seed python, numpy and paddle. Called at each epoch start with (SEED, epoch, rank), so a resumed run
+    draws the same augmentations, shuffles and drop-path masks as an uninterrupted one (DataLoader workers
+    derive their seeds from numpy's state when an epoch's iterator starts)."""
+    seed = int(seed) % (2 ** 31)
+    random.seed(seed)
+    np.random.seed(seed)
+    paddle.seed(seed)
+
+
+def epoch_seed(config, epoch, rank):
+    """The seed of one process for one epoch."""
+    return config.SEED + 10007 * epoch + rank
+
+
+def setup_logger(save_dir, rank, name='pit'):
+    """The run's logger, made once: rank 0 logs to the console and SAVE/log.txt, other ranks to log_rank{r}.txt."""
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter(f'%(asctime)s [rank {rank}] %(levelname)s %(message)s', datefmt='%Y-%m-%d %H:%M:%S')
+    os.makedirs(save_dir, exist_ok=True)
+    file_name = 'log.txt' if rank == 0 else f'log_rank{rank}.txt'
+    handlers = [logging.FileHandler(os.path.join(save_dir, file_name))]
+    if rank == 0:
+        handlers.append(logging.StreamHandler(sys.stdout))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+    return logger
+
+
+class MetricSums:
+    """Sums of per-sample quantities and their counts, reduced over all ranks once with `synchronize()`.
+
+    Averages are weighted by sample counts, so N processes with unequal shares report what one process would:
+    `add('loss', loss * n, n)` then, after synchronize, `avg('loss')` = sum over all samples / all samples.
+    """
+
+    def __init__(self):
+        self.sums = {}
+        self.counts = {}
+
+    def add(self, name, value_sum, count):
+        self.sums[name] = self.sums.get(name, 0.0) + float(value_sum)
+        self.counts[name] = self.counts.get(name, 0) + int(count)
+
+    def synchronize(self):
+        """All-reduce sums and counts (a no-op in a single process, where collectives would raise)."""
+        if get_world_size() == 1 or not self.sums:
+            return self
+        names = sorted(self.sums)
+        values = [self.sums[n] for n in names] + [float(self.counts[n]) for n in names]
+        tensor = paddle.to_tensor(np.array(values, dtype=np.float64))
+        dist.all_reduce(tensor)
+        reduced = tensor.numpy()
+        for i, name in enumerate(names):
+            self.sums[name] = float(reduced[i])
+            self.counts[name] = int(round(reduced[len(names) + i]))
+        return self
+
+    def total(self, name):
+        return self.sums.get(name, 0.0)
+
+    def count(self, name):
+        return self.counts.get(name, 0)
+
+    def avg(self, name):
+        count = self.counts.get(name, 0)
+        return self.sums[name] / count if count else float('nan')
+
+
+def format_seconds(seconds):
+    seconds = int(max(seconds, 0))
+    return f'{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
