@@ -59,17 +59,18 @@ class MetricSums:
     `add('loss', loss * n, n)` then, after synchronize, `avg('loss')` = sum over all samples / all samples.
     """
 
-    def __init__(self):
-        self.sums = {}
-        self.counts = {}
+    def __init__(self, *names):
+        # every rank declares the same names, so the all-reduce matches even on a rank that saw no batch
+        self.sums = {name: 0.0 for name in names}
+        self.counts = {name: 0 for name in names}
 
     def add(self, name, value_sum, count):
-        self.sums[name] = self.sums.get(name, 0.0) + float(value_sum)
-        self.counts[name] = self.counts.get(name, 0) + int(count)
+        self.sums[name] += float(value_sum)
+        self.counts[name] += int(count)
 
     def synchronize(self):
         """All-reduce sums and counts (a no-op in a single process, where collectives would raise)."""
-        if get_world_size() == 1 or not self.sums:
+        if get_world_size() == 1:
             return self
         names = sorted(self.sums)
         values = [self.sums[n] for n in names] + [float(self.counts[n]) for n in names]
