@@ -44,12 +44,18 @@ def get_arguments(description=__doc__):
     return parser.parse_args()
 
 
+def fail(error):
+    """Bad input: one line on stderr, exit status 2, no traceback."""
+    print(f'error: {error}', file=sys.stderr)
+    sys.exit(2)
+
+
 def load_config(args):
     """Config from the command line (not yet finalized); exits with one line on a config error."""
     try:
         return update_config(get_config(), args)
     except ConfigError as e:
-        sys.exit(f'error: {e}')
+        fail(e)
 
 
 def setup_process(config):
@@ -216,7 +222,7 @@ def run(main_fn, args):
     try:
         main_fn(config)
     except (ConfigError, WeightsError, checkpoint.CheckpointError, FileNotFoundError) as e:
-        sys.exit(f'error: {e}')
+        fail(e)
 
 
 if __name__ == '__main__':

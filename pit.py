@@ -220,15 +220,14 @@ def resize_pos_embed(pos_embed, grid_hw):
 
 def build_pit(config):
     """Build the PiT that config describes (MODEL.TRANS sizes, MODEL.DISTILL, dropouts, DATA.IMAGE_SIZE)."""
-    trans = config.MODEL.TRANS
     return PoolingTransformer(
         image_size=config.DATA.IMAGE_SIZE,
-        patch_size=trans.PATCH_SIZE,
-        stride=trans.STRIDE,
-        base_dims=list(trans.BASE_DIMS),
-        depth=list(trans.DEPTH),
-        heads=list(trans.HEADS),
-        mlp_ratio=trans.MLP_RATIO,
+        patch_size=config.MODEL.TRANS.PATCH_SIZE,
+        stride=config.MODEL.TRANS.STRIDE,
+        base_dims=list(config.MODEL.TRANS.BASE_DIMS),
+        depth=list(config.MODEL.TRANS.DEPTH),
+        heads=list(config.MODEL.TRANS.HEADS),
+        mlp_ratio=config.MODEL.TRANS.MLP_RATIO,
         num_classes=config.MODEL.NUM_CLASSES,
         distilled=config.MODEL.DISTILL,
         drop_rate=config.MODEL.DROPOUT,

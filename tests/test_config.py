@@ -1,0 +1,128 @@
+"""Config: defaults, yaml BASE chain, overrides, errors that name the key, and every key read by the code."""
+import glob
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+import config as config_module
+from config import ConfigError, finalize_config, get_config, merge_opts
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def leaf_keys(node, prefix=''):
+    for key, value in node.items():
+        if isinstance(value, config_module.CN):
+            yield from leaf_keys(value, prefix + key + '.')
+        else:
+            yield prefix + key
+
+
+def source_text():
+    """All code except config.py (where keys are defined) and the tests."""
+    files = glob.glob(os.path.join(ROOT, '*.py')) + glob.glob(os.path.join(ROOT, 'tools', '*.py'))
+    return '\n'.join(open(f, encoding='utf-8').read() for f in files if os.path.basename(f) != 'config.py')
+
+
+def unread_keys(keys, text):
+    """Keys whose 'PARENT.LEAF' (or 'config.LEAF' for top-level keys) appears nowhere in the code."""
+    unread = []
+    for key in keys:
+        parts = ['config'] + key.split('.')
+        if not re.search(re.escape('.'.join(parts[-2:])) + r'\b', text):
+            unread.append(key)
+    return unread
+
+
+def test_every_config_key_is_read_by_the_code():
+    keys = [k for k in leaf_keys(get_config()) if k != 'BASE']
+    assert unread_keys(keys, source_text()) == []
+
+
+def test_key_scan_reports_a_key_nobody_reads():
+    assert unread_keys(['TRAIN.NOT_A_REAL_KEY', 'DATA.IMAGE_SIZE'], source_text()) == ['TRAIN.NOT_A_REAL_KEY']
+
+
+def write(path, text):
+    with open(path, 'w') as f:
+        f.write(text)
+    return str(path)
+
+
+def test_base_chain_merges_in_order(tmp_path):
+    write(tmp_path / 'base.yaml', 'DATA:\n  IMAGE_SIZE: 64\n  CROP_PCT: 0.875\n')
+    child = write(tmp_path / 'child.yaml', "BASE: ['base.yaml']\nDATA:\n  IMAGE_SIZE: 96\n")
+    config = get_config(child)
+    assert config.DATA.IMAGE_SIZE == 96 and config.DATA.CROP_PCT == 0.875
+
+
+def test_unknown_yaml_key_is_rejected_with_its_name(tmp_path):
+    bad = write(tmp_path / 'bad.yaml', 'TRAIN:\n  WARMUP_EPOCH: 3\n')
+    with pytest.raises(ConfigError, match=r"unknown config key 'TRAIN.WARMUP_EPOCH'.*bad.yaml"):
+        get_config(bad)
+
+
+def test_wrong_value_type_is_rejected_with_key_and_value(tmp_path):
+    bad = write(tmp_path / 'bad.yaml', 'DATA:\n  BATCH_SIZE: many\n')
+    with pytest.raises(ConfigError, match=r"DATA.BATCH_SIZE.*'many'"):
+        get_config(bad)
+
+
+def test_seed_yaml_layout_still_loads(tmp_path):
+    seed = write(tmp_path / 'seed.yaml', 'DATA:\n  IMAGE_SIZE: 224\n  CROP_PCT: 0.90\nMODEL:\n  TYPE: PiT\n'
+                 '  NAME: pit_ti\n  DISTILL: False\n  TRANS:\n    PATCH_SIZE: 16\n    STRIDE: 8\n'
+                 '    BASE_DIMS: [32, 32, 32]\n    DEPTH: [2, 6, 4]\n    HEADS: [2, 4, 8]\n')
+    assert get_config(seed).MODEL.TRANS.HEADS == [2, 4, 8]
+
+
+def test_opts_override_values_parsed_as_yaml():
+    config = merge_opts(get_config(), ['TRAIN.BASE_LR', '0.001', 'AUG.CUTMIX_MINMAX', '[0.2, 0.8]',
+                                       'TRAIN.GRAD_CLIP', 'None', 'AUG.AUTO_AUGMENT', 'rand-m7-n3'])
+    assert config.TRAIN.BASE_LR == 0.001 and config.AUG.CUTMIX_MINMAX == [0.2, 0.8]
+    assert config.TRAIN.GRAD_CLIP is None and config.AUG.AUTO_AUGMENT == 'rand-m7-n3'
+
+
+def test_opts_unknown_key_is_rejected():
+    with pytest.raises(ConfigError, match="unknown config key 'TRAIN.LRR'"):
+        merge_opts(get_config(), ['TRAIN.LRR', '1'])
+
+
+def test_finalize_scales_lr_linearly_once_and_freezes():
+    config = merge_opts(get_config(), ['DATA.BATCH_SIZE', '128', 'TRAIN.ACCUM_ITER', '2'])
+    finalize_config(config, world_size=4)
+    assert config.TRAIN.BASE_LR == pytest.approx(5e-4 * 128 * 4 * 2 / 512)
+    assert config.DATA.BATCH_SIZE_EVAL == 128
+    assert config.is_frozen()
+    finalize_config(config, world_size=4)
+    assert config.TRAIN.BASE_LR == pytest.approx(5e-4 * 128 * 4 * 2 / 512)
+
+
+def test_finalize_rejects_a_value_outside_its_choices():
+    config = merge_opts(get_config(), ['TRAIN.OPTIMIZER.NAME', 'Adam'])
+    with pytest.raises(ConfigError, match=r"TRAIN.OPTIMIZER.NAME='Adam' is not one of"):
+        finalize_config(config)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'main_single_gpu.py'), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_cli_unknown_config_key_exits_2_with_one_line():
+    result = run_cli('-cfg', os.path.join(ROOT, 'configs', 'pit_ti.yaml'), '-opts', 'TRAIN.NOPE', '1')
+    assert result.returncode != 0
+    assert "unknown config key 'TRAIN.NOPE'" in result.stderr
+    assert 'Traceback' not in result.stderr
+
+
+def test_cli_missing_config_file_exits_with_its_name():
+    result = run_cli('-cfg', 'configs/does_not_exist.yaml')
+    assert result.returncode != 0 and "'configs/does_not_exist.yaml' not found" in result.stderr
+
+
+def test_cli_bad_flag_is_an_argparse_error():
+    result = run_cli('-batchsize', '3')
+    assert result.returncode == 2 and 'unrecognized arguments' in result.stderr
