@@ -78,6 +78,7 @@ _C.TRAIN.LR_SCHEDULER.NAME = 'warmupcosine'  # 'warmupcosine' or 'multistep' (bo
 _C.TRAIN.LR_SCHEDULER.PER_STEP = False  # update the LR every optimizer step instead of every epoch
 _C.TRAIN.LR_SCHEDULER.MILESTONES = [30, 60, 90]  # multistep: epochs where the LR is multiplied by DECAY_RATE
 _C.TRAIN.LR_SCHEDULER.DECAY_RATE = 0.1  # multistep: LR factor at each milestone
+_C.TRAIN.LR_SCHEDULER.DEIT_LAG = False  # True: epoch e uses the LR of epoch e-1 (first value twice), as DeiT ran
 
 _C.TRAIN.OPTIMIZER = CN()
 _C.TRAIN.OPTIMIZER.NAME = 'AdamW'  # 'AdamW', 'AdamP' or 'SGD' (momentum)

@@ -1,0 +1,193 @@
+"""Optimizers: the no-weight-decay rule, AdamW/AdamP/SGD updates against their published formulas, clipping."""
+import math
+
+import numpy as np
+import paddle
+import pytest
+
+from config import get_config, merge_opts
+from optim import SGD, AdamP, build_optimizer, param_groups
+from pit import build_pit
+
+LR, WD = 0.05, 0.5
+
+
+def small_config(*opts):
+    return merge_opts(get_config('configs/pit_ti.yaml'), [
+        'DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '5', 'MODEL.DROP_PATH', '0.0',
+        'MODEL.TRANS.BASE_DIMS', '[4, 4, 4]', 'MODEL.TRANS.DEPTH', '[1, 1, 1]', 'MODEL.TRANS.HEADS', '[1, 2, 2]',
+        'TRAIN.WEIGHT_DECAY', str(WD), *opts])
+
+
+def small_pit(config):
+    with paddle.utils.unique_name.guard():
+        return build_pit(config)
+
+
+def test_param_groups_exclude_1d_params_biases_and_model_no_weight_decay():
+    model = small_pit(small_config())
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay['params']}
+    kept = {names[id(p)] for p in no_decay['params']}
+    assert (decay['weight_decay'], no_decay['weight_decay']) == (0.05, 0.0)
+    assert decayed | kept == set(names.values()) and not decayed & kept
+    assert {'pos_embed', 'cls_token'} <= kept
+    assert all(model.state_dict()[n].ndim <= 1 for n in kept - {'pos_embed', 'cls_token'})
+    assert all(model.state_dict()[n].ndim >= 2 for n in decayed)
+    assert 'head.weight' in decayed and 'patch_embed.conv.weight' in decayed
+
+
+def zero_grad_step(name, *opts):
+    """(model, its parameters before, after) one optimizer step with all-zero gradients."""
+    config = small_config('TRAIN.OPTIMIZER.NAME', name, *opts)
+    model = small_pit(config)
+    optimizer = build_optimizer(config, model, LR)
+    before = {n: p.numpy().copy() for n, p in model.named_parameters()}
+    (model(paddle.randn([2, 3, 32, 32])) * 0).sum().backward()
+    optimizer.step()
+    return model, before, {n: p.numpy() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize('name, shrink', [
+    ('AdamW', LR * WD),                # decoupled: w <- w - lr * wd * w
+    ('AdamP', LR * WD * 0.01),         # zero gradient is orthogonal to w: projected, decay scaled by wd_ratio
+    ('SGD', LR * WD * (1 + 0.9)),      # coupled L2 with Nesterov momentum 0.9: g = wd * w, v = g, step g + 0.9 v
+])
+def test_zero_gradient_step_decays_only_the_decayed_weights(name, shrink):
+    model, before, after = zero_grad_step(name, 'TRAIN.OPTIMIZER.WD_RATIO', '0.01')
+    decayed = {p.name for p in param_groups(model, WD)[0]['params']}
+    for key, param in model.named_parameters():
+        if param.name in decayed:
+            np.testing.assert_allclose(after[key], before[key] * (1 - shrink), rtol=1e-6, atol=1e-9, err_msg=key)
+        else:
+            np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+
+
+# ---------------------------------------------------------------- AdamP against the published update
+
+def reference_adamp(p, g, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, wd=0.0, delta=0.1, wd_ratio=0.1,
+                    nesterov=False):
+    """One AdamP step on PyTorch-layout float64 arrays (clovaai/AdamP): returns (new p, view that projected)."""
+    state['step'] += 1
+    state['m'] = beta1 * state['m'] + (1 - beta1) * g
+    state['v'] = beta2 * state['v'] + (1 - beta2) * g * g
+    denom = np.sqrt(state['v']) / math.sqrt(1 - beta2 ** state['step']) + eps
+    step_size = lr / (1 - beta1 ** state['step'])
+    perturb = (beta1 * state['m'] + (1 - beta1) * g) / denom if nesterov else state['m'] / denom
+    ratio, projected_by = 1.0, None
+    if p.ndim > 1:
+        for view_name, rows in (('channel', p.shape[0]), ('layer', 1)):
+            pv, gv, uv = p.reshape(rows, -1), g.reshape(rows, -1), perturb.reshape(rows, -1)
+            p_norm = np.linalg.norm(pv, axis=1, keepdims=True)
+            g_norm = np.linalg.norm(gv, axis=1, keepdims=True)
+            cosine = np.abs((gv / np.maximum(g_norm, eps) * (pv / np.maximum(p_norm, eps))).sum(axis=1))
+            if cosine.max() < delta / math.sqrt(pv.shape[1]):
+                unit = pv / (p_norm + eps)
+                perturb = (uv - unit * (unit * uv).sum(axis=1, keepdims=True)).reshape(p.shape)
+                ratio, projected_by = wd_ratio, view_name
+                break
+    p = p * (1 - lr * wd * ratio) - step_size * perturb
+    return p, projected_by
+
+
+def crafted_grad(p, kind, rng):
+    """A gradient (PyTorch layout) that the channel view, only the layer view, or no view finds orthogonal."""
+    rows = p.reshape(p.shape[0], -1)
+    noise = rng.randn(*rows.shape)
+    if kind == 'channel':  # every output channel's gradient orthogonal to its weights
+        g = noise - rows * ((noise * rows).sum(1, keepdims=True) / (rows * rows).sum(1, keepdims=True))
+    elif kind == 'layer':  # per channel parallel (|cos| = 1) but cancelling over the whole tensor
+        signs = np.where(np.arange(rows.shape[0]) % 2 == 0, 1.0, -1.0)[:, None]
+        g = signs * rows / (rows * rows).sum(1, keepdims=True)
+    else:
+        g = noise + 3 * rows
+    return g.reshape(p.shape)
+
+
+@pytest.mark.parametrize('nesterov', [True, False])
+def test_adamp_matches_the_published_update_step_by_step(nesterov):
+    rng = np.random.RandomState(0)
+    with paddle.utils.unique_name.guard():
+        linear, conv = paddle.nn.Linear(6, 4), paddle.nn.Conv2D(2, 4, 3)
+    params = {'linear.weight': linear.weight, 'conv.weight': conv.weight, 'conv.bias': conv.bias}
+    to_torch = {'linear.weight': lambda a: a.T, 'conv.weight': lambda a: a, 'conv.bias': lambda a: a}
+    kinds = {'linear.weight': ['channel', 'layer', 'none', 'channel'],
+             'conv.weight': ['layer', 'none', 'channel', 'layer'], 'conv.bias': ['none'] * 4}
+    decayed = {linear.weight.name, conv.weight.name}
+    optimizer = AdamP(LR, list(params.values()), weight_decay=WD, wd_ratio=0.01, nesterov=nesterov,
+                      apply_decay_param_fun=decayed.__contains__)
+    ref = {k: to_torch[k](p.numpy().astype(np.float64)) for k, p in params.items()}
+    states = {k: {'step': 0, 'm': np.zeros_like(v), 'v': np.zeros_like(v)} for k, v in ref.items()}
+    for step in range(4):
+        grads = {k: crafted_grad(ref[k], kinds[k][step], rng) if ref[k].ndim > 1 else rng.randn(*ref[k].shape)
+                 for k in ref}
+        loss = sum((p * paddle.to_tensor(to_torch[k](grads[k]), dtype='float32')).sum() for k, p in params.items())
+        loss.backward()
+        optimizer.step()
+        optimizer.clear_grad()
+        for k, p in params.items():
+            ref[k], projected_by = reference_adamp(ref[k], grads[k], states[k], LR, wd=WD if p.name in decayed else 0,
+                                                   wd_ratio=0.01, nesterov=nesterov)
+            assert projected_by == {'none': None}.get(kinds[k][step], kinds[k][step]), (k, step)
+            np.testing.assert_allclose(to_torch[k](p.numpy()), ref[k], rtol=1e-5, atol=1e-5, err_msg=f'{k} {step}')
+
+
+def test_sgd_matches_torch_sgd_with_nesterov_and_coupled_weight_decay():
+    rng = np.random.RandomState(1)
+    with paddle.utils.unique_name.guard():
+        linear = paddle.nn.Linear(3, 2)
+    optimizer = SGD(LR, linear.parameters(), momentum=0.9, nesterov=True, weight_decay=WD,
+                    apply_decay_param_fun={linear.weight.name}.__contains__)
+    ref = {p.name: p.numpy().astype(np.float64) for p in linear.parameters()}
+    velocity = {k: np.zeros_like(v) for k, v in ref.items()}
+    for _ in range(3):
+        grads = {p.name: rng.randn(*p.shape) for p in linear.parameters()}
+        sum((p * paddle.to_tensor(grads[p.name], dtype='float32')).sum() for p in linear.parameters()).backward()
+        optimizer.step()
+        optimizer.clear_grad()
+        for p in linear.parameters():
+            g = grads[p.name] + (WD * ref[p.name] if p.name == linear.weight.name else 0)
+            velocity[p.name] = 0.9 * velocity[p.name] + g
+            ref[p.name] = ref[p.name] - LR * (g + 0.9 * velocity[p.name])
+            np.testing.assert_allclose(p.numpy(), ref[p.name], rtol=1e-5, atol=1e-6)
+
+
+def test_grad_clip_scales_by_the_global_norm_over_all_parameters():
+    config = small_config('TRAIN.OPTIMIZER.NAME', 'SGD', 'TRAIN.OPTIMIZER.MOMENTUM', '0.0',
+                          'TRAIN.OPTIMIZER.NESTEROV', 'False', 'TRAIN.WEIGHT_DECAY', '0.0', 'TRAIN.GRAD_CLIP', '0.5')
+    model = small_pit(config)
+    optimizer = build_optimizer(config, model, LR)
+    before = {n: p.numpy().copy() for n, p in model.named_parameters()}
+    (model(paddle.randn([2, 3, 32, 32])) ** 2).sum().backward()
+    grads = {n: p.grad.numpy().copy() for n, p in model.named_parameters()}
+    norm = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads.values()))
+    assert norm > 0.5, 'the test needs gradients above the clipping threshold'
+    optimizer.step()
+    for n, p in model.named_parameters():
+        np.testing.assert_allclose(p.numpy(), before[n] - LR * grads[n] * 0.5 / norm, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('name', ['AdamW', 'AdamP', 'SGD'])
+def test_optimizer_state_dict_resumes_the_same_trajectory(name):
+    config = small_config('TRAIN.OPTIMIZER.NAME', name)
+    x = paddle.randn([2, 3, 32, 32])
+
+    def run(steps, state=None):
+        paddle.seed(3)
+        model = small_pit(config)
+        if state is not None:
+            model.set_state_dict(state['model'])
+        optimizer = build_optimizer(config, model, LR)
+        if state is not None:
+            optimizer.set_state_dict(state['optimizer'])
+        for _ in range(steps):
+            (model(x) ** 2).mean().backward()
+            optimizer.step()
+            optimizer.clear_grad()
+        return {'model': model.state_dict(), 'optimizer': optimizer.state_dict()}
+
+    straight = run(3)
+    resumed = run(1, state=run(2))
+    for key, value in straight['model'].items():
+        np.testing.assert_allclose(resumed['model'][key].numpy(), value.numpy(), rtol=1e-6, atol=1e-7, err_msg=key)
