@@ -279,7 +279,9 @@ class WarmupCosineLR(EpochLRScheduler):
 
 
 class WarmupMultiStepLR(EpochLRScheduler):
-    """timm's MultiStepLRScheduler: after warmup, base_lr * decay_rate ** (number of milestones <= t)."""
+    """After warmup, base_lr * decay_rate ** (number of milestones <= t): epoch m is the first at the lower LR,
+    milestones counted from epoch 0 (as Paddle's MultiStepDecay and torch's MultiStepLR; timm's multistep instead
+    counts milestones after the warmup and applies each one epoch early)."""
 
     def __init__(self, base_lr, warmup_start_lr, warmup_epochs, milestones, decay_rate, **kwargs):
         self.milestones = list(milestones)
