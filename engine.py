@@ -41,7 +41,7 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, lr_scheduler, e
     optimizer.clear_grad()
     for step, (images, labels) in enumerate(loader):
         if config.TRAIN.LR_SCHEDULER.PER_STEP:
-            lr_scheduler.step_to(epoch, step / steps)
+            lr_scheduler.step_to(epoch, step)
         targets = labels
         if mixup_fn is not None:
             images, targets = mixup_fn(images, labels)
