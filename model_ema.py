@@ -1,0 +1,53 @@
+"""Exponential moving average of the model weights (timm's ModelEmaV2 semantics), evaluated and saved with it."""
+import copy
+
+import paddle
+
+
+class ModelEma:
+    """A frozen copy of the model whose trained parameters follow ema = decay * ema + (1 - decay) * model after
+    each optimizer step; everything else is copied: buffers, and the BatchNorm statistics, which Paddle keeps as
+    parameters with stop_gradient. PiT has only trained parameters, so this equals DeiT's timm ModelEma, which
+    averaged every state entry.
+
+    `module` is the averaged model (eval mode) to evaluate; `state_dict()` / `set_state_dict()` use its
+    structured names. The copy is made under a fresh name scope: deep-copying a Paddle layer generates a new
+    name for every parameter, and doing that in the global scope would shift the names (and so the optimizer
+    state keys) of anything built later.
+    """
+
+    def __init__(self, model, decay=0.9999):
+        self.decay = float(decay)
+        with paddle.utils.unique_name.guard():
+            self.module = copy.deepcopy(_unwrap(model))
+        self.module.eval()
+        for param in self.module.parameters():
+            param.stop_gradient = True
+
+    @paddle.no_grad()
+    def update(self, model):
+        """Move the average towards model (the trained model, or its DataParallel wrapper)."""
+        model = _unwrap(model)
+        for ema_param, param in zip(self.module.parameters(), model.parameters()):
+            if param.stop_gradient:
+                paddle.assign(param.detach(), output=ema_param)
+            else:
+                paddle.assign(ema_param * self.decay + param.detach() * (1.0 - self.decay), output=ema_param)
+        for ema_buffer, buffer in zip(self.module.buffers(), model.buffers()):
+            paddle.assign(buffer.detach(), output=ema_buffer)
+
+    def state_dict(self):
+        return self.module.state_dict()
+
+    def set_state_dict(self, state_dict):
+        """Load an EMA state; ValueError if its keys are not exactly the model's (e.g. another variant)."""
+        missing = sorted(set(self.module.state_dict()) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(self.module.state_dict()))
+        if missing or unexpected:
+            raise ValueError(f'EMA state does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}')
+        self.module.set_state_dict(state_dict)
+
+
+def _unwrap(model):
+    """The layer inside paddle.DataParallel (whose `_layers` holds it), or model itself."""
+    return getattr(model, '_layers', model)
