@@ -1,0 +1,67 @@
+"""RegNetY teacher: timm's architecture rules and size, logits parity with timm weights, conversion, loading.
+
+Reference data: tests/fixtures/regnet_tiny.{pth,npz}, written by tools/make_regnet_fixture.py with timm.
+"""
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+from regnet import REGNETY_160, build_regnet, load_teacher, stage_plan, teacher_state_dict
+from tools import convert_regnet
+from tools.make_regnet_fixture import NUM_CLASSES, TINY
+from weights import WeightsError
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures')
+TINY_PTH = os.path.join(FIXTURES, 'regnet_tiny.pth')
+
+
+@pytest.fixture(scope='module')
+def reference():
+    return np.load(os.path.join(FIXTURES, 'regnet_tiny.npz'))
+
+
+def logits(model, reference):
+    with paddle.no_grad():
+        return model.eval()(paddle.to_tensor(reference['input'])).numpy()
+
+
+def test_stage_plan_matches_timm_for_the_tiny_config_and_regnety_160(reference):
+    assert [list(s) for s in stage_plan(**TINY)] == reference['tiny_stages'].tolist()
+    assert [list(s) for s in stage_plan(**REGNETY_160)] == reference['regnety_160_stages'].tolist()
+    assert reference['regnety_160_stages'].tolist() == [[224, 2, 112], [448, 4, 112], [1232, 11, 112],
+                                                        [3024, 1, 112]]  # RegNet paper, RegNetY-16GF
+
+
+def test_regnety_160_has_timms_parameter_count(reference):
+    model = build_regnet()
+    trained = sum(int(p.size) for p in model.parameters() if not p.stop_gradient)  # BN statistics excluded
+    assert trained == int(reference['regnety_160_params'])
+    assert round(trained / 1e6, 2) == 83.59
+
+
+def test_timm_weights_give_timms_logits(reference):
+    model = build_regnet(TINY, NUM_CLASSES)
+    model.set_state_dict(teacher_state_dict(TINY_PTH, model))
+    np.testing.assert_allclose(logits(model, reference), reference['logits'], rtol=0, atol=1e-4)
+
+
+def test_converted_file_loads_as_teacher_without_extension_and_in_eval_mode(tmp_path, reference):
+    summary = convert_regnet.convert(TINY_PTH, str(tmp_path / 'teacher'), cfg=TINY, num_classes=NUM_CLASSES)
+    assert os.listdir(tmp_path) == ['teacher.pdparams'] and 'teacher.pdparams' in summary
+    teacher = load_teacher(str(tmp_path / 'teacher'), num_classes=NUM_CLASSES, cfg=TINY)
+    assert not teacher.training
+    np.testing.assert_allclose(logits(teacher, reference), reference['logits'], rtol=0, atol=1e-4)
+
+
+def test_missing_teacher_file_raises_file_not_found_naming_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match='nowhere.*TRAIN.TEACHER_MODEL'):
+        load_teacher(str(tmp_path / 'nowhere'))
+
+
+def test_weights_of_another_size_raise_weights_error_and_the_cli_exits_2(tmp_path, capsys):
+    with pytest.raises(WeightsError, match='regnet_tiny.pth'):
+        teacher_state_dict(TINY_PTH, build_regnet(TINY, num_classes=1000))
+    assert convert_regnet.main(['-src', TINY_PTH, '-dst', str(tmp_path / 'out')]) == 2
+    assert 'convert_regnet: error:' in capsys.readouterr().err and not os.listdir(tmp_path)
