@@ -142,12 +142,13 @@ class AdamP(_FlatOptimizer):
         exp_avg_sq = self._get_accumulator('moment2', param)
         beta1_pow = self._get_accumulator('beta1_pow_acc', param)
         beta2_pow = self._get_accumulator('beta2_pow_acc', param)
-        paddle.assign(exp_avg * beta1 + grad * (1 - beta1), output=exp_avg)
-        paddle.assign(exp_avg_sq * beta2 + grad * grad * (1 - beta2), output=exp_avg_sq)
-        paddle.assign(beta1_pow * beta1, output=beta1_pow)
-        paddle.assign(beta2_pow * beta2, output=beta2_pow)
+        # in place, few kernels: lerp(a, b, w) = a + w * (b - a) = (1 - w) * a + w * b
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.lerp_(grad * grad, 1 - beta2)
+        beta1_pow.scale_(beta1)
+        beta2_pow.scale_(beta2)
         denom = exp_avg_sq.sqrt() / (1 - beta2_pow).sqrt() + self._epsilon
-        momentum = exp_avg * beta1 + grad * (1 - beta1) if self._nesterov else exp_avg
+        momentum = paddle.lerp(exp_avg, grad, 1 - beta1) if self._nesterov else exp_avg
         perturb = momentum / denom
         ratio = 1.0
         if param.ndim > 1:
@@ -157,30 +158,32 @@ class AdamP(_FlatOptimizer):
                       output=param)
 
     def _projection(self, param, grad, perturb):
-        """(perturb, weight-decay ratio) after the scale-invariance test of the channel, then the layer view."""
-        channel_axis = 1 if param.ndim == 2 else 0
-        channel_view = [a for a in range(param.ndim) if a != channel_axis]
-        layer_view = list(range(param.ndim))
-        projected, projects = perturb, None
-        for axes in (layer_view, channel_view):  # reverse order: a passing channel view overrides the layer view
-            passes, candidate = self._view_projection(param, grad, perturb, axes)
-            projected = paddle.where(passes, candidate, projected)
-            projects = passes if projects is None else paddle.logical_or(projects, passes)
-        ratio = 1.0 + (self._wd_ratio - 1.0) * projects.astype(param.dtype)
-        return projected, ratio
+        """(perturb, weight-decay ratio) after the scale-invariance test of the channel, then the layer view.
 
-    def _view_projection(self, param, grad, perturb, axes):
-        """(max |cos(grad, param)| over rows < delta / sqrt(row length), perturb minus its radial part);
-        rows are the reductions over `axes`."""
+        Everything comes from four per-channel sums (the layer view's are their totals), and removing the radial
+        part, perturb - unit * <unit, perturb> with unit = w / (|w| + eps), is perturb - w * <w, perturb> /
+        (|w| + eps)^2 with a per-channel (or one layer-wide) coefficient: five passes over the tensor in all.
+        """
+        channel_axis = 1 if param.ndim == 2 else 0
+        axes = [a for a in range(param.ndim) if a != channel_axis]
+        channel_sums = [(x * y).sum(axis=axes, keepdim=True)
+                        for x, y in ((grad, param), (grad, grad), (param, param), (param, perturb))]
+        channel_passes, channel_coef = self._view_test(*channel_sums, param.size // param.shape[channel_axis])
+        layer_passes, layer_coef = self._view_test(*[s.sum() for s in channel_sums], param.size)
+        by_channel = channel_passes.astype(param.dtype)
+        by_layer = paddle.logical_and(layer_passes, paddle.logical_not(channel_passes)).astype(param.dtype)
+        coef = channel_coef * by_channel + layer_coef * by_layer
+        ratio = 1.0 + (self._wd_ratio - 1.0) * (by_channel + by_layer)
+        return perturb - param * coef, ratio
+
+    def _view_test(self, grad_param, grad_grad, param_param, param_perturb, row_length):
+        """(max over rows of |cos(grad, w)| < delta / sqrt(row length), <w, perturb> / (|w| + eps)^2) from the
+        rows' sums of products; cos as torch's cosine_similarity, each norm clamped to >= eps."""
         eps = self._epsilon
-        row_length = math.prod(param.shape[a] for a in axes)
-        # Frobenius norms written out: paddle.linalg.norm(p=2) over two axes is the spectral norm
-        grad_norm = (grad * grad).sum(axis=axes, keepdim=True).sqrt()
-        param_norm = (param * param).sum(axis=axes, keepdim=True).sqrt()
-        cosine = (grad / grad_norm.clip(min=eps) * (param / param_norm.clip(min=eps))).sum(axis=axes).abs()
+        param_norm = param_param.sqrt()
+        cosine = grad_param.abs() / (grad_grad.sqrt().clip(min=eps) * param_norm.clip(min=eps))
         passes = cosine.max() < self._delta / math.sqrt(row_length)
-        unit = param / (param_norm + eps)
-        return passes, perturb - unit * (unit * perturb).sum(axis=axes, keepdim=True)
+        return passes, param_perturb / (param_norm + eps) ** 2
 
 
 class SGD(_FlatOptimizer):

@@ -191,3 +191,15 @@ def test_optimizer_state_dict_resumes_the_same_trajectory(name):
     resumed = run(1, state=run(2))
     for key, value in straight['model'].items():
         np.testing.assert_allclose(resumed['model'][key].numpy(), value.numpy(), rtol=1e-6, atol=1e-7, err_msg=key)
+
+
+@pytest.mark.parametrize('name', ['AdamP', 'SGD'])
+def test_step_is_skipped_when_the_grad_scaler_found_inf(name):
+    config = small_config('TRAIN.OPTIMIZER.NAME', name)
+    model = small_pit(config)
+    optimizer = build_optimizer(config, model, LR)
+    before = {n: p.numpy().copy() for n, p in model.named_parameters()}
+    (model(paddle.randn([2, 3, 32, 32])) ** 2).sum().backward()
+    optimizer._set_auxiliary_var('found_inf', paddle.to_tensor(True))  # what GradScaler.step does on overflow
+    optimizer.step()
+    assert all(np.array_equal(p.numpy(), before[n]) for n, p in model.named_parameters())
