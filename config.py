@@ -8,6 +8,7 @@ Every key is defined once below with a one-line comment and is read by the code 
     config = finalize_config(config, world_size=4)      # derived values (scaled LR), then frozen
 """
 import os
+import re
 
 import yaml
 from yacs.config import CfgNode as CN
@@ -159,6 +160,8 @@ def _coerce(old, value, key, source):
     """Check value against the default's type (None defaults accept anything), as yacs would."""
     if old is None or value is None:
         return value
+    if isinstance(old, float) and isinstance(value, str) and re.fullmatch(r'[-+]?\d+(\.\d*)?[eE][-+]?\d+', value):
+        return float(value)  # yaml 1.1 reads exponents without a dot (1e-4) as strings
     if isinstance(old, bool) or isinstance(value, bool):
         if isinstance(old, bool) and isinstance(value, bool):
             return value

@@ -97,3 +97,9 @@ def test_state_dict_restores_epoch_and_lr_in_a_new_scheduler():
 def test_impossible_schedule_raises_config_error_naming_the_key(opts, key):
     with pytest.raises(ConfigError, match=key):
         build_lr_scheduler(schedule_config(*opts), steps_per_epoch=1)
+
+
+def test_lrs_written_with_exponents_reach_the_schedule_as_floats():
+    # yaml 1.1 alone would read 1e-3 (no dot) as a string
+    config = schedule_config('TRAIN.BASE_LR', '1e-3', 'TRAIN.WARMUP_START_LR', '1E-6', 'TRAIN.WARMUP_EPOCHS', '0')
+    assert build_lr_scheduler(config, steps_per_epoch=1).step_to(0) == pytest.approx(1e-3)
