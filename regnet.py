@@ -26,7 +26,7 @@ REGNETY_160 = dict(w0=200, wa=106.23, wm=2.48, depth=18, group_size=112, se_rati
                    bottle_ratio=1.0)
 
 
-def stage_plan(w0, wa, wm, depth, group_size, bottle_ratio=1.0, **_):
+def stage_plan(w0, wa, wm, depth, group_size, bottle_ratio=1.0):
     """[(width, blocks, group width)] per stage, computed like timm's generate_regnet and
     adjust_widths_groups_comp (float32, round half to even, quantum 8)."""
     if not (wa >= 0 and w0 > 0 and wm > 1 and w0 % 8 == 0):
