@@ -6,6 +6,9 @@ Started by paddle's launcher instead (also multi-node; run the same command on e
     python -m paddle.distributed.launch --nnodes 2 --master 10.0.0.1:8090 --nproc_per_node 4 \\
         main_multi_gpu.py -cfg configs/pit_b.yaml -data_path /dataset/imagenet -resume auto
 """
+import warnings
+warnings.filterwarnings('ignore', message='No ccache found')  # paddle's import-time warning
+
 import os
 import sys
 

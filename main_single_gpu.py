@@ -3,6 +3,9 @@
     python main_single_gpu.py -cfg configs/pit_ti.yaml -data_path /dataset/imagenet -resume auto
     python main_single_gpu.py -cfg configs/pit_ti.yaml -data_path /dataset/imagenet -eval -pretrained pit_ti_730
 """
+import warnings
+warnings.filterwarnings('ignore', message='No ccache found')  # paddle's import-time warning
+
 import argparse
 import os
 import sys

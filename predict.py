@@ -9,6 +9,9 @@ crop). Class names: a checkpoint of this repo carries its class list (ImageNet w
 otherwise 1000-class models use the shipped ImageNet-1k index. Unreadable files are reported on stderr, the others
 are still classified, and the exit status is 1 if any failed.
 """
+import warnings
+warnings.filterwarnings('ignore', message='No ccache found')  # paddle's import-time warning
+
 import argparse
 import os
 import sys

@@ -8,6 +8,9 @@ the logits as output (distilled models: the eval output, the mean of both heads)
 oneDNN; on GPU `-use_trt` / `-precision fp16` switch TensorRT and half precision. `-onnx` also writes
 output/inference.onnx through paddle2onnx when it is installed (never installing anything itself).
 """
+import warnings
+warnings.filterwarnings('ignore', message='No ccache found')  # paddle's import-time warning
+
 import argparse
 import os
 import sys
