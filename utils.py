@@ -96,3 +96,16 @@ class MetricSums:
 def format_seconds(seconds):
     seconds = int(max(seconds, 0))
     return f'{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+def set_cpu_threads(num_threads=0):
+    """Make paddle's CPU kernels use num_threads threads (0: the cores divided by the processes on this node).
+
+    Paddle sets OMP_NUM_THREADS=1 at import when it is unset, so CPU runs would otherwise use one core.
+    Returns the thread count used.
+    """
+    local_processes = int(os.environ.get('PADDLE_LOCAL_SIZE', os.environ.get('PADDLE_TRAINERS_NUM', '1')))
+    num_threads = num_threads or max(1, (os.cpu_count() or 1) // max(local_processes, 1))
+    os.environ['OMP_NUM_THREADS'] = str(num_threads)
+    paddle.base.core.set_num_threads(num_threads)
+    return num_threads

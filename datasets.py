@@ -1,0 +1,217 @@
+"""ImageNet-style datasets (class folders or list files), samplers and DataLoaders.
+
+Layouts under DATA.DATA_PATH (DATA.LAYOUT 'auto' picks the first that exists for the split):
+    folder: {split}/<class>/<image>         classes = sorted folder names (e.g. wnids), index = position
+    list:   {split}_list.txt                 lines 'relative/path label'; class names from classes.txt
+                                             (one per line) when present, else '0'..'N-1'
+Images are decoded with PIL and converted to RGB (grey, palette, RGBA, CMYK). A file that cannot be decoded is
+logged with its path; in training it is replaced by the next readable sample and counted (`bad_images`, shared
+with DataLoader workers); in evaluation it comes back as a zero image with label -1, which `engine.evaluate`
+counts and excludes (the run then fails unless DATA.SKIP_BAD_EVAL_IMAGES).
+"""
+import logging
+import math
+import multiprocessing
+import os
+
+import numpy as np
+import paddle
+from PIL import Image
+
+from mixup import build_mixup  # noqa: F401  (builders the launchers import from here)
+from transforms import build_transforms
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
+logger = logging.getLogger('pit')
+
+
+class DatasetError(ValueError):
+    """Dataset files or values that cannot be used; the message names the path/value."""
+
+
+def _folder_samples(split_dir):
+    classes = sorted(d.name for d in os.scandir(split_dir) if d.is_dir())
+    samples = []
+    for label, name in enumerate(classes):
+        for root, _, files in sorted(os.walk(os.path.join(split_dir, name), followlinks=True)):
+            samples += [(os.path.join(root, f), label) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    return samples, classes
+
+
+def _list_samples(root, list_file, num_classes):
+    samples = []
+    with open(list_file, encoding='utf-8') as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2 or not parts[1].lstrip('-').isdigit():
+                raise DatasetError(f"{list_file}:{number}: expected 'relative/path label', got {line.strip()!r}")
+            label = int(parts[1])
+            if not 0 <= label < num_classes:
+                raise DatasetError(f'{list_file}:{number}: label {label} outside [0, MODEL.NUM_CLASSES={num_classes})')
+            samples.append((os.path.join(root, parts[0].strip()), label))
+    names_file = os.path.join(root, 'classes.txt')
+    if os.path.isfile(names_file):
+        with open(names_file, encoding='utf-8') as f:
+            classes = [line.strip() for line in f if line.strip()]
+    else:
+        classes = [str(i) for i in range(num_classes)]
+    return samples, classes
+
+
+def find_samples(config, split):
+    """([(path, label)], classes) of a split, with the checks that name what is wrong."""
+    root, layout = config.DATA.DATA_PATH, config.DATA.LAYOUT
+    if not os.path.isdir(root):
+        raise DatasetError(f"data path '{root}' not found (DATA.DATA_PATH)")
+    split_dir, list_file = os.path.join(root, split), os.path.join(root, f'{split}_list.txt')
+    if layout == 'auto':
+        layout = 'folder' if os.path.isdir(split_dir) else 'list' if os.path.isfile(list_file) else None
+    if layout is None or (layout == 'folder' and not os.path.isdir(split_dir)) or \
+            (layout == 'list' and not os.path.isfile(list_file)):
+        raise DatasetError(f"split '{split}' not found: expected folder '{split_dir}' or list '{list_file}' "
+                           f"(DATA.DATA_PATH={root}, DATA.LAYOUT={config.DATA.LAYOUT})")
+    if layout == 'folder':
+        samples, classes = _folder_samples(split_dir)
+    else:
+        samples, classes = _list_samples(root, list_file, config.MODEL.NUM_CLASSES)
+    if not samples:
+        raise DatasetError(f"no images found for split '{split}' in '{split_dir if layout == 'folder' else list_file}' "
+                           f'(extensions {", ".join(IMAGE_EXTENSIONS)})')
+    if len(classes) != config.MODEL.NUM_CLASSES:
+        raise DatasetError(f"'{split_dir if layout == 'folder' else root}' has {len(classes)} classes but "
+                           f'MODEL.NUM_CLASSES={config.MODEL.NUM_CLASSES}')
+    return samples, classes
+
+
+def load_rgb(path):
+    """Decoded RGB PIL image (fully loaded, so truncated files fail here, not later)."""
+    with Image.open(path) as img:
+        img.load()
+        return img.convert('RGB')
+
+
+class ImageNetDataset(paddle.io.Dataset):
+    """(image float32 [3, S, S], label int64) samples of one split; see the module docstring for bad files."""
+
+    def __init__(self, samples, classes, transform, train, image_size):
+        self.samples = samples
+        self.image_size = image_size
+        self.classes = classes
+        self.transform = transform
+        self.train = train
+        self._bad = multiprocessing.Value('i', 0)  # created before workers fork: they all add to it
+
+    @property
+    def bad_images(self):
+        return self._bad.value
+
+    def reset_bad_images(self):
+        with self._bad.get_lock():
+            self._bad.value = 0
+
+    def __len__(self):
+        return len(self.samples)
+
+    def _read(self, index):
+        path, label = self.samples[index]
+        try:
+            return self.transform(load_rgb(path)), label
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            logger.warning(f"cannot decode image '{path}': {type(e).__name__}: {e}")
+            return None, label
+
+    def __getitem__(self, index):
+        image, label = self._read(index)
+        if image is not None:
+            return image, np.int64(label)
+        if not self.train:
+            return np.zeros((3, self.image_size, self.image_size), dtype=np.float32), np.int64(-1)
+        with self._bad.get_lock():
+            self._bad.value += 1
+        for offset in range(1, len(self.samples)):
+            image, label = self._read((index + offset) % len(self.samples))
+            if image is not None:
+                return image, np.int64(label)
+            with self._bad.get_lock():
+                self._bad.value += 1
+        raise DatasetError('no image of the training set can be decoded')
+
+
+def build_dataset(config, mode):
+    """The 'train' or 'val' dataset of config, with its transform."""
+    samples, classes = find_samples(config, mode)
+    return ImageNetDataset(samples, classes, build_transforms(config, mode), train=mode == 'train',
+                           image_size=config.DATA.IMAGE_SIZE)
+
+
+class RepeatedAugSampler(paddle.io.BatchSampler):
+    """DeiT's RASampler as a batch sampler: each index repeated `repeats` times per epoch (consecutively, so
+    the copies land on different processes), shuffled by (seed + epoch), padded, strided over processes, and cut
+    to floor(len // 256 * 256 / world_size) samples per process (DeiT), or ceil(len / world_size) for datasets
+    under 256 images."""
+
+    def __init__(self, dataset, batch_size, world_size=1, rank=0, repeats=3, seed=0, shuffle=True):
+        self.dataset_len = len(dataset)
+        self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
+        self.repeats, self.seed, self.shuffle = repeats, seed, shuffle
+        self.epoch = 0
+        self.num_samples = int(math.ceil(self.dataset_len * repeats / world_size))
+        selected = self.dataset_len // 256 * 256 // world_size
+        self.num_selected = selected if selected > 0 else int(math.ceil(self.dataset_len / world_size))
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def indices(self):
+        order = (np.random.RandomState(self.seed + self.epoch).permutation(self.dataset_len) if self.shuffle
+                 else np.arange(self.dataset_len))
+        repeated = np.repeat(order, self.repeats)
+        total = self.num_samples * self.world_size
+        repeated = np.concatenate([repeated, repeated[:total - len(repeated)]])
+        return repeated[self.rank:total:self.world_size][:self.num_selected].tolist()
+
+    def __iter__(self):
+        indices = self.indices()
+        for start in range(0, len(indices) - self.batch_size + 1, self.batch_size):  # drop_last
+            yield indices[start:start + self.batch_size]
+
+    def __len__(self):
+        return self.num_selected // self.batch_size
+
+
+class ExactlyOnceSampler(paddle.io.BatchSampler):
+    """Evaluation: rank r takes indices r, r + N, ... in order; every image is seen once over all ranks
+    (no padding, so shares may differ by one)."""
+
+    def __init__(self, dataset_len, batch_size, world_size=1, rank=0):
+        self.indices = list(range(rank, dataset_len, world_size))
+        self.batch_size = batch_size
+
+    def __iter__(self):
+        for start in range(0, len(self.indices), self.batch_size):
+            yield self.indices[start:start + self.batch_size]
+
+    def __len__(self):
+        return math.ceil(len(self.indices) / self.batch_size)
+
+
+def build_dataloader(config, dataset, mode, world_size=1, rank=0):
+    """DataLoader of (images float32 [B, 3, S, S], labels int64 [B]). Train: shuffled, last partial batch dropped,
+    `loader.batch_sampler.set_epoch(e)` each epoch; repeated augmentation with DATA.REPEATED_AUG. Val: in order,
+    each image exactly once over all ranks."""
+    if mode == 'train' and config.DATA.REPEATED_AUG:
+        sampler = RepeatedAugSampler(dataset, config.DATA.BATCH_SIZE, world_size, rank,
+                                     config.DATA.REPEATED_AUG_REPEATS, seed=config.SEED)
+    elif mode == 'train':
+        sampler = paddle.io.DistributedBatchSampler(dataset, config.DATA.BATCH_SIZE, num_replicas=world_size,
+                                                    rank=rank, shuffle=True, drop_last=True)
+    else:
+        sampler = ExactlyOnceSampler(len(dataset), config.DATA.BATCH_SIZE_EVAL or config.DATA.BATCH_SIZE,
+                                     world_size, rank)
+    if len(sampler) == 0:
+        raise DatasetError(f'{mode} split of {len(dataset)} images gives no batch of DATA.BATCH_SIZE='
+                           f'{config.DATA.BATCH_SIZE} per process')
+    return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=config.DATA.NUM_WORKERS,
+                                use_shared_memory=config.DATA.SHARED_MEMORY, return_list=True)
