@@ -22,12 +22,21 @@ def _affine(img, matrix, fill, resample):
     return img.transform(img.size, Image.AFFINE, matrix, resample=resample, fillcolor=fill)
 
 
+def _posterize(img, bits):
+    """Keep the top `bits` bits of each channel; 0 bits gives black (Pillow >= 10 refuses bits=0)."""
+    if bits >= 8:
+        return img
+    if bits <= 0:
+        return img.point([0] * 256 * len(img.getbands()))
+    return ImageOps.posterize(img, bits)
+
+
 OPS = {
     'AutoContrast': lambda img, arg, fill, rs: ImageOps.autocontrast(img),
     'Equalize': lambda img, arg, fill, rs: ImageOps.equalize(img),
     'Invert': lambda img, arg, fill, rs: ImageOps.invert(img),
     'Rotate': lambda img, arg, fill, rs: img.rotate(arg, resample=rs, fillcolor=fill),
-    'Posterize': lambda img, arg, fill, rs: img if arg >= 8 else ImageOps.posterize(img, arg),
+    'Posterize': lambda img, arg, fill, rs: _posterize(img, arg),
     'Solarize': lambda img, arg, fill, rs: ImageOps.solarize(img, arg),
     'SolarizeAdd': lambda img, arg, fill, rs: img.point(
         [min(255, i + arg) if i < 128 else i for i in range(256)] * len(img.getbands())),

@@ -115,12 +115,14 @@ class ImageNetDataset(paddle.io.Dataset):
         return len(self.samples)
 
     def _read(self, index):
+        """(transformed image, label), or (None, label) when the file cannot be decoded (logged)."""
         path, label = self.samples[index]
         try:
-            return self.transform(load_rgb(path)), label
+            img = load_rgb(path)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             logger.warning(f"cannot decode image '{path}': {type(e).__name__}: {e}")
             return None, label
+        return self.transform(img), label
 
     def __getitem__(self, index):
         image, label = self._read(index)

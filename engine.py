@@ -65,16 +65,20 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, lr_scheduler, e
             logits = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
             sums.add('acc1', topk_correct(logits.astype('float32'), labels, ks=(1,))[0], n)
         if (step + 1) % config.REPORT_FREQ == 0 or step + 1 == steps:
-            elapsed = time.time() - start
-            rate = sums.count('loss') / max(elapsed, 1e-9)
-            logger.info(f'Epoch[{epoch + 1:03d}/{config.TRAIN.NUM_EPOCHS:03d}] Step[{step + 1:04d}/{steps:04d}] '
-                        f'loss {sums.avg("loss"):.4f} acc {sums.avg("acc1"):.4f} '
-                        f'lr {optimizer.get_lr():.3e} {rate:.1f} img/s (this rank) '
-                        f'ETA {format_seconds((steps - step - 1) * elapsed / (step + 1))}')
+            log_progress(sums, epoch, step, steps, start, optimizer.get_lr(), config)
     seconds = time.time() - start
     sums.synchronize()
     return {'loss': sums.avg('loss'), 'acc1': sums.avg('acc1'),
             'images': sums.count('loss'), 'seconds': seconds}
+
+
+def log_progress(sums, epoch, step, steps, start, lr, config):
+    """One line: epoch/step, running loss (and accuracy without mixup), LR, images/s of this rank, ETA."""
+    elapsed = time.time() - start
+    acc = f'acc {sums.avg("acc1"):.4f} ' if sums.count('acc1') else ''
+    logger.info(f'Epoch[{epoch + 1:03d}/{config.TRAIN.NUM_EPOCHS:03d}] Step[{step + 1:04d}/{steps:04d}] '
+                f'loss {sums.avg("loss"):.4f} {acc}lr {lr:.3e} {sums.count("loss") / max(elapsed, 1e-9):.1f} img/s '
+                f'ETA {format_seconds((steps - step - 1) * elapsed / (step + 1))}')
 
 
 @paddle.no_grad()

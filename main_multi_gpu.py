@@ -10,6 +10,7 @@ import warnings
 warnings.filterwarnings('ignore', message='No ccache found')  # paddle's import-time warning
 
 import os
+import re
 import sys
 
 import paddle
@@ -43,9 +44,10 @@ def launch(args):
     try:
         dist.spawn(_worker, args=(args,), nprocs=nprocs, backend='nccl' if use_gpu else 'gloo')
     except Exception as e:  # a failed worker (error, crash, killed DataLoader worker): fail the whole run
-        sys.exit(f'error: a training process failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}\n'
-                 f'(re-run the same command with -resume auto to continue from the last checkpoint)')
-
+        codes = re.findall(r'exit code (-?\d+)', str(e))
+        print('error: a training process failed (its error is above); re-run the same command with '
+              '-resume auto to continue from the last checkpoint', file=sys.stderr)
+        sys.exit(int(codes[0]) if codes and int(codes[0]) > 0 else 1)
 
 if __name__ == '__main__':
     launch(get_arguments())

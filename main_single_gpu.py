@@ -16,8 +16,8 @@ import paddle.distributed as dist
 
 import checkpoint
 from config import ConfigError, finalize_config, get_config, update_config
-from datasets import build_dataloader, build_dataset, build_mixup
-from engine import evaluate, train_one_epoch
+from datasets import DatasetError, build_dataloader, build_dataset, build_mixup
+from engine import NonFiniteLossError, evaluate, train_one_epoch
 from losses import build_criterion
 from model_ema import ModelEma
 from optim import build_lr_scheduler, build_optimizer
@@ -132,6 +132,7 @@ def main(config):
     state = {'start_epoch': 0, 'best_acc1': 0.0, 'best_epoch': -1}
     if config.MODEL.RESUME:
         state = resume(config, model, model_ema, optimizer, lr_scheduler, scaler, logger)
+    writer = scalar_writer(config)
     logger.info(f'training {config.MODEL.NAME} for {config.TRAIN.NUM_EPOCHS} epochs from epoch '
                 f'{state["start_epoch"] + 1}, lr {config.TRAIN.BASE_LR:.3e}, {len(train_set)} train images')
     for epoch in range(state['start_epoch'], config.TRAIN.NUM_EPOCHS):
@@ -144,16 +145,33 @@ def main(config):
         logger.info(f'Epoch {epoch + 1} done: loss {stats["loss"]:.4f}, {stats["images"]} images in '
                     f'{stats["seconds"]:.0f}s, undecodable train images replaced: {count_bad(train_set)}')
         is_best = False
+        scalars = {'train/loss': stats['loss'], 'train/lr': optimizer.get_lr()}
         if (epoch + 1) % config.VALIDATE_FREQ == 0 or epoch + 1 == config.TRAIN.NUM_EPOCHS:
             acc1 = report_eval(evaluate(model_ddp, val_loader, config, amp), 'model', config, logger)['acc1']
+            scalars['val/acc1'] = acc1
             if model_ema is not None:
-                report_eval(evaluate(model_ema.module, val_loader, config, amp), 'EMA', config, logger)
+                scalars['val/acc1_ema'] = report_eval(evaluate(model_ema.module, val_loader, config, amp), 'EMA',
+                                                      config, logger)['acc1']
             is_best = acc1 > state['best_acc1']
             if is_best:
                 state.update(best_acc1=acc1, best_epoch=epoch + 1)
         save(config, epoch, state, model, model_ema, optimizer, lr_scheduler, scaler, train_set, is_best)
+        if writer is not None:
+            for tag, value in scalars.items():
+                writer.add_scalar(tag, value, epoch + 1)
     logger.info(f'best Acc@1 {state["best_acc1"]:.4f} at epoch {state["best_epoch"]}')
     return state
+
+
+def scalar_writer(config):
+    """A VisualDL LogWriter (SAVE/vdl) on rank 0 when config.VISUALDL and visualdl is installed, else None."""
+    if not config.VISUALDL or get_rank() != 0:
+        return None
+    try:
+        from visualdl import LogWriter
+    except ImportError:
+        return None
+    return LogWriter(logdir=os.path.join(config.SAVE, 'vdl'))
 
 
 def count_bad(dataset):
@@ -161,14 +179,18 @@ def count_bad(dataset):
     count = paddle.to_tensor([dataset.bad_images], dtype='int64')
     if get_world_size() > 1:
         dist.all_reduce(count)
-    return int(count)
+    return int(count.numpy()[0])
+
+
+class BadImagesError(RuntimeError):
+    """Val images that could not be decoded, without DATA.SKIP_BAD_EVAL_IMAGES."""
 
 
 def report_eval(stats, name, config, logger):
     if stats['bad']:
         message = f'{stats["bad"]} val image(s) could not be decoded (paths in the log above)'
         if not config.DATA.SKIP_BAD_EVAL_IMAGES:
-            raise RuntimeError(message + '; fix them or set DATA.SKIP_BAD_EVAL_IMAGES True to skip them')
+            raise BadImagesError(message + '; fix them or set DATA.SKIP_BAD_EVAL_IMAGES True to skip them')
         logger.warning(message + '; skipped (DATA.SKIP_BAD_EVAL_IMAGES)')
     logger.info(f'Eval {name}: Acc@1 {stats["acc1"]:.4f} Acc@5 {stats["acc5"]:.4f} loss {stats["loss"]:.4f} '
                 f'on {stats["images"]} images')
@@ -191,10 +213,16 @@ def save(config, epoch, state, model, model_ema, optimizer, lr_scheduler, scaler
 
 def resume(config, model, model_ema, optimizer, lr_scheduler, scaler, logger):
     """Restore everything a checkpoint holds; returns the loop state to continue from."""
-    if config.MODEL.RESUME != 'auto' and config.TRAIN.LAST_EPOCH > 0:
-        return resume_weights_only(config, model, optimizer, logger)
-    path, ckpt = (checkpoint.find_resume_checkpoint(config.SAVE) if config.MODEL.RESUME == 'auto'
-                  else (config.MODEL.RESUME, checkpoint.load_checkpoint(config.MODEL.RESUME)))
+    if config.MODEL.RESUME == 'auto':
+        path, ckpt = checkpoint.find_resume_checkpoint(config.SAVE)
+    else:
+        path = config.MODEL.RESUME
+        try:
+            ckpt = checkpoint.load_checkpoint(path)
+        except checkpoint.CheckpointError:
+            if config.TRAIN.LAST_EPOCH <= 0:
+                raise
+            return resume_weights_only(config, model, optimizer, logger)
     if ckpt is None:
         logger.info(f'-resume auto: no checkpoint in {config.SAVE} yet, starting from scratch')
         return {'start_epoch': 0, 'best_acc1': 0.0, 'best_epoch': -1}
@@ -224,8 +252,11 @@ def run(main_fn, args):
     config = load_config(args)
     try:
         main_fn(config)
-    except (ConfigError, WeightsError, checkpoint.CheckpointError, FileNotFoundError) as e:
+    except (ConfigError, WeightsError, checkpoint.CheckpointError, DatasetError, FileNotFoundError) as e:
         fail(e)
+    except (NonFiniteLossError, BadImagesError) as e:  # the run itself failed: one line, exit 1
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == '__main__':

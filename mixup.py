@@ -115,9 +115,9 @@ class Mixup:
 
 def build_mixup(config):
     """Mixup of config.AUG (with TRAIN.SMOOTHING), or None when mixup and cutmix are both off."""
-    aug = config.AUG
-    if not (aug.MIXUP > 0 or aug.CUTMIX > 0 or aug.CUTMIX_MINMAX is not None):
+    if not (config.AUG.MIXUP > 0 or config.AUG.CUTMIX > 0 or config.AUG.CUTMIX_MINMAX is not None):
         return None
-    return Mixup(mixup_alpha=aug.MIXUP, cutmix_alpha=aug.CUTMIX, cutmix_minmax=aug.CUTMIX_MINMAX,
-                 prob=aug.MIXUP_PROB, switch_prob=aug.MIXUP_SWITCH_PROB, mode=aug.MIXUP_MODE,
+    return Mixup(mixup_alpha=config.AUG.MIXUP, cutmix_alpha=config.AUG.CUTMIX,
+                 cutmix_minmax=config.AUG.CUTMIX_MINMAX,
+                 prob=config.AUG.MIXUP_PROB, switch_prob=config.AUG.MIXUP_SWITCH_PROB, mode=config.AUG.MIXUP_MODE,
                  label_smoothing=config.TRAIN.SMOOTHING, num_classes=config.MODEL.NUM_CLASSES)

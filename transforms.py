@@ -136,13 +136,12 @@ def build_transforms(config, mode):
     if mode != 'train':
         return Compose([ResizeShortSide(eval_resize_size(size, config.DATA.CROP_PCT), interp), CenterCrop(size),
                         normalize])
-    aug = config.AUG
-    if aug.AUTO_AUGMENT:
+    if config.AUG.AUTO_AUGMENT:
         img_mean = tuple(min(255, round(255 * m)) for m in config.DATA.IMAGENET_MEAN)
-        colour = auto_augment_transform(aug.AUTO_AUGMENT, {'translate_const': int(size * 0.45),
+        colour = auto_augment_transform(config.AUG.AUTO_AUGMENT, {'translate_const': int(size * 0.45),
                                                            'img_mean': img_mean, 'interpolation': interp})
     else:
-        colour = ColorJitter(aug.COLOR_JITTER) if aug.COLOR_JITTER > 0 else None
-    erasing = RandomErasing(aug.RE_PROB, mode=aug.RE_MODE, max_count=aug.RE_COUNT) if aug.RE_PROB > 0 else None
-    return Compose([RandomResizedCrop(size, tuple(aug.SCALE), tuple(aug.RATIO), interp),
-                    RandomHorizontalFlip(aug.HFLIP) if aug.HFLIP > 0 else None, colour, normalize, erasing])
+        colour = ColorJitter(config.AUG.COLOR_JITTER) if config.AUG.COLOR_JITTER > 0 else None
+    erasing = RandomErasing(config.AUG.RE_PROB, mode=config.AUG.RE_MODE, max_count=config.AUG.RE_COUNT) if config.AUG.RE_PROB > 0 else None
+    return Compose([RandomResizedCrop(size, tuple(config.AUG.SCALE), tuple(config.AUG.RATIO), interp),
+                    RandomHorizontalFlip(config.AUG.HFLIP) if config.AUG.HFLIP > 0 else None, colour, normalize, erasing])
