@@ -5,8 +5,8 @@ Layouts under DATA.DATA_PATH (DATA.LAYOUT 'auto' picks the first that exists for
     list:   {split}_list.txt                 lines 'relative/path label'; class names from classes.txt
                                              (one per line) when present, else '0'..'N-1'
 Images are decoded with PIL and converted to RGB (grey, palette, RGBA, CMYK). A file that cannot be decoded is
-logged with its path; in training it is replaced by the next readable sample and counted (`bad_images`, shared
-with DataLoader workers); in evaluation it comes back as a zero image with label -1, which `engine.evaluate`
+logged with its path; in training it is replaced by the next readable sample and counted (`bad_images`: failed
+reads this epoch, shared with DataLoader workers); in evaluation it comes back as a zero image with label -1, which `engine.evaluate`
 counts and excludes (the run then fails unless DATA.SKIP_BAD_EVAL_IMAGES).
 """
 import logging
