@@ -1,0 +1,80 @@
+"""Engine: count-weighted metrics, bad val samples excluded, non-finite loss stops the run, AMP off passes through."""
+import numpy as np
+import paddle
+import pytest
+
+from config import finalize_config, get_config, merge_opts
+from engine import NonFiniteLossError, evaluate, topk_correct, train_one_epoch
+from utils import MetricSums
+
+
+def test_metric_sums_average_over_samples_not_batches():
+    sums = MetricSums('acc1')
+    sums.add('acc1', 3, 4)   # 3 of 4 right
+    sums.add('acc1', 0, 1)   # 0 of 1 right
+    assert sums.avg('acc1') == pytest.approx(3 / 5)  # a mean of batch means would say 0.375
+    assert MetricSums('x').synchronize().count('x') == 0  # one process: no collective, declared names kept
+
+
+def test_topk_correct_counts_hits_and_caps_k_at_the_class_count():
+    logits = paddle.to_tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5]])
+    labels = paddle.to_tensor([1, 2, 0])
+    assert topk_correct(logits, labels, ks=(1, 5)) == [1.0, 3.0]
+
+
+class Constant(paddle.nn.Layer):
+    """Logits that put all mass on `prediction` for every sample."""
+
+    def __init__(self, prediction, classes=4):
+        super().__init__()
+        self.logits = paddle.nn.functional.one_hot(paddle.to_tensor([prediction]), classes) * 10
+
+    def forward(self, x):
+        return self.logits.expand([x.shape[0], -1])
+
+
+def test_evaluate_excludes_and_counts_label_minus_one_samples():
+    config = get_config()
+    batches = [(paddle.zeros([3, 3, 2, 2]), paddle.to_tensor([2, -1, 2])),
+               (paddle.zeros([2, 3, 2, 2]), paddle.to_tensor([1, 2]))]
+    stats = evaluate(Constant(2), batches, config, amp={'enable': False})
+    assert stats['images'] == 4 and stats['bad'] == 1
+    assert stats['acc1'] == pytest.approx(3 / 4)
+
+
+class Loader(list):
+    """A list of batches with the DataLoader attributes train_one_epoch uses."""
+
+
+def test_non_finite_loss_raises_with_epoch_and_step():
+    config = finalize_config(merge_opts(get_config(), ['REPORT_FREQ', '1']))
+    model = paddle.nn.Linear(2, 2)
+    optimizer = paddle.optimizer.SGD(learning_rate=0.1, parameters=model.parameters())
+    batches = Loader([(paddle.to_tensor([[1.0, 2.0]]), paddle.to_tensor([0]))] * 3)
+    calls = []
+
+    def criterion(inputs, outputs, targets):
+        calls.append(1)
+        loss = outputs.sum() * 0
+        return loss + float('nan') if len(calls) == 2 else loss
+
+    with pytest.raises(NonFiniteLossError, match='loss is nan at epoch 1 step 1'):
+        train_one_epoch(model, criterion, batches, optimizer, paddle.amp.GradScaler(enable=False), None, 0,
+                        config, amp={'enable': False})
+
+
+def test_training_epoch_steps_the_optimizer_every_accum_iter_batches():
+    config = finalize_config(merge_opts(get_config(), ['TRAIN.ACCUM_ITER', '2', 'REPORT_FREQ', '10']))
+    paddle.seed(0)
+    model = paddle.nn.Linear(2, 3)
+    optimizer = paddle.optimizer.SGD(learning_rate=0.1, parameters=model.parameters())
+    steps = []
+    original = optimizer.step
+    optimizer.step = lambda: (steps.append(1), original())[1]
+    x = paddle.to_tensor(np.random.rand(4, 2).astype('float32'))
+    batches = Loader([(x, paddle.to_tensor([0, 1, 2, 0]))] * 5)
+    criterion = lambda inputs, outputs, targets: paddle.nn.functional.cross_entropy(outputs, targets)
+    stats = train_one_epoch(model, criterion, batches, optimizer, paddle.amp.GradScaler(enable=False), None, 0,
+                            config, amp={'enable': False})
+    assert len(steps) == 3  # after batches 2 and 4, and the last partial group
+    assert stats['images'] == 20 and 0 <= stats['acc1'] <= 1
