@@ -110,6 +110,7 @@ def amp_settings(config, logger):
 def main(config):
     """Train (or with EVAL, evaluate) as config says; the same function runs in every process."""
     logger = setup_process(config)
+    seed_everything(config.SEED)  # same initial weights on every rank and in every run of this config
     model = build_model(config)
     if config.MODEL.PRETRAINED:
         logger.info(str(load_pretrained(model, config.MODEL.PRETRAINED)))
@@ -137,6 +138,8 @@ def main(config):
                 f'{state["start_epoch"] + 1}, lr {config.TRAIN.BASE_LR:.3e}, {len(train_set)} train images')
     for epoch in range(state['start_epoch'], config.TRAIN.NUM_EPOCHS):
         seed_everything(epoch_seed(config, epoch, get_rank()))
+        if mixup_fn is not None:
+            mixup_fn.seed(epoch_seed(config, epoch, get_rank()))
         train_loader.batch_sampler.set_epoch(epoch)
         lr_scheduler.step_to(epoch)
         train_set.reset_bad_images()

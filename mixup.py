@@ -17,17 +17,17 @@ def smooth_one_hot(labels, num_classes, smoothing):
     return paddle.nn.functional.one_hot(labels.reshape([-1]), num_classes) * (on - off) + off
 
 
-def rand_bbox(height, width, lam, minmax=None):
+def rand_bbox(height, width, lam, minmax=None, rng=np.random):
     """(top, bottom, left, right) of a cutmix box: sides sqrt(1 - lam) of the image around a uniform centre,
     clipped to the image; or, with minmax, sides uniform in [min, max) x image side, box fully inside."""
     if minmax is not None:
-        cut_h = np.random.randint(int(height * minmax[0]), int(height * minmax[1]))
-        cut_w = np.random.randint(int(width * minmax[0]), int(width * minmax[1]))
-        top, left = np.random.randint(0, height - cut_h), np.random.randint(0, width - cut_w)
+        cut_h = rng.randint(int(height * minmax[0]), int(height * minmax[1]))
+        cut_w = rng.randint(int(width * minmax[0]), int(width * minmax[1]))
+        top, left = rng.randint(0, height - cut_h), rng.randint(0, width - cut_w)
         return top, top + cut_h, left, left + cut_w
     ratio = np.sqrt(1.0 - lam)
     cut_h, cut_w = int(height * ratio), int(width * ratio)
-    cy, cx = np.random.randint(0, height), np.random.randint(0, width)
+    cy, cx = rng.randint(0, height), rng.randint(0, width)
     return (int(np.clip(cy - cut_h // 2, 0, height)), int(np.clip(cy + cut_h // 2, 0, height)),
             int(np.clip(cx - cut_w // 2, 0, width)), int(np.clip(cx + cut_w // 2, 0, width)))
 
@@ -46,21 +46,28 @@ class Mixup:
         self.correct_lam = correct_lam
         self.label_smoothing = label_smoothing
         self.num_classes = num_classes
+        self.rng = np.random.RandomState(0)
+
+    def seed(self, seed):
+        """Reseed the mixing draws. They use their own generator: with DATA.NUM_WORKERS 0 the DataLoader's
+        prefetch thread runs the transforms concurrently, and sharing numpy's global state would make the draws
+        depend on thread timing."""
+        self.rng = np.random.RandomState(seed % 2 ** 32)
 
     def _draw(self):
         """(lam, use_cutmix) for one batch/pair/element."""
-        if np.random.rand() >= self.prob:
+        if self.rng.rand() >= self.prob:
             return 1.0, False
         if self.mixup_alpha > 0 and self.cutmix_alpha > 0:
-            use_cutmix = np.random.rand() < self.switch_prob
+            use_cutmix = self.rng.rand() < self.switch_prob
             alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
-            return float(np.random.beta(alpha, alpha)), use_cutmix
+            return float(self.rng.beta(alpha, alpha)), use_cutmix
         if self.mixup_alpha > 0:
-            return float(np.random.beta(self.mixup_alpha, self.mixup_alpha)), False
-        return float(np.random.beta(self.cutmix_alpha, self.cutmix_alpha)), True
+            return float(self.rng.beta(self.mixup_alpha, self.mixup_alpha)), False
+        return float(self.rng.beta(self.cutmix_alpha, self.cutmix_alpha)), True
 
     def _cutmix_box(self, height, width, lam):
-        top, bottom, left, right = rand_bbox(height, width, lam, self.cutmix_minmax)
+        top, bottom, left, right = rand_bbox(height, width, lam, self.cutmix_minmax, self.rng)
         if self.correct_lam or self.cutmix_minmax is not None:
             lam = 1.0 - (bottom - top) * (right - left) / float(height * width)
         return (top, bottom, left, right), lam

@@ -22,16 +22,16 @@ pytestmark = pytest.mark.slow
 TINY = ['DATA.IMAGE_SIZE', '32', 'DATA.CROP_PCT', '1.0', 'DATA.BATCH_SIZE', '32', 'DATA.NUM_WORKERS', '0',
         'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
         'MODEL.TRANS.BASE_DIMS', '[16, 16, 16]', 'MODEL.TRANS.DEPTH', '[1, 1, 1]', 'MODEL.TRANS.HEADS', '[2, 4, 8]',
-        'MODEL.DROP_PATH', '0.0', 'TRAIN.WARMUP_EPOCHS', '0', 'TRAIN.BASE_LR', '0.001', 'TRAIN.LINEAR_SCALED_LR',
+        'MODEL.DROP_PATH', '0.0', 'TRAIN.WARMUP_EPOCHS', '0', 'TRAIN.BASE_LR', '0.002', 'TRAIN.LINEAR_SCALED_LR',
         'None', 'TRAIN.MODEL_EMA_DECAY', '0.9', 'AUG.AUTO_AUGMENT', "''", 'AUG.MIXUP', '0.0', 'AUG.CUTMIX', '0.0',
         'AUG.RE_PROB', '0.0', 'AUG.SCALE', '[0.35, 1.0]', 'AUG.HFLIP', '0.0', 'REPORT_FREQ', '10']
 
 
 @pytest.fixture(scope='module')
 def digits(tmp_path_factory):
-    """Folder-layout digits: 600 train, 149 val images (odd, so 2 processes get unequal shares)."""
+    """Folder-layout digits: 1000 train, 149 val images (odd, so 2 processes get unequal shares)."""
     root = str(tmp_path_factory.mktemp('digits'))
-    write_dataset(root, source='digits', image_size=32, train_per_class=60, val_per_class=15)
+    write_dataset(root, source='digits', image_size=32, train_per_class=100, val_per_class=15)
     os.remove(sorted(os.path.join(root, 'val', '3', f) for f in os.listdir(os.path.join(root, 'val', '3')))[0])
     return root
 

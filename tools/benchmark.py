@@ -1,0 +1,219 @@
+"""Speed of a PiT config: dygraph inference, exported inference (paddle.inference), a training step, and the
+train data pipeline per worker; with the reference timm/PyTorch model side by side when available.
+
+    python tools/benchmark.py -cfg configs/pit_ti.yaml -batch_size 32 -json output/bench.json -markdown
+    PIT_REFERENCE_PYTHON=/path/to/python-with-torch-and-timm python tools/benchmark.py -cfg configs/pit_ti.yaml
+
+Each figure is the median images/s over `-repeats` timed runs after warmup, measured in its own subprocess so
+that its peak memory (max RSS on CPU, max allocated on GPU) is its own. Threads default to all cores (paddle
+would otherwise use one). The reference runs through tools/benchmark_reference.py under PIT_REFERENCE_PYTHON
+(or this python, if it has torch and timm) with the same threads, batch and input size; ratios are ours/reference.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+
+PHASES = ['dygraph_infer', 'exported_infer', 'train_step', 'data_per_worker']
+
+
+def timed(fn, images_per_call, repeats, warmup=2, min_seconds=1.0):
+    """Median images/s of fn over `repeats` timings (each at least min_seconds of calls), after warmup calls."""
+    for _ in range(warmup):
+        fn()
+    rates = []
+    for _ in range(repeats):
+        calls, start = 0, time.perf_counter()
+        while True:
+            fn()
+            calls += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                break
+        rates.append(calls * images_per_call / elapsed)
+    return statistics.median(rates), rates
+
+
+def peak_memory_mb():
+    import paddle
+    if paddle.device.is_compiled_with_cuda() and paddle.get_device().startswith('gpu'):
+        return paddle.device.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sample_images(folder, count=48):
+    """ImageNet-size JPEGs (500x375) cut from the photos scikit-learn ships, written once to folder."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+    os.makedirs(folder, exist_ok=True)
+    photos = load_sample_images().images  # two 427x640 photos
+    paths = []
+    for i in range(count):
+        photo = Image.fromarray(photos[i % len(photos)])
+        left, top = (i * 7) % 140, (i * 5) % 52
+        img = photo.crop((left, top, left + 500, top + 375))
+        path = os.path.join(folder, f'img{i:03d}.JPEG')
+        img.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def run_phase(phase, args):
+    """Measure one phase in this process; returns a dict of figures."""
+    import numpy as np
+    import paddle
+    from config import get_config, merge_opts, finalize_config
+    from pit import build_pit
+    from utils import set_cpu_threads
+    threads = set_cpu_threads(args.threads)
+    config = finalize_config(merge_opts(get_config(args.cfg), ['DATA.BATCH_SIZE', str(args.batch_size)]))
+    size, batch = config.DATA.IMAGE_SIZE, args.batch_size
+    paddle.seed(0)
+    if phase == 'data_per_worker':
+        from datasets import load_rgb
+        from transforms import build_transforms
+        import random
+        random.seed(0)
+        transform = build_transforms(config, 'train')
+        paths = sample_images(os.path.join(args.tmp, 'images'))
+        state = {'i': 0}
+
+        def load_one():
+            transform(load_rgb(paths[state['i'] % len(paths)]))
+            state['i'] += 1
+        rate, rates = timed(load_one, 1, args.repeats)
+        return {'img_per_s': rate, 'runs': rates, 'threads': 1}
+    model = build_pit(config)
+    x = paddle.to_tensor(np.random.RandomState(0).rand(batch, 3, size, size).astype('float32'))
+    if phase == 'dygraph_infer':
+        model.eval()
+
+        def infer():
+            with paddle.no_grad():
+                model(x).numpy()
+        rate, rates = timed(infer, batch, args.repeats)
+    elif phase == 'exported_infer':
+        from export_model import create_predictor, export_inference_model, run_predictor
+        prefix = export_inference_model(model, size, os.path.join(args.tmp, 'inference'))
+        predictor = create_predictor(prefix, device='gpu' if paddle.get_device().startswith('gpu') else 'cpu',
+                                     threads=threads)
+        xs = x.numpy()
+        rate, rates = timed(lambda: run_predictor(predictor, xs), batch, args.repeats)
+    else:
+        from optim import build_lr_scheduler, build_optimizer
+        import paddle.nn.functional as F
+        model.train()
+        optimizer = build_optimizer(config, model, build_lr_scheduler(config, 1))
+        y = paddle.to_tensor(np.arange(batch) % config.MODEL.NUM_CLASSES)
+
+        def step():
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.clear_grad()
+            float(loss)
+        rate, rates = timed(step, batch, args.repeats)
+    return {'img_per_s': rate, 'runs': rates, 'threads': threads}
+
+
+def run_reference(args, variant):
+    python = os.environ.get('PIT_REFERENCE_PYTHON', sys.executable)
+    script = os.path.join(ROOT, 'tools', 'benchmark_reference.py')
+    cmd = [python, script, '-model', variant, '-batch_size', str(args.batch_size), '-threads', str(args.threads),
+           '-repeats', str(args.repeats), '-image_size', str(args.image_size), '-tmp', args.tmp]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        return None, out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'failed'
+    return json.loads(out.stdout.strip().splitlines()[-1]), None
+
+
+def markdown(result):
+    lines = [f"| {result['model']} batch {result['batch_size']}, {result['threads']} threads | ours img/s | "
+             f"peak MB | reference img/s | ours / reference |", '|---|---|---|---|---|']
+    for phase in PHASES:
+        ours = result['ours'].get(phase, {})
+        ref = (result.get('reference') or {}).get(phase, {})
+        ratio = f"{ours['img_per_s'] / ref['img_per_s']:.2f}x" if ours.get('img_per_s') and ref.get('img_per_s') else '-'
+        lines.append(f"| {phase} | {ours.get('img_per_s', float('nan')):.1f} | {ours.get('peak_mb', float('nan')):.0f} | "
+                     f"{ref.get('img_per_s', float('nan')):.1f} | {ratio} |")
+    return '\n'.join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('-cfg', required=True)
+    parser.add_argument('-batch_size', type=int, default=32)
+    parser.add_argument('-threads', type=int, default=0, help='0: all cores')
+    parser.add_argument('-repeats', type=int, default=5)
+    parser.add_argument('-phases', nargs='+', default=PHASES, choices=PHASES)
+    parser.add_argument('-json', default=None, help='also write the figures here')
+    parser.add_argument('-markdown', action='store_true', help='print a markdown table')
+    parser.add_argument('-no_reference', action='store_true')
+    parser.add_argument('-phase', default=None, help=argparse.SUPPRESS)  # internal: measure one phase
+    parser.add_argument('-tmp', default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.threads = args.threads or os.cpu_count() or 1
+    if args.phase:
+        figures = run_phase(args.phase, args)
+        figures['peak_mb'] = peak_memory_mb()
+        print(json.dumps(figures))
+        return
+    import paddle
+    from config import get_config
+    from model_info import count_macs, count_params
+    from pit import build_pit
+    config = get_config(args.cfg)
+    args.image_size = config.DATA.IMAGE_SIZE
+    model = build_pit(config)
+    variant = config.MODEL.NAME
+    result = {'model': variant, 'batch_size': args.batch_size, 'image_size': args.image_size,
+              'threads': args.threads, 'params': count_params(model),
+              'gmacs': count_macs(model, args.image_size)['total'] / 1e9, 'paddle': paddle.__version__,
+              'machine': f'{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or "cpu"}',
+              'date': time.strftime('%Y-%m-%d'), 'ours': {}}
+    print(f"{variant}: {result['params'] / 1e6:.2f}M params, {result['gmacs']:.2f} GMACs, batch {args.batch_size}, "
+          f"{args.threads} threads")
+    with tempfile.TemporaryDirectory() as tmp:
+        args.tmp = tmp
+        for phase in args.phases:
+            cmd = [sys.executable, os.path.abspath(__file__), '-cfg', args.cfg, '-batch_size', str(args.batch_size),
+                   '-threads', str(args.threads), '-repeats', str(args.repeats), '-phase', phase, '-tmp', tmp]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f'  {phase}: failed: {out.stderr.strip().splitlines()[-1]}')
+                continue
+            result['ours'][phase] = json.loads(out.stdout.strip().splitlines()[-1])
+            figures = result['ours'][phase]
+            print(f"  {phase:16s} {figures['img_per_s']:8.1f} img/s  peak {figures['peak_mb']:.0f} MB")
+        if not args.no_reference:
+            reference, error = run_reference(args, variant)
+            result['reference'] = reference
+            if reference is None:
+                print(f'  reference: not run ({error})')
+            else:
+                result['torch'] = reference.pop('versions', None)
+                for phase in args.phases:
+                    ours, ref = result['ours'].get(phase), reference.get(phase)
+                    if ours and ref:
+                        print(f"  {phase:16s} reference {ref['img_per_s']:8.1f} img/s  "
+                              f"ours/reference {ours['img_per_s'] / ref['img_per_s']:.2f}x")
+    if args.markdown:
+        print(markdown(result))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, 'w') as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,87 @@
+"""Reference figures for tools/benchmark.py: timm's PiT in PyTorch (eager), and timm's train pipeline.
+
+Run by tools/benchmark.py under a python with torch and timm (PIT_REFERENCE_PYTHON); prints one JSON line.
+Phases mirror ours: dygraph_infer (eager, no_grad), exported_infer (the same eager model: the target compares
+our exported model with the reference's eager one), train_step (forward, backward, AdamW step with the recipe's
+settings), data_per_worker (PIL decode + timm.create_transform of the recipe, on the JPEGs benchmark.py wrote).
+"""
+import argparse
+import glob
+import json
+import os
+import random
+import statistics
+import sys
+import time
+
+
+def timed(fn, images_per_call, repeats, warmup=2, min_seconds=1.0):
+    for _ in range(warmup):
+        fn()
+    rates = []
+    for _ in range(repeats):
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < min_seconds or calls == 0:
+            fn()
+            calls += 1
+        rates.append(calls * images_per_call / (time.perf_counter() - start))
+    return {'img_per_s': statistics.median(rates), 'runs': rates}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument('-model', required=True)
+    parser.add_argument('-batch_size', type=int, default=32)
+    parser.add_argument('-threads', type=int, default=0)
+    parser.add_argument('-repeats', type=int, default=5)
+    parser.add_argument('-image_size', type=int, default=224)
+    parser.add_argument('-tmp', default=None)
+    args = parser.parse_args()
+    import timm
+    import torch
+    from PIL import Image
+    torch.set_num_threads(args.threads or os.cpu_count())
+    name = f'{args.model}_{args.image_size}'
+    if name not in timm.list_models('pit_*'):
+        sys.exit(f'no timm reference for {args.model} at {args.image_size} px')
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False)
+    x = torch.rand(args.batch_size, 3, args.image_size, args.image_size)
+    result = {'versions': {'torch': torch.__version__, 'timm': timm.__version__}}
+    model.eval()
+
+    def infer():
+        with torch.no_grad():
+            model(x)
+    result['dygraph_infer'] = timed(infer, args.batch_size, args.repeats)
+    result['exported_infer'] = result['dygraph_infer']
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05, eps=1e-8)
+    y = torch.arange(args.batch_size) % 1000
+
+    def step():
+        out = model(x)
+        loss = torch.nn.functional.cross_entropy(out[0] if isinstance(out, tuple) else out, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        loss.item()
+    result['train_step'] = timed(step, args.batch_size, args.repeats)
+    paths = sorted(glob.glob(os.path.join(args.tmp or '', 'images', '*.JPEG')))
+    if paths:
+        torch.set_num_threads(1)
+        transform = timm.data.create_transform(args.image_size, is_training=True, auto_augment='rand-m9-mstd0.5-inc1',
+                                               re_prob=0.25, re_mode='pixel', re_count=1, interpolation='bicubic')
+        random.seed(0)
+        state = {'i': 0}
+
+        def load_one():
+            with Image.open(paths[state['i'] % len(paths)]) as img:
+                transform(img.convert('RGB'))
+            state['i'] += 1
+        result['data_per_worker'] = timed(load_one, 1, args.repeats)
+    print(json.dumps(result))
+
+
+if __name__ == '__main__':
+    main()
