@@ -1,0 +1,26 @@
+"""tools/benchmark.py runs every phase on a tiny config and writes its figures as JSON."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_benchmark_prints_and_writes_all_phases(tmp_path):
+    cfg = tmp_path / 'tiny.yaml'
+    cfg.write_text(f"BASE: ['{os.path.join(ROOT, 'configs', 'pit_ti.yaml')}']\nDATA:\n  IMAGE_SIZE: 32\n"
+                   'MODEL:\n  NAME: tiny\n  TRANS:\n    PATCH_SIZE: 4\n    STRIDE: 2\n    BASE_DIMS: [8, 8, 8]\n'
+                   '    DEPTH: [1, 1, 1]\n')
+    out = tmp_path / 'bench.json'
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'benchmark.py'), '-cfg', str(cfg),
+                             '-batch_size', '4', '-repeats', '1', '-json', str(out), '-markdown', '-no_reference'],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert set(figures['ours']) == {'dygraph_infer', 'exported_infer', 'train_step', 'data_per_worker'}
+    assert all(f['img_per_s'] > 0 and f['peak_mb'] > 0 for f in figures['ours'].values())
+    assert figures['params'] > 0 and '| train_step |' in result.stdout
