@@ -10,22 +10,16 @@ import glob
 import json
 import os
 import random
-import statistics
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from benchmark import timed  # noqa: E402  (stdlib-only at import, like this script)
 
 
-def timed(fn, images_per_call, repeats, warmup=2, min_seconds=1.0):
-    for _ in range(warmup):
-        fn()
-    rates = []
-    for _ in range(repeats):
-        calls, start = 0, time.perf_counter()
-        while time.perf_counter() - start < min_seconds or calls == 0:
-            fn()
-            calls += 1
-        rates.append(calls * images_per_call / (time.perf_counter() - start))
-    return {'img_per_s': statistics.median(rates), 'runs': rates}
+def figures(timing):
+    rate, rates = timing
+    return {'img_per_s': rate, 'runs': rates}
 
 
 def main():
@@ -53,7 +47,7 @@ def main():
     def infer():
         with torch.no_grad():
             model(x)
-    result['dygraph_infer'] = timed(infer, args.batch_size, args.repeats)
+    result['dygraph_infer'] = figures(timed(infer, args.batch_size, args.repeats))
     result['exported_infer'] = result['dygraph_infer']
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05, eps=1e-8)
@@ -66,7 +60,7 @@ def main():
         optimizer.step()
         optimizer.zero_grad()
         loss.item()
-    result['train_step'] = timed(step, args.batch_size, args.repeats)
+    result['train_step'] = figures(timed(step, args.batch_size, args.repeats))
     paths = sorted(glob.glob(os.path.join(args.tmp or '', 'images', '*.JPEG')))
     if paths:
         torch.set_num_threads(1)
@@ -82,7 +76,7 @@ def main():
                 except ValueError:  # timm's posterize at 0 bits fails on Pillow >= 10; the sample still counts
                     pass
             state['i'] += 1
-        result['data_per_worker'] = timed(load_one, 1, args.repeats)
+        result['data_per_worker'] = figures(timed(load_one, 1, args.repeats))
     print(json.dumps(result))
 
 
