@@ -120,8 +120,11 @@ class ToNormalizedArray:
         self.shift = (np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)).reshape(3, 1, 1)
 
     def __call__(self, img):
-        array = np.asarray(img, dtype=np.float32).transpose(2, 0, 1)
-        return array * self.scale - self.shift
+        pixels = np.asarray(img).transpose(2, 0, 1)  # uint8 view; the conversion happens inside the multiply
+        out = np.empty(pixels.shape, dtype=np.float32)
+        np.multiply(pixels, self.scale, out=out)
+        out -= self.shift
+        return out
 
 
 def eval_resize_size(image_size, crop_pct):
