@@ -38,6 +38,8 @@ def read_imagenet_index(path=CLASS_INDEX):
 def class_names(classes, num_classes):
     """Readable name per class index: from the checkpoint's class list, else ImageNet-1k, else the index."""
     imagenet = read_imagenet_index()
+    if classes == [str(i) for i in range(num_classes)]:
+        classes = None  # list-layout datasets name classes by index: ImageNet's index when there are 1000
     if classes:
         lookup = dict(imagenet)
         return [f'{lookup[c]} ({c})' if c in lookup else str(c) for c in classes]

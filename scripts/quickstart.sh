@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # First run on a fresh machine: set up .venv (CPU paddle), write a small real dataset in ImageNet layout
 # (Fashion-MNIST from Debian's package where apt works, else scikit-learn's digits), train a small PiT through
-# main_single_gpu.py, evaluate it, and classify a held-out image. A few minutes on 2 CPU cores.
+# main_single_gpu.py, evaluate it, and classify held-out images. A few minutes on 2 CPU cores.
 # GPU: PADDLE_PACKAGE=paddlepaddle-gpu==3.3.1 bash scripts/quickstart.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +29,5 @@ echo "== evaluating $OUT/checkpoint-best"
 $PY main_single_gpu.py -cfg $CFG -data_path "$DATA" -save_path "$OUT/eval" -eval -pretrained "$OUT/checkpoint-best" \
     2>&1 | grep -E "Eval|error"
 
-IMAGE=$(ls "$DATA"/heldout/* | head -n 1)
-echo "== predicting a held-out image: $IMAGE"
-$PY predict.py -cfg $CFG -pretrained "$OUT/checkpoint-best" -img_path "$IMAGE" -topk 3
+echo "== predicting the held-out images (one per class, never seen in training; file name = true class)"
+$PY predict.py -cfg $CFG -pretrained "$OUT/checkpoint-best" -img_path "$DATA/heldout" -topk 1

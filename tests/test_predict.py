@@ -28,6 +28,7 @@ def test_checkpoint_classes_take_precedence_and_wnids_become_readable():
     assert class_names(['n02108551', 'cat'], 2) == ['Tibetan mastiff (n02108551)', 'cat']
     assert class_names(None, 1000)[244] == 'Tibetan mastiff (n02108551)'
     assert class_names(None, 3) == ['0', '1', '2']
+    assert class_names([str(i) for i in range(1000)], 1000)[244] == 'Tibetan mastiff (n02108551)'
 
 
 @pytest.fixture(scope='module')
