@@ -18,7 +18,6 @@ import numpy as np
 import paddle
 from PIL import Image
 
-from mixup import build_mixup  # noqa: F401  (builders the launchers import from here)
 from transforms import build_transforms
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')

@@ -9,16 +9,16 @@ warnings.filterwarnings('ignore', message='No ccache found')  # paddle's import-
 import argparse
 import os
 import sys
-import time
 
 import paddle
 import paddle.distributed as dist
 
 import checkpoint
 from config import ConfigError, finalize_config, get_config, update_config
-from datasets import DatasetError, build_dataloader, build_dataset, build_mixup
+from datasets import DatasetError, build_dataloader, build_dataset
 from engine import NonFiniteLossError, evaluate, train_one_epoch
 from losses import build_criterion
+from mixup import build_mixup
 from model_ema import ModelEma
 from optim import build_lr_scheduler, build_optimizer
 from pit import build_pit

@@ -16,7 +16,6 @@ Initialisation is Paddle's default: the teacher is always loaded from trained we
 import os
 
 import numpy as np
-import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
