@@ -10,7 +10,7 @@ import os
 
 
 def timm_info_dir():
-    import timm  # noqa: only for locating its data files
+    import timm  # only for locating its data files
     return os.path.join(os.path.dirname(timm.__file__), 'data', '_info')
 
 
