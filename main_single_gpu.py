@@ -91,7 +91,7 @@ def build_teacher(config, logger):
         return None
     from regnet import load_teacher  # only distillation runs need the teacher code
     with paddle.utils.unique_name.guard('teacher_'):
-        teacher = load_teacher(config.TRAIN.TEACHER_MODEL)
+        teacher = load_teacher(config.TRAIN.TEACHER_MODEL, num_classes=config.MODEL.NUM_CLASSES)
     logger.info(f'teacher {config.TRAIN.TEACHER_MODEL}, distillation {config.TRAIN.DISTILLATION_TYPE}')
     return teacher
 

@@ -139,3 +139,24 @@ def test_resume_with_checkpoint_of_another_variant_fails_in_one_line(digits, tmp
     assert other.stderr.strip().splitlines()[-1].startswith('error:')
     assert 'Traceback' not in other.stderr
     assert 'shape' in other.stderr
+
+
+def test_resume_with_ema_and_teacher_reproduces_the_uninterrupted_run(tmp_path):
+    """Distilled student + RegNetY-16GF teacher + EMA: the optimizer state must load whatever was built first."""
+    from regnet import build_regnet
+    digits = str(tmp_path / 'data')
+    write_dataset(digits, source='digits', image_size=32, train_per_class=7, val_per_class=2)  # 2 steps an epoch
+    paddle.seed(0)
+    teacher = build_regnet(num_classes=10)
+    paddle.save(teacher.state_dict(), str(tmp_path / 'teacher.pdparams'))
+    del teacher
+    opts = ['MODEL.DISTILL', 'True', 'TRAIN.DISTILLATION_TYPE', 'hard', 'TRAIN.TEACHER_MODEL',
+            str(tmp_path / 'teacher'), 'CPU_THREADS', '1', 'SAVE_FREQ', '1']
+    run('main_single_gpu.py', digits, str(tmp_path / 'straight'), opts=opts + ['TRAIN.NUM_EPOCHS', '2'])
+    run('main_single_gpu.py', digits, str(tmp_path / 'resumed'), opts=opts + ['TRAIN.NUM_EPOCHS', '1'])
+    run('main_single_gpu.py', digits, str(tmp_path / 'resumed'), '-resume', 'auto', opts=opts + ['TRAIN.NUM_EPOCHS', '2'])
+    a, b = final_state(str(tmp_path / 'straight')), final_state(str(tmp_path / 'resumed'))
+    assert a['epoch'] == b['epoch'] == 2
+    for part in ('model', 'model_ema'):
+        for key in a[part]:
+            np.testing.assert_array_equal(a[part][key].numpy(), b[part][key].numpy(), err_msg=f'{part} {key}')
