@@ -3,6 +3,8 @@ import copy
 
 import paddle
 
+from utils import unwrap_model
+
 
 class ModelEma:
     """A frozen copy of the model whose trained parameters follow ema = decay * ema + (1 - decay) * model after
@@ -19,7 +21,7 @@ class ModelEma:
     def __init__(self, model, decay=0.9999):
         self.decay = float(decay)
         with paddle.utils.unique_name.guard():
-            self.module = copy.deepcopy(_unwrap(model))
+            self.module = copy.deepcopy(unwrap_model(model))
         self.module.eval()
         for param in self.module.parameters():
             param.stop_gradient = True
@@ -27,7 +29,7 @@ class ModelEma:
     @paddle.no_grad()
     def update(self, model):
         """Move the average towards model (the trained model, or its DataParallel wrapper)."""
-        model = _unwrap(model)
+        model = unwrap_model(model)
         for ema_param, param in zip(self.module.parameters(), model.parameters()):
             if param.stop_gradient:
                 paddle.assign(param.detach(), output=ema_param)
@@ -46,8 +48,3 @@ class ModelEma:
         if missing or unexpected:
             raise ValueError(f'EMA state does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}')
         self.module.set_state_dict(state_dict)
-
-
-def _unwrap(model):
-    """The layer inside paddle.DataParallel (whose `_layers` holds it), or model itself."""
-    return getattr(model, '_layers', model)

@@ -21,6 +21,7 @@ import paddle
 from paddle.optimizer.lr import LRScheduler
 
 from config import ConfigError
+from utils import unwrap_model
 
 
 # ---------------------------------------------------------------- which parameters decay
@@ -30,7 +31,9 @@ def param_groups(model, weight_decay):
 
     Not decayed: parameters with ndim <= 1, names ending in '.bias', names in `model.no_weight_decay()`
     (structured names, e.g. pos_embed, cls_token). Frozen parameters (stop_gradient) are left out.
+    model may be wrapped in paddle.DataParallel (the rule reads the inner model's names and no_weight_decay).
     """
+    model = unwrap_model(model)
     skip = set(model.no_weight_decay()) if hasattr(model, 'no_weight_decay') else set()
     decay, no_decay = [], []
     for name, param in model.named_parameters():

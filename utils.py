@@ -109,3 +109,8 @@ def set_cpu_threads(num_threads=0):
     os.environ['OMP_NUM_THREADS'] = str(num_threads)
     paddle.base.core.set_num_threads(num_threads)
     return num_threads
+
+
+def unwrap_model(model):
+    """The layer inside paddle.DataParallel (which holds it as `_layers`), or model itself."""
+    return getattr(model, '_layers', model)

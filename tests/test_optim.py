@@ -38,6 +38,16 @@ def test_param_groups_exclude_1d_params_biases_and_model_no_weight_decay():
     assert 'head.weight' in decayed and 'patch_embed.conv.weight' in decayed
 
 
+
+def test_param_groups_of_a_data_parallel_wrapper_follow_the_inner_model():
+    model = small_pit(small_config())
+    wrapper = paddle.nn.Layer()
+    wrapper._layers = model  # what paddle.DataParallel holds; it has no no_weight_decay() of its own
+    groups = [[p.name for p in group['params']] for group in param_groups(model, 0.05)]
+    assert [[p.name for p in group['params']] for group in param_groups(wrapper, 0.05)] == groups
+    assert model.pos_embed.name in groups[1]
+
+
 def zero_grad_step(name, *opts):
     """(model, its parameters before, after) one optimizer step with all-zero gradients."""
     config = small_config('TRAIN.OPTIMIZER.NAME', name, *opts)
