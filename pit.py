@@ -71,12 +71,34 @@ class Attention(nn.Layer):
 
     def forward(self, x):
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape([B, N, 3, self.num_heads, self.head_dim]).transpose([2, 0, 3, 1, 4])
-        q, k, v = qkv[0], qkv[1], qkv[2]  # [B, heads, N, head_dim]
+        qkv = self.qkv(x)
+        if paddle.in_dynamic_mode():
+            x = self._attend(qkv, B, N)
+        else:
+            x = self._attend_fusable(qkv, B, N)
+        return self.proj_drop(self.proj(x.reshape([B, N, C])))
+
+    def _attend(self, qkv, B, N):
+        """Dygraph form. [B, N, 3C] -> [B, 3 * heads, N, head_dim] -> q, k, v [B, heads, N, head_dim]: one
+        transpose, and a split (whose backward is a concat) rather than three slices (each of whose backward
+        writes a full zero tensor). Returns [B, N, heads, head_dim]."""
+        qkv = qkv.reshape([B, N, 3 * self.num_heads, self.head_dim]).transpose([0, 2, 1, 3])
+        q, k, v = paddle.split(qkv, 3, axis=1)
         attn = paddle.matmul(q * self.scale, k, transpose_y=True)
         attn = self.attn_drop(F.softmax(attn, axis=-1))
-        x = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([B, N, C])
-        return self.proj_drop(self.proj(x))
+        return paddle.matmul(attn, v).transpose([0, 2, 1, 3])
+
+    def _attend_fusable(self, qkv, B, N):
+        """The same values in the op pattern that paddle.inference's self_attention_fuse_pass turns into one
+        fused CPU attention kernel (oneDNN, AVX-512): q is scaled before the [B, N, 3, heads, head_dim] ->
+        [3, B, heads, N, head_dim] transpose (k and v times 1.0, exact), k is transposed explicitly, and softmax
+        follows the first matmul directly. Used when the model is traced for export."""
+        dim = self.num_heads * self.head_dim
+        scale = paddle.concat([paddle.full([dim], self.scale, qkv.dtype), paddle.ones([2 * dim], qkv.dtype)])
+        qkv = (qkv * scale).reshape([B, N, 3, self.num_heads, self.head_dim]).transpose([2, 0, 3, 1, 4])
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = self.attn_drop(F.softmax(paddle.matmul(q, k.transpose([0, 1, 3, 2])), axis=-1))
+        return paddle.matmul(attn, v).transpose([0, 2, 1, 3])
 
 
 class Block(nn.Layer):

@@ -123,11 +123,11 @@ def main():
     args = get_arguments()
     from config import ConfigError, finalize_config, get_config, merge_opts
     from datasets import build_transforms
-    from utils import set_cpu_threads
+    from utils import configure_cpu
     from weights import WeightsError
     try:
         config = finalize_config(merge_opts(get_config(args.cfg), args.opts or []))
-        set_cpu_threads(config.CPU_THREADS)
+        configure_cpu(config.CPU_THREADS)
         classify = build_classifier(args, config)
         names = class_names(checkpoint_classes(args.pretrained) if args.pretrained else None,
                             config.MODEL.NUM_CLASSES)

@@ -7,7 +7,7 @@ import paddle
 import pytest
 
 from config import get_config
-from pit import build_pit, PoolingTransformer
+from pit import Attention, build_pit, PoolingTransformer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,3 +88,17 @@ def test_layernorm_eps_and_token_init():
     assert model.norm._epsilon == 1e-6
     assert abs(float(model.pos_embed.numpy().std()) - 0.02) < 0.01
     assert model.no_weight_decay() == {'pos_embed', 'cls_token'}
+
+
+def test_export_attention_form_computes_the_dygraph_attention():
+    """Attention has two op layouts of one computation: the dygraph one (split q/k/v) and the one traced for
+    export (the pattern paddle.inference fuses into one CPU kernel). They must agree."""
+    paddle.seed(3)
+    attn = Attention(dim=48, num_heads=3)
+    attn.eval()
+    B, N = 2, 17
+    qkv = attn.qkv(paddle.randn([B, N, 48]))
+    dygraph = attn._attend(qkv, B, N).numpy()
+    export = attn._attend_fusable(qkv, B, N).numpy()
+    assert dygraph.shape == (B, N, 3, 16)
+    np.testing.assert_allclose(export, dygraph, rtol=1e-5, atol=1e-6)

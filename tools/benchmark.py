@@ -74,8 +74,8 @@ def run_phase(phase, args):
     import paddle
     from config import get_config, merge_opts, finalize_config
     from pit import build_pit
-    from utils import set_cpu_threads
-    threads = set_cpu_threads(args.threads)
+    from utils import configure_cpu
+    threads = configure_cpu(args.threads)
     config = finalize_config(merge_opts(get_config(args.cfg), ['DATA.BATCH_SIZE', str(args.batch_size)]))
     size, batch = config.DATA.IMAGE_SIZE, args.batch_size
     paddle.seed(0)
