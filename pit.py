@@ -13,6 +13,7 @@ import math
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
+from paddle.autograd import PyLayer
 
 from droppath import DropPath
 
@@ -23,11 +24,44 @@ def _torch_default_uniform(fan_in):
     return nn.initializer.Uniform(-bound, bound)
 
 
+class _LinearCPUFunction(PyLayer):
+    """y = x @ w + b with a backward made of three matmuls, bias gradient included (ones @ dy).
+
+    Paddle's CPU add-backward reduces the bias gradient on one thread; as a matmul it runs on all of them
+    (pit_ti training step on 2 cores: 14.5 -> 19.5 img/s). Forward values are those of F.linear.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.x_needs_grad = not x.stop_gradient
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensor()
+        in_features, out_features = weight.shape
+        grad_2d = grad.reshape([-1, out_features])
+        grad_x = paddle.matmul(grad, weight, transpose_y=True) if ctx.x_needs_grad else None
+        grad_weight = paddle.matmul(x.reshape([-1, in_features]), grad_2d, transpose_x=True)
+        grad_bias = paddle.matmul(paddle.ones([1, grad_2d.shape[0]], grad.dtype), grad_2d).reshape([out_features])
+        return grad_x, grad_weight, grad_bias
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and names) whose CPU training backward is _LinearCPUFunction."""
+
+    def forward(self, x):
+        if self.training and self.bias is not None and x.place.is_cpu_place() and paddle.in_dynamic_mode():
+            return _LinearCPUFunction.apply(x, self.weight, self.bias)
+        return super().forward(x)
+
+
 def _linear(in_features, out_features):
-    """nn.Linear with PyTorch's default init, as the official code keeps it (Paddle's default is Xavier)."""
+    """Linear with PyTorch's default init, as the official code keeps it (Paddle's default is Xavier)."""
     init = _torch_default_uniform(in_features)
-    return nn.Linear(in_features, out_features, weight_attr=paddle.ParamAttr(initializer=init),
-                     bias_attr=paddle.ParamAttr(initializer=init))
+    return Linear(in_features, out_features, weight_attr=paddle.ParamAttr(initializer=init),
+                  bias_attr=paddle.ParamAttr(initializer=init))
 
 
 def _conv(in_channels, out_channels, kernel_size, stride, padding, groups=1):

@@ -7,7 +7,7 @@ import paddle
 import pytest
 
 from config import get_config
-from pit import Attention, build_pit, PoolingTransformer
+from pit import Attention, build_pit, Linear, PoolingTransformer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -102,3 +102,29 @@ def test_export_attention_form_computes_the_dygraph_attention():
     export = attn._attend_fusable(qkv, B, N).numpy()
     assert dygraph.shape == (B, N, 3, 16)
     np.testing.assert_allclose(export, dygraph, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('shape', [[5, 8], [2, 7, 8]])
+@pytest.mark.parametrize('x_needs_grad', [True, False])
+def test_cpu_training_linear_has_the_gradients_of_f_linear(shape, x_needs_grad):
+    paddle.seed(4)
+    layer = Linear(8, 6)
+    layer.train()
+    x = paddle.randn(shape)
+    upstream = paddle.randn(shape[:-1] + [6])
+    results = []
+    for use_custom_backward in (True, False):
+        layer.clear_gradients()
+        xi = x.detach()
+        xi.stop_gradient = not x_needs_grad
+        out = layer(xi) if use_custom_backward else paddle.nn.functional.linear(xi, layer.weight, layer.bias)
+        (out * upstream).sum().backward()
+        results.append([out.numpy(), layer.weight.grad.numpy(), layer.bias.grad.numpy(),
+                        None if xi.grad is None else xi.grad.numpy()])
+    custom, reference = results
+    for got, want in zip(custom, reference):
+        if want is None:
+            assert got is None
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert (custom[3] is None) == (not x_needs_grad)
