@@ -52,10 +52,13 @@ def count_macs(model, image_size):
     kinds = {nn.Conv2D: 'conv', nn.Linear: 'linear', Attention: 'attention', nn.LayerNorm: 'layernorm'}
     counts = dict.fromkeys(kinds.values(), 0)
 
-    def hook(layer, inputs, output):
-        counts[kinds[type(layer)]] += _per_image_macs(layer, inputs, output)
+    def kind_of(layer):
+        return next((kind for cls, kind in kinds.items() if isinstance(layer, cls)), None)
 
-    handles = [layer.register_forward_post_hook(hook) for layer in model.sublayers() if type(layer) in kinds]
+    def hook(layer, inputs, output):
+        counts[kind_of(layer)] += _per_image_macs(layer, inputs, output)
+
+    handles = [layer.register_forward_post_hook(hook) for layer in model.sublayers() if kind_of(layer)]
     was_training = model.training
     model.eval()
     try:
