@@ -6,3 +6,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 os.environ.setdefault('OMP_NUM_THREADS', str(os.cpu_count() or 1))
+
+# Tests run the model under the same CPU settings as training, evaluation and prediction (threads, MKL path,
+# copying transposes, malloc), so parity and gradient tests check the configuration users get.
+import utils  # noqa: E402
+
+utils.configure_cpu()
