@@ -4,6 +4,9 @@ train data pipeline per worker; with the reference timm/PyTorch model side by si
     python tools/benchmark.py -cfg configs/pit_ti.yaml -batch_size 32 -json output/bench.json -markdown
     PIT_REFERENCE_PYTHON=/path/to/python-with-torch-and-timm python tools/benchmark.py -cfg configs/pit_ti.yaml
 
+Where a GPU exists, everything runs on it, train_step_amp adds a training step under auto_cast (AMP_DTYPE), and
+the reference runs on CUDA (ratios are printed only when both sides ran on the same kind of device).
+
 Each figure is the median images/s over `-repeats` timed runs after warmup, measured in its own subprocess so
 that its peak memory (max RSS on CPU, max allocated on GPU) is its own. Threads default to all cores (paddle
 would otherwise use one). The reference runs through tools/benchmark_reference.py under PIT_REFERENCE_PYTHON
@@ -25,6 +28,12 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 
 PHASES = ['dygraph_infer', 'exported_infer', 'train_step', 'data_per_worker']
+GPU_PHASES = ['train_step_amp']  # measured only where a GPU exists: a training step under auto_cast (AMP_DTYPE)
+
+
+def gpu_available():
+    import paddle
+    return paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 
 
 def timed(fn, images_per_call, repeats, warmup=2, min_seconds=1.0):
@@ -75,7 +84,7 @@ def run_phase(phase, args):
     from config import get_config, merge_opts, finalize_config
     from pit import build_pit
     from utils import configure_cpu
-    threads = configure_cpu(args.threads)
+    threads = args.threads if gpu_available() else configure_cpu(args.threads)
     config = finalize_config(merge_opts(get_config(args.cfg), ['DATA.BATCH_SIZE', str(args.batch_size)]))
     size, batch = config.DATA.IMAGE_SIZE, args.batch_size
     paddle.seed(0)
@@ -115,11 +124,16 @@ def run_phase(phase, args):
         model.train()
         optimizer = build_optimizer(config, model, build_lr_scheduler(config, 1))
         y = paddle.to_tensor(np.arange(batch) % config.MODEL.NUM_CLASSES)
+        use_amp = phase == 'train_step_amp'
+        scaler = paddle.amp.GradScaler(enable=use_amp and config.AMP_DTYPE == 'float16', init_loss_scaling=2.0 ** 16)
 
         def step():
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
+            with paddle.amp.auto_cast(enable=use_amp, dtype=config.AMP_DTYPE, level='O1'):
+                out = model(x)
+                loss = F.cross_entropy(out[0] if isinstance(out, tuple) else out, y)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             optimizer.clear_grad()
             float(loss)
         rate, rates = timed(step, batch, args.repeats)
@@ -130,7 +144,8 @@ def run_reference(args, variant):
     python = os.environ.get('PIT_REFERENCE_PYTHON', sys.executable)
     script = os.path.join(ROOT, 'tools', 'benchmark_reference.py')
     cmd = [python, script, '-model', variant, '-batch_size', str(args.batch_size), '-threads', str(args.threads),
-           '-repeats', str(args.repeats), '-image_size', str(args.image_size), '-tmp', args.tmp]
+           '-repeats', str(args.repeats), '-image_size', str(args.image_size), '-tmp', args.tmp,
+           '-amp_dtype', args.amp_dtype]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         return None, out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'failed'
@@ -140,7 +155,7 @@ def run_reference(args, variant):
 def markdown(result):
     lines = [f"| {result['model']} batch {result['batch_size']}, {result['threads']} threads | ours img/s | "
              f"peak MB | reference img/s | ours / reference |", '|---|---|---|---|---|']
-    for phase in PHASES:
+    for phase in [p for p in PHASES + GPU_PHASES if p in result['ours'] or p in PHASES]:
         ours = result['ours'].get(phase, {})
         ref = (result.get('reference') or {}).get(phase, {})
         ratio = f"{ours['img_per_s'] / ref['img_per_s']:.2f}x" if ours.get('img_per_s') and ref.get('img_per_s') else '-'
@@ -155,7 +170,8 @@ def main():
     parser.add_argument('-batch_size', type=int, default=32)
     parser.add_argument('-threads', type=int, default=0, help='0: all cores')
     parser.add_argument('-repeats', type=int, default=5)
-    parser.add_argument('-phases', nargs='+', default=PHASES, choices=PHASES)
+    parser.add_argument('-phases', nargs='+', default=None, choices=PHASES + GPU_PHASES,
+                        help='default: all (train_step_amp only where a GPU exists)')
     parser.add_argument('-json', default=None, help='also write the figures here')
     parser.add_argument('-markdown', action='store_true', help='print a markdown table')
     parser.add_argument('-no_reference', action='store_true')
@@ -171,16 +187,18 @@ def main():
     import paddle
     from config import get_config
     from model_info import count_macs, count_params
+    if args.phases is None:
+        args.phases = PHASES + (GPU_PHASES if gpu_available() else [])
     from pit import build_pit
     config = get_config(args.cfg)
-    args.image_size = config.DATA.IMAGE_SIZE
+    args.image_size, args.amp_dtype = config.DATA.IMAGE_SIZE, config.AMP_DTYPE
     model = build_pit(config)
     variant = config.MODEL.NAME
     result = {'model': variant, 'batch_size': args.batch_size, 'image_size': args.image_size,
               'threads': args.threads, 'params': count_params(model),
               'gmacs': count_macs(model, args.image_size)['total'] / 1e9, 'paddle': paddle.__version__,
               'machine': f'{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or "cpu"}',
-              'date': time.strftime('%Y-%m-%d'), 'ours': {}}
+              'device': 'gpu' if gpu_available() else 'cpu', 'date': time.strftime('%Y-%m-%d'), 'ours': {}}
     print(f"{variant}: {result['params'] / 1e6:.2f}M params, {result['gmacs']:.2f} GMACs, batch {args.batch_size}, "
           f"{args.threads} threads")
     with tempfile.TemporaryDirectory() as tmp:
@@ -202,6 +220,10 @@ def main():
                 print(f'  reference: not run ({error})')
             else:
                 result['torch'] = reference.pop('versions', None)
+                ref_device = result['torch'].get('device', 'cpu')
+                if ref_device != {'gpu': 'cuda', 'cpu': 'cpu'}[result['device']]:
+                    print(f"  reference ran on {ref_device}, ours on {result['device']}: no ratios")
+                    result['reference'] = reference = {}
                 for phase in args.phases:
                     ours, ref = result['ours'].get(phase), reference.get(phase)
                     if ours and ref:

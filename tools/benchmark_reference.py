@@ -30,6 +30,7 @@ def main():
     parser.add_argument('-repeats', type=int, default=5)
     parser.add_argument('-image_size', type=int, default=224)
     parser.add_argument('-tmp', default=None)
+    parser.add_argument('-amp_dtype', default='float16', choices=['float16', 'bfloat16'])
     args = parser.parse_args()
     import timm
     import torch
@@ -39,28 +40,38 @@ def main():
     if name not in timm.list_models('pit_*'):
         sys.exit(f'no timm reference for {args.model} at {args.image_size} px')
     torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False)
-    x = torch.rand(args.batch_size, 3, args.image_size, args.image_size)
-    result = {'versions': {'torch': torch.__version__, 'timm': timm.__version__}}
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'  # the device ours runs on when it has a GPU
+    model = timm.create_model(name, pretrained=False).to(device)
+    x = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    result = {'versions': {'torch': torch.__version__, 'timm': timm.__version__, 'device': device}}
     model.eval()
 
     def infer():
         with torch.no_grad():
-            model(x)
+            model(x).cpu()
     result['dygraph_infer'] = figures(timed(infer, args.batch_size, args.repeats))
     result['exported_infer'] = result['dygraph_infer']
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05, eps=1e-8)
-    y = torch.arange(args.batch_size) % 1000
+    y = torch.arange(args.batch_size, device=device) % 1000
 
-    def step():
-        out = model(x)
-        loss = torch.nn.functional.cross_entropy(out[0] if isinstance(out, tuple) else out, y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        loss.item()
-    result['train_step'] = figures(timed(step, args.batch_size, args.repeats))
+    def train_step(amp_dtype=None):
+        scaler = torch.amp.GradScaler(device, enabled=amp_dtype == torch.float16)
+
+        def step():
+            with torch.autocast(device, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                out = model(x)
+                loss = torch.nn.functional.cross_entropy(out[0] if isinstance(out, tuple) else out, y)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad()
+            loss.item()
+        return step
+    result['train_step'] = figures(timed(train_step(), args.batch_size, args.repeats))
+    if device == 'cuda':
+        dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
+        result['train_step_amp'] = figures(timed(train_step(dtype), args.batch_size, args.repeats))
     paths = sorted(glob.glob(os.path.join(args.tmp or '', 'images', '*.JPEG')))
     if paths:
         torch.set_num_threads(1)
