@@ -1,0 +1,75 @@
+"""paddle.DataParallel over 2 CPU processes (GLOO) averages the gradients of every parameter, including those of
+pit.Linear, whose CPU training backward is a PyLayer."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
+
+WORKER = r'''
+import os, sys
+import numpy as np
+import paddle
+import paddle.distributed as dist
+import paddle.nn.functional as F
+sys.path.insert(0, sys.argv[1])
+from config import get_config, merge_opts
+from pit import build_pit
+from utils import configure_cpu
+
+TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE',
+        '2', 'MODEL.TRANS.BASE_DIMS', '[8, 8, 8]', 'MODEL.TRANS.DEPTH', '[1, 1, 1]', 'MODEL.DROP_PATH', '0.0']
+
+
+def batch(rank):
+    rng = np.random.RandomState(100 + rank)
+    return (paddle.to_tensor(rng.rand(4, 3, 32, 32).astype('float32')),
+            paddle.to_tensor(rng.randint(0, 10, size=4).astype('int64')))
+
+
+def grads(model, x, y):
+    model.clear_gradients()
+    F.cross_entropy(model(x), y).backward()
+    return {n: p.grad.numpy().copy() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def worker(out_dir):
+    configure_cpu(1)
+    dist.init_parallel_env()
+    rank = dist.get_rank()
+    config = merge_opts(get_config(os.path.join(sys.argv[1], 'configs', 'pit_ti.yaml')), TINY)
+    paddle.seed(0)
+    model = build_pit(config)
+    model.train()
+    expected = [grads(model, *batch(r)) for r in range(2)]
+    ddp = paddle.DataParallel(model)
+    model.clear_gradients()
+    F.cross_entropy(ddp(*batch(rank)[:1]), batch(rank)[1]).backward()
+    got = {n: p.grad.numpy() for n, p in model.named_parameters() if p.grad is not None}
+    np.savez(os.path.join(out_dir, f'rank{rank}.npz'), **{'got/' + n: v for n, v in got.items()},
+             **{'expected/' + n: (expected[0][n] + expected[1][n]) / 2 for n in got})
+
+
+if __name__ == '__main__':
+    os.environ['PADDLE_DISTRI_BACKEND'] = 'gloo'
+    dist.spawn(worker, args=(sys.argv[2],), nprocs=2, backend='gloo')
+'''
+
+
+def test_data_parallel_averages_every_gradient_across_two_cpu_processes(tmp_path):
+    script = tmp_path / 'worker.py'
+    script.write_text(WORKER)
+    out = subprocess.run([sys.executable, str(script), ROOT, str(tmp_path)], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for rank in range(2):
+        result = np.load(tmp_path / f'rank{rank}.npz')
+        names = [k[len('got/'):] for k in result.files if k.startswith('got/')]
+        assert any('.fc1.' in n for n in names) and any('.qkv.' in n for n in names)
+        for name in names:
+            np.testing.assert_allclose(result['got/' + name], result['expected/' + name], rtol=1e-4, atol=1e-6,
+                                       err_msg=f'rank {rank}: {name}')
