@@ -14,6 +14,7 @@ import paddle
 import paddle.distributed as dist
 
 import checkpoint
+import cpu_kernels
 from config import ConfigError, finalize_config, get_config, update_config
 from datasets import DatasetError, build_dataloader, build_dataset
 from engine import NonFiniteLossError, evaluate, train_one_epoch
@@ -72,10 +73,13 @@ def setup_process(config):
     if int(os.environ.get('PADDLE_TRAINERS_NUM', '1')) > 1:
         dist.init_parallel_env()
     if not use_gpu:
-        configure_cpu(config.CPU_THREADS)
+        configure_cpu(config.CPU_THREADS, kernels=config.CPU_KERNELS)
     finalize_config(config, get_world_size())
     logger = setup_logger(config.SAVE, get_rank())
     logger.info(f'device {paddle.get_device()}, {get_world_size()} process(es), paddle {paddle.__version__}')
+    if not use_gpu and config.CPU_KERNELS:
+        log = logger.info if cpu_kernels.in_use() else logger.warning
+        log(cpu_kernels.status())
     return logger
 
 

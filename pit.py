@@ -15,6 +15,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
 
+import cpu_kernels
 from droppath import DropPath
 
 
@@ -54,6 +55,15 @@ class Linear(nn.Linear):
     def forward(self, x):
         if self.training and self.bias is not None and x.place.is_cpu_place() and paddle.in_dynamic_mode():
             return _LinearCPUFunction.apply(x, self.weight, self.bias)
+        return super().forward(x)
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters and names) that runs cpu_kernels' multi-threaded kernel on CPU in dygraph."""
+
+    def forward(self, x):
+        if cpu_kernels.usable(x) and self.weight is not None and self.bias is not None:
+            return cpu_kernels.layer_norm(x, self.weight, self.bias, self._epsilon)
         return super().forward(x)
 
 
@@ -119,7 +129,7 @@ class Attention(nn.Layer):
         qkv = qkv.reshape([B, N, 3 * self.num_heads, self.head_dim]).transpose([0, 2, 1, 3])
         q, k, v = paddle.split(qkv, 3, axis=1)
         attn = paddle.matmul(q * self.scale, k, transpose_y=True)
-        attn = self.attn_drop(F.softmax(attn, axis=-1))
+        attn = self.attn_drop(cpu_kernels.softmax(attn))
         return paddle.matmul(attn, v).transpose([0, 2, 1, 3])
 
     def _attend_fusable(self, qkv, B, N):
@@ -140,10 +150,10 @@ class Block(nn.Layer):
 
     def __init__(self, dim, num_heads, mlp_ratio, drop=0.0, attn_drop=0.0, drop_path=0.0):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, epsilon=1e-6)
+        self.norm1 = LayerNorm(dim, epsilon=1e-6)
         self.attn = Attention(dim, num_heads, attn_drop=attn_drop, proj_drop=drop)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim, epsilon=1e-6)
+        self.norm2 = LayerNorm(dim, epsilon=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
 
     def forward(self, x):
@@ -232,7 +242,7 @@ class PoolingTransformer(nn.Layer):
             if s < len(depth) - 1:
                 self.pools.append(ConvHeadPooling(widths[s], widths[s + 1], stride=2))
 
-        self.norm = nn.LayerNorm(self.embed_dim, epsilon=1e-6)
+        self.norm = LayerNorm(self.embed_dim, epsilon=1e-6)
         self.head = _linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         if distilled:
             self.head_dist = _linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()

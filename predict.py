@@ -123,11 +123,17 @@ def main():
     args = get_arguments()
     from config import ConfigError, finalize_config, get_config, merge_opts
     from datasets import build_transforms
+    import paddle
+    import cpu_kernels
     from utils import configure_cpu
     from weights import WeightsError
     try:
         config = finalize_config(merge_opts(get_config(args.cfg), args.opts or []))
-        configure_cpu(config.CPU_THREADS)
+        if paddle.get_device() == 'cpu':
+            dygraph = not args.infer_model  # an exported model runs paddle.inference's own fused kernels
+            configure_cpu(config.CPU_THREADS, kernels=dygraph and config.CPU_KERNELS)
+            if dygraph and config.CPU_KERNELS and not cpu_kernels.in_use():
+                print(f'warning: {cpu_kernels.status()}', file=sys.stderr)
         classify = build_classifier(args, config)
         names = class_names(checkpoint_classes(args.pretrained) if args.pretrained else None,
                             config.MODEL.NUM_CLASSES)

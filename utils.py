@@ -99,7 +99,7 @@ def format_seconds(seconds):
     return f'{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
 
-def configure_cpu(num_threads=0):
+def configure_cpu(num_threads=0, kernels=True):
     """Make paddle's CPU kernels fast; call it before the first CPU matmul. Returns the thread count used.
 
     None of this changes the values the model computes (beyond the float rounding of a different gemm path):
@@ -112,6 +112,7 @@ def configure_cpu(num_threads=0):
       element by element; plain transposes are several times faster (stage-1 attention forward+backward
       786 -> 419 ms).
     - glibc keeps freed memory (see keep_freed_memory).
+    - kernels: build/load cpu_kernels (multi-threaded softmax and LayerNorm); cpu_kernels.status() says the result.
     """
     local_processes = int(os.environ.get('PADDLE_LOCAL_SIZE', os.environ.get('PADDLE_TRAINERS_NUM', '1')))
     num_threads = num_threads or max(1, (os.cpu_count() or 1) // max(local_processes, 1))
@@ -121,6 +122,9 @@ def configure_cpu(num_threads=0):
         os.environ.setdefault('MKL_DEBUG_CPU_TYPE', '5')
     paddle.set_flags({'FLAGS_use_stride_kernel': False})
     keep_freed_memory()
+    if kernels:
+        import cpu_kernels
+        cpu_kernels.load()
     return num_threads
 
 

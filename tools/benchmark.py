@@ -137,7 +137,8 @@ def run_phase(phase, args):
             optimizer.clear_grad()
             float(loss)
         rate, rates = timed(step, batch, args.repeats)
-    return {'img_per_s': rate, 'runs': rates, 'threads': threads}
+    import cpu_kernels
+    return {'img_per_s': rate, 'runs': rates, 'threads': threads, 'cpu_kernels': cpu_kernels.status()}
 
 
 def run_reference(args, variant):

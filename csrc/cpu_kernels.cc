@@ -1,0 +1,199 @@
+// Multi-threaded CPU kernels for the two PiT ops whose Paddle CPU kernels run on one thread and dominate CPU
+// time after the matmuls: softmax over the last axis (the attention weights) and LayerNorm (whose backward is
+// the slow part). Same math as paddle.nn.functional.softmax / layer_norm; built on first use by cpu_kernels.py.
+// OpenMP here is paddle's own libiomp5 (linked by cpu_kernels.py), so it shares MKL's thread pool and count.
+#include <cmath>
+#include <vector>
+
+#include "paddle/extension.h"
+
+namespace {
+
+void check_cpu_float(const paddle::Tensor& t, const char* what) {
+  PD_CHECK(t.is_cpu(), what, " must be a CPU tensor");
+  PD_CHECK(t.dtype() == paddle::DataType::FLOAT32, what, " must be float32");
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- softmax over the last axis
+
+std::vector<paddle::Tensor> SoftmaxForward(const paddle::Tensor& x) {
+  check_cpu_float(x, "pit_softmax input");
+  auto out = paddle::empty_like(x);
+  const int64_t cols = x.shape().back();
+  const int64_t rows = cols > 0 ? x.numel() / cols : 0;
+  const float* in = x.data<float>();
+  float* y = out.data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* a = in + r * cols;
+    float* b = y + r * cols;
+    float row_max = a[0];
+    for (int64_t c = 1; c < cols; ++c) row_max = std::fmax(row_max, a[c]);
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t c = 0; c < cols; ++c) {
+      b[c] = std::exp(a[c] - row_max);
+      sum += b[c];
+    }
+    const float inv = 1.f / sum;
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) b[c] *= inv;
+  }
+  return {out};
+}
+
+// dx = y * (dy - sum(dy * y)) per row.
+std::vector<paddle::Tensor> SoftmaxBackward(const paddle::Tensor& out, const paddle::Tensor& grad_out) {
+  check_cpu_float(grad_out, "pit_softmax gradient");
+  auto grad_x = paddle::empty_like(out);
+  const int64_t cols = out.shape().back();
+  const int64_t rows = cols > 0 ? out.numel() / cols : 0;
+  const float* y = out.data<float>();
+  const float* dy = grad_out.data<float>();
+  float* dx = grad_x.data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* yr = y + r * cols;
+    const float* dyr = dy + r * cols;
+    float* dxr = dx + r * cols;
+    float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t c = 0; c < cols; ++c) dot += yr[c] * dyr[c];
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) dxr[c] = yr[c] * (dyr[c] - dot);
+  }
+  return {grad_x};
+}
+
+PD_BUILD_OP(pit_softmax)
+    .Inputs({"X"})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(SoftmaxForward));
+
+PD_BUILD_GRAD_OP(pit_softmax)
+    .Inputs({"Out", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("X")})
+    .SetKernelFn(PD_KERNEL(SoftmaxBackward));
+
+// ---------------------------------------------------------------- LayerNorm over the last axis
+
+// y = (x - mean) * rstd * weight + bias, rstd = 1 / sqrt(var + eps), var the biased variance; also returns
+// mean and rstd per row for the backward.
+std::vector<paddle::Tensor> LayerNormForward(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                             const paddle::Tensor& bias, float epsilon) {
+  check_cpu_float(x, "pit_layer_norm input");
+  const int64_t cols = x.shape().back();
+  const int64_t rows = cols > 0 ? x.numel() / cols : 0;
+  PD_CHECK(weight.numel() == cols && bias.numel() == cols, "pit_layer_norm weight/bias must have ", cols,
+           " elements");
+  auto out = paddle::empty_like(x);
+  auto mean = paddle::empty({rows}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  auto rstd = paddle::empty({rows}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float* in = x.data<float>();
+  const float* w = weight.data<float>();
+  const float* b = bias.data<float>();
+  float* y = out.data<float>();
+  float* m = mean.data<float>();
+  float* s = rstd.data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* a = in + r * cols;
+    float* o = y + r * cols;
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t c = 0; c < cols; ++c) sum += a[c];
+    const float mu = sum / cols;
+    float sq = 0.f;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t c = 0; c < cols; ++c) sq += (a[c] - mu) * (a[c] - mu);
+    const float inv = 1.f / std::sqrt(sq / cols + epsilon);
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) o[c] = (a[c] - mu) * inv * w[c] + b[c];
+    m[r] = mu;
+    s[r] = inv;
+  }
+  return {out, mean, rstd};
+}
+
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * weight; dweight = sum(dy * xhat),
+// dbias = sum(dy) over rows (per-thread partial sums, then added in a fixed order).
+std::vector<paddle::Tensor> LayerNormBackward(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                              const paddle::Tensor& mean, const paddle::Tensor& rstd,
+                                              const paddle::Tensor& grad_out) {
+  check_cpu_float(grad_out, "pit_layer_norm gradient");
+  const int64_t cols = x.shape().back();
+  const int64_t rows = cols > 0 ? x.numel() / cols : 0;
+  auto grad_x = paddle::empty_like(x);
+  auto grad_w = paddle::empty({cols}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  auto grad_b = paddle::empty({cols}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float* in = x.data<float>();
+  const float* w = weight.data<float>();
+  const float* m = mean.data<float>();
+  const float* s = rstd.data<float>();
+  const float* dy = grad_out.data<float>();
+  float* dx = grad_x.data<float>();
+  const int64_t chunks = 64;  // fixed, so the dweight/dbias sums do not depend on the thread count
+  std::vector<float> partial_w(chunks * cols, 0.f), partial_b(chunks * cols, 0.f);
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < chunks; ++k) {
+    float* pw = partial_w.data() + k * cols;
+    float* pb = partial_b.data() + k * cols;
+    std::vector<float> g(cols), xhat(cols);
+    for (int64_t r = rows * k / chunks; r < rows * (k + 1) / chunks; ++r) {
+      const float* a = in + r * cols;
+      const float* dyr = dy + r * cols;
+      float* dxr = dx + r * cols;
+      float sum_g = 0.f, sum_gx = 0.f;
+#pragma omp simd reduction(+ : sum_g, sum_gx)
+      for (int64_t c = 0; c < cols; ++c) {
+        xhat[c] = (a[c] - m[r]) * s[r];
+        g[c] = dyr[c] * w[c];
+        sum_g += g[c];
+        sum_gx += g[c] * xhat[c];
+        pw[c] += dyr[c] * xhat[c];
+        pb[c] += dyr[c];
+      }
+      const float mean_g = sum_g / cols, mean_gx = sum_gx / cols;
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) dxr[c] = s[r] * (g[c] - mean_g - xhat[c] * mean_gx);
+    }
+  }
+  float* gw = grad_w.data<float>();
+  float* gb = grad_b.data<float>();
+  for (int64_t c = 0; c < cols; ++c) gw[c] = gb[c] = 0.f;
+  for (int64_t k = 0; k < chunks; ++k) {
+    for (int64_t c = 0; c < cols; ++c) {
+      gw[c] += partial_w[k * cols + c];
+      gb[c] += partial_b[k * cols + c];
+    }
+  }
+  return {grad_x, grad_w, grad_b};
+}
+
+std::vector<std::vector<int64_t>> LayerNormInferShape(const std::vector<int64_t>& x_shape,
+                                                      const std::vector<int64_t>& weight_shape,
+                                                      const std::vector<int64_t>& bias_shape) {
+  int64_t rows = 1;
+  for (size_t i = 0; i + 1 < x_shape.size(); ++i) rows *= x_shape[i];
+  return {x_shape, {rows}, {rows}};
+}
+
+std::vector<paddle::DataType> LayerNormInferDtype(const paddle::DataType& x_dtype, const paddle::DataType&,
+                                                  const paddle::DataType&) {
+  return {x_dtype, paddle::DataType::FLOAT32, paddle::DataType::FLOAT32};
+}
+
+PD_BUILD_OP(pit_layer_norm)
+    .Inputs({"X", "Weight", "Bias"})
+    .Outputs({"Out", "Mean", "Rstd"})
+    .Attrs({"epsilon: float"})
+    .SetKernelFn(PD_KERNEL(LayerNormForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(LayerNormInferShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(LayerNormInferDtype));
+
+PD_BUILD_GRAD_OP(pit_layer_norm)
+    .Inputs({"X", "Weight", "Mean", "Rstd", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("X"), paddle::Grad("Weight"), paddle::Grad("Bias")})
+    .SetKernelFn(PD_KERNEL(LayerNormBackward));
