@@ -112,7 +112,8 @@ def configure_cpu(num_threads=0, kernels=True):
       element by element; plain transposes are several times faster (stage-1 attention forward+backward
       786 -> 419 ms).
     - glibc keeps freed memory (see keep_freed_memory).
-    - kernels: build/load cpu_kernels (multi-threaded softmax and LayerNorm); cpu_kernels.status() says the result.
+    - kernels: build/load cpu_kernels (multi-threaded softmax, LayerNorm, bias add, GELU); cpu_kernels.status()
+      says the result.
     """
     local_processes = int(os.environ.get('PADDLE_LOCAL_SIZE', os.environ.get('PADDLE_TRAINERS_NUM', '1')))
     num_threads = num_threads or max(1, (os.cpu_count() or 1) // max(local_processes, 1))

@@ -1,6 +1,7 @@
-// Multi-threaded CPU kernels for the two PiT ops whose Paddle CPU kernels run on one thread and dominate CPU
-// time after the matmuls: softmax over the last axis (the attention weights) and LayerNorm (whose backward is
-// the slow part). Same math as paddle.nn.functional.softmax / layer_norm; built on first use by cpu_kernels.py.
+// Multi-threaded CPU kernels for the PiT ops whose Paddle CPU kernels run on one thread and dominate CPU time
+// after the matmuls: softmax over the last axis (the attention weights), LayerNorm (whose backward is the slow
+// part), the Linear bias add and exact GELU. Same math as paddle.nn.functional's softmax / layer_norm / gelu;
+// built on first use by cpu_kernels.py.
 // OpenMP here is paddle's own libiomp5 (linked by cpu_kernels.py), so it shares MKL's thread pool and count.
 #include <cmath>
 #include <vector>
@@ -197,3 +198,101 @@ PD_BUILD_GRAD_OP(pit_layer_norm)
     .Inputs({"X", "Weight", "Mean", "Rstd", paddle::Grad("Out")})
     .Outputs({paddle::Grad("X"), paddle::Grad("Weight"), paddle::Grad("Bias")})
     .SetKernelFn(PD_KERNEL(LayerNormBackward));
+
+// ---------------------------------------------------------------- bias add over the last axis
+
+std::vector<paddle::Tensor> BiasAddForward(const paddle::Tensor& x, const paddle::Tensor& bias) {
+  check_cpu_float(x, "pit_bias_add input");
+  const int64_t cols = x.shape().back();
+  const int64_t rows = cols > 0 ? x.numel() / cols : 0;
+  PD_CHECK(bias.numel() == cols, "pit_bias_add bias must have ", cols, " elements");
+  auto out = paddle::empty_like(x);
+  const float* in = x.data<float>();
+  const float* b = bias.data<float>();
+  float* y = out.data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) y[r * cols + c] = in[r * cols + c] + b[c];
+  }
+  return {out};
+}
+
+// dx = dy; dbias = sum of dy over rows (fixed chunks, so the sum does not depend on the thread count).
+std::vector<paddle::Tensor> BiasAddBackward(const paddle::Tensor& grad_out) {
+  const int64_t cols = grad_out.shape().back();
+  const int64_t rows = cols > 0 ? grad_out.numel() / cols : 0;
+  auto grad_b = paddle::empty({cols}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float* dy = grad_out.data<float>();
+  const int64_t chunks = 64;
+  std::vector<float> partial(chunks * cols, 0.f);
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < chunks; ++k) {
+    float* p = partial.data() + k * cols;
+    for (int64_t r = rows * k / chunks; r < rows * (k + 1) / chunks; ++r) {
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) p[c] += dy[r * cols + c];
+    }
+  }
+  float* gb = grad_b.data<float>();
+  for (int64_t c = 0; c < cols; ++c) gb[c] = 0.f;
+  for (int64_t k = 0; k < chunks; ++k)
+    for (int64_t c = 0; c < cols; ++c) gb[c] += partial[k * cols + c];
+  return {grad_out, grad_b};
+}
+
+std::vector<std::vector<int64_t>> BiasAddInferShape(const std::vector<int64_t>& x_shape,
+                                                    const std::vector<int64_t>&) {
+  return {x_shape};
+}
+
+PD_BUILD_OP(pit_bias_add)
+    .Inputs({"X", "Bias"})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(BiasAddForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(BiasAddInferShape));
+
+PD_BUILD_GRAD_OP(pit_bias_add)
+    .Inputs({paddle::Grad("Out")})
+    .Outputs({paddle::Grad("X"), paddle::Grad("Bias")})
+    .SetKernelFn(PD_KERNEL(BiasAddBackward));
+
+// ---------------------------------------------------------------- exact GELU
+
+// y = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); dy/dx = Phi(x) + x * phi(x).
+std::vector<paddle::Tensor> GeluForward(const paddle::Tensor& x) {
+  check_cpu_float(x, "pit_gelu input");
+  auto out = paddle::empty_like(x);
+  const int64_t n = x.numel();
+  const float* in = x.data<float>();
+  float* y = out.data<float>();
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) y[i] = 0.5f * in[i] * (1.f + std::erf(in[i] * 0.70710678118654752f));
+  return {out};
+}
+
+std::vector<paddle::Tensor> GeluBackward(const paddle::Tensor& x, const paddle::Tensor& grad_out) {
+  check_cpu_float(grad_out, "pit_gelu gradient");
+  auto grad_x = paddle::empty_like(x);
+  const int64_t n = x.numel();
+  const float* in = x.data<float>();
+  const float* dy = grad_out.data<float>();
+  float* dx = grad_x.data<float>();
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const float cdf = 0.5f * (1.f + std::erf(in[i] * 0.70710678118654752f));
+    const float pdf = 0.39894228040143268f * std::exp(-0.5f * in[i] * in[i]);
+    dx[i] = dy[i] * (cdf + in[i] * pdf);
+  }
+  return {grad_x};
+}
+
+PD_BUILD_OP(pit_gelu)
+    .Inputs({"X"})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(GeluForward));
+
+PD_BUILD_GRAD_OP(pit_gelu)
+    .Inputs({"X", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("X")})
+    .SetKernelFn(PD_KERNEL(GeluBackward));

@@ -1,5 +1,5 @@
-"""cpu_kernels: the multi-threaded CPU softmax and LayerNorm compute paddle's values and gradients, the model
-uses them on CPU in dygraph, and a failed build is reported (not silent) with paddle's kernels used instead."""
+"""cpu_kernels: the multi-threaded CPU softmax, LayerNorm, bias add and GELU compute paddle's values and gradients,
+the model uses them on CPU in dygraph, and a failed build is reported (not silent) with paddle's kernels used."""
 import os
 import subprocess
 import sys
@@ -41,6 +41,21 @@ def test_softmax_matches_paddle_values_and_gradients(shape):
     reference = values_and_grads(lambda t: F.softmax(t, axis=-1), [x], upstream)
     for got, want in zip(ours, reference):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+@linux_only
+@pytest.mark.parametrize('shape', [[5, 3], [2, 40, 130]])
+def test_bias_add_and_gelu_match_paddle_values_and_gradients(shape):
+    rng = np.random.RandomState(2)
+    x = (rng.randn(*shape) * 3).astype('float32')
+    bias = rng.randn(shape[-1]).astype('float32')
+    upstream = rng.randn(*shape).astype('float32')
+    checks = [(cpu_kernels.add_bias, lambda a, b: a + b, [x, bias]), (cpu_kernels.gelu, F.gelu, [x])]
+    for ours_fn, paddle_fn, inputs in checks:
+        ours = values_and_grads(ours_fn, inputs, upstream)
+        reference = values_and_grads(paddle_fn, inputs, upstream)
+        for got, want in zip(ours, reference):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 @linux_only

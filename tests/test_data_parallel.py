@@ -1,5 +1,5 @@
-"""paddle.DataParallel over 2 CPU processes (GLOO) averages the gradients of every parameter, including those of
-pit.Linear, whose CPU training backward is a PyLayer."""
+"""paddle.DataParallel over 2 CPU processes (GLOO) averages the gradients of every parameter, including those that
+come from cpu_kernels' custom operators (LayerNorm, the Linear bias)."""
 import os
 import subprocess
 import sys

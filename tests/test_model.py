@@ -106,7 +106,7 @@ def test_export_attention_form_computes_the_dygraph_attention():
 
 @pytest.mark.parametrize('shape', [[5, 8], [2, 7, 8]])
 @pytest.mark.parametrize('x_needs_grad', [True, False])
-def test_cpu_training_linear_has_the_gradients_of_f_linear(shape, x_needs_grad):
+def test_cpu_linear_has_the_values_and_gradients_of_f_linear(shape, x_needs_grad):
     paddle.seed(4)
     layer = Linear(8, 6)
     layer.train()
