@@ -1,8 +1,10 @@
-"""Multi-threaded CPU softmax, LayerNorm, bias add and GELU for dygraph (csrc/cpu_kernels.cc), built on first use.
+"""Multi-threaded CPU kernels for dygraph (csrc/cpu_kernels.cc): softmax, LayerNorm, bias add and exact GELU.
+Built on first use.
 
 Paddle's CPU kernels for these run on one thread; after the matmuls they were the largest costs of a PiT step
-on CPU. Forward+backward: softmax over the 32x2x730x730 attention weights 64 -> 34 ms (forward 39 -> 11 ms),
-LayerNorm on [32, 730, 64] 14.5 -> 1.2 ms, bias add on [32, 730, 256] 25.7 -> 4.4 ms, GELU 23.7 -> 8.4 ms. Values match paddle's kernels to float rounding (tests/test_cpu_kernels.py).
+on CPU. Forward+backward, 2 threads: softmax over the 32x2x730x730 attention weights 64 -> 34 ms (forward
+39 -> 11 ms), LayerNorm on [32, 730, 64] 14.5 -> 1.2 ms, bias add on [32, 730, 256] 25.7 -> 4.4 ms, GELU on it
+23.7 -> 8.4 ms. Values match paddle's kernels to float rounding (tests/test_cpu_kernels.py).
 
 `load()` compiles the extension with the C++ compiler of this machine (about 10 s, once per machine and source
 version; cached by paddle in ~/.cache/paddle_extensions or PADDLE_EXTENSION_DIR) and links paddle's own OpenMP

@@ -1,5 +1,6 @@
-"""cpu_kernels: the multi-threaded CPU softmax, LayerNorm, bias add and GELU compute paddle's values and gradients,
-the model uses them on CPU in dygraph, and a failed build is reported (not silent) with paddle's kernels used."""
+"""cpu_kernels: the multi-threaded CPU softmax, LayerNorm, bias add and GELU compute paddle's values
+and gradients, the model uses them on CPU in dygraph, and a failed build is reported (not silent), paddle's
+kernels being used instead."""
 import os
 import subprocess
 import sys

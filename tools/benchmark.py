@@ -10,7 +10,8 @@ the reference runs on CUDA (ratios are printed only when both sides ran on the s
 Each figure is the median images/s over `-repeats` timed runs after warmup, measured in its own subprocess so
 that its peak memory (max RSS on CPU, max allocated on GPU) is its own. Threads default to all cores (paddle
 would otherwise use one). The reference runs through tools/benchmark_reference.py under PIT_REFERENCE_PYTHON
-(or this python, if it has torch and timm) with the same threads, batch and input size; ratios are ours/reference.
+(or this python, if it has torch and timm) with the same threads, batch, input size and drop path; ratios are
+ours/reference.
 """
 import argparse
 import json
@@ -146,7 +147,7 @@ def run_reference(args, variant):
     script = os.path.join(ROOT, 'tools', 'benchmark_reference.py')
     cmd = [python, script, '-model', variant, '-batch_size', str(args.batch_size), '-threads', str(args.threads),
            '-repeats', str(args.repeats), '-image_size', str(args.image_size), '-tmp', args.tmp,
-           '-amp_dtype', args.amp_dtype]
+           '-amp_dtype', args.amp_dtype, '-drop_path', str(args.drop_path)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         return None, out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'failed'
@@ -193,6 +194,7 @@ def main():
     from pit import build_pit
     config = get_config(args.cfg)
     args.image_size, args.amp_dtype = config.DATA.IMAGE_SIZE, config.AMP_DTYPE
+    args.drop_path = config.MODEL.DROP_PATH
     model = build_pit(config)
     variant = config.MODEL.NAME
     result = {'model': variant, 'batch_size': args.batch_size, 'image_size': args.image_size,

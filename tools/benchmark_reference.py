@@ -31,6 +31,7 @@ def main():
     parser.add_argument('-image_size', type=int, default=224)
     parser.add_argument('-tmp', default=None)
     parser.add_argument('-amp_dtype', default='float16', choices=['float16', 'bfloat16'])
+    parser.add_argument('-drop_path', type=float, default=0.0, help="the config's MODEL.DROP_PATH (training step)")
     args = parser.parse_args()
     import timm
     import torch
@@ -41,7 +42,7 @@ def main():
         sys.exit(f'no timm reference for {args.model} at {args.image_size} px')
     torch.manual_seed(0)
     device = 'cuda' if torch.cuda.is_available() else 'cpu'  # the device ours runs on when it has a GPU
-    model = timm.create_model(name, pretrained=False).to(device)
+    model = timm.create_model(name, pretrained=False, drop_path_rate=args.drop_path).to(device)
     x = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device)
     result = {'versions': {'torch': torch.__version__, 'timm': timm.__version__, 'device': device}}
     model.eval()
