@@ -142,12 +142,12 @@ def run_phase(phase, args):
     return {'img_per_s': rate, 'runs': rates, 'threads': threads, 'cpu_kernels': cpu_kernels.status()}
 
 
-def run_reference(args, variant):
+def run_reference(args, variant, phase):
     python = os.environ.get('PIT_REFERENCE_PYTHON', sys.executable)
     script = os.path.join(ROOT, 'tools', 'benchmark_reference.py')
     cmd = [python, script, '-model', variant, '-batch_size', str(args.batch_size), '-threads', str(args.threads),
            '-repeats', str(args.repeats), '-image_size', str(args.image_size), '-tmp', args.tmp,
-           '-amp_dtype', args.amp_dtype, '-drop_path', str(args.drop_path)]
+           '-amp_dtype', args.amp_dtype, '-drop_path', str(args.drop_path), '-phases', phase]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         return None, out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'failed'
@@ -204,8 +204,11 @@ def main():
               'device': 'gpu' if gpu_available() else 'cpu', 'date': time.strftime('%Y-%m-%d'), 'ours': {}}
     print(f"{variant}: {result['params'] / 1e6:.2f}M params, {result['gmacs']:.2f} GMACs, batch {args.batch_size}, "
           f"{args.threads} threads")
+    reference_error = None if not args.no_reference else 'not asked for'
+    result['reference'] = {}
     with tempfile.TemporaryDirectory() as tmp:
         args.tmp = tmp
+        # Each phase: ours, then the reference right after it, so that both see the same load on a shared machine.
         for phase in args.phases:
             cmd = [sys.executable, os.path.abspath(__file__), '-cfg', args.cfg, '-batch_size', str(args.batch_size),
                    '-threads', str(args.threads), '-repeats', str(args.repeats), '-phase', phase, '-tmp', tmp]
@@ -213,25 +216,24 @@ def main():
             if out.returncode != 0:
                 print(f'  {phase}: failed: {out.stderr.strip().splitlines()[-1]}')
                 continue
-            result['ours'][phase] = json.loads(out.stdout.strip().splitlines()[-1])
-            figures = result['ours'][phase]
-            print(f"  {phase:16s} {figures['img_per_s']:8.1f} img/s  peak {figures['peak_mb']:.0f} MB")
-        if not args.no_reference:
-            reference, error = run_reference(args, variant)
-            result['reference'] = reference
+            ours = result['ours'][phase] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"  {phase:16s} {ours['img_per_s']:8.1f} img/s  peak {ours['peak_mb']:.0f} MB")
+            if reference_error:
+                continue
+            reference, reference_error = run_reference(args, variant, phase)
             if reference is None:
-                print(f'  reference: not run ({error})')
-            else:
-                result['torch'] = reference.pop('versions', None)
-                ref_device = result['torch'].get('device', 'cpu')
-                if ref_device != {'gpu': 'cuda', 'cpu': 'cpu'}[result['device']]:
-                    print(f"  reference ran on {ref_device}, ours on {result['device']}: no ratios")
-                    result['reference'] = reference = {}
-                for phase in args.phases:
-                    ours, ref = result['ours'].get(phase), reference.get(phase)
-                    if ours and ref:
-                        print(f"  {phase:16s} reference {ref['img_per_s']:8.1f} img/s  "
-                              f"ours/reference {ours['img_per_s'] / ref['img_per_s']:.2f}x")
+                print(f'  reference: not run ({reference_error})')
+                continue
+            result['torch'] = reference.pop('versions', None)
+            ref_device = result['torch'].get('device', 'cpu')
+            if ref_device != {'gpu': 'cuda', 'cpu': 'cpu'}[result['device']]:
+                reference_error = f"reference ran on {ref_device}, ours on {result['device']}: no ratios"
+                print(f'  {reference_error}')
+                continue
+            ref = result['reference'][phase] = reference.get(phase)
+            if ref:
+                print(f"  {phase:16s} reference {ref['img_per_s']:8.1f} img/s  "
+                      f"ours/reference {ours['img_per_s'] / ref['img_per_s']:.2f}x")
     if args.markdown:
         print(markdown(result))
     if args.json:

@@ -17,6 +17,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark import timed  # noqa: E402  (stdlib-only at import, like this script)
 
 
+PHASES = ['dygraph_infer', 'exported_infer', 'train_step', 'train_step_amp', 'data_per_worker']
+
+
 def figures(timing):
     rate, rates = timing
     return {'img_per_s': rate, 'runs': rates}
@@ -32,6 +35,7 @@ def main():
     parser.add_argument('-tmp', default=None)
     parser.add_argument('-amp_dtype', default='float16', choices=['float16', 'bfloat16'])
     parser.add_argument('-drop_path', type=float, default=0.0, help="the config's MODEL.DROP_PATH (training step)")
+    parser.add_argument('-phases', nargs='+', default=PHASES, choices=PHASES)
     args = parser.parse_args()
     import timm
     import torch
@@ -50,8 +54,9 @@ def main():
     def infer():
         with torch.no_grad():
             model(x).cpu()
-    result['dygraph_infer'] = figures(timed(infer, args.batch_size, args.repeats))
-    result['exported_infer'] = result['dygraph_infer']
+    for phase in ('dygraph_infer', 'exported_infer'):  # the reference's exported figure is its eager one
+        if phase in args.phases:
+            result[phase] = figures(timed(infer, args.batch_size, args.repeats))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05, eps=1e-8)
     y = torch.arange(args.batch_size, device=device) % 1000
@@ -69,12 +74,13 @@ def main():
             optimizer.zero_grad()
             loss.item()
         return step
-    result['train_step'] = figures(timed(train_step(), args.batch_size, args.repeats))
-    if device == 'cuda':
+    if 'train_step' in args.phases:
+        result['train_step'] = figures(timed(train_step(), args.batch_size, args.repeats))
+    if 'train_step_amp' in args.phases and device == 'cuda':
         dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
         result['train_step_amp'] = figures(timed(train_step(dtype), args.batch_size, args.repeats))
     paths = sorted(glob.glob(os.path.join(args.tmp or '', 'images', '*.JPEG')))
-    if paths:
+    if 'data_per_worker' in args.phases and paths:
         torch.set_num_threads(1)
         transform = timm.data.create_transform(args.image_size, is_training=True, auto_augment='rand-m9-mstd0.5-inc1',
                                                re_prob=0.25, re_mode='pixel', re_count=1, interpolation='bicubic')
