@@ -13,7 +13,6 @@ not Linux), `load()` returns False and `status()` says why; callers log that, an
 kernels. GPU runs and exported models never use these kernels.
 """
 import contextlib
-import fcntl
 import hashlib
 import io
 import logging
@@ -56,21 +55,22 @@ def load():
     if not sys.platform.startswith('linux'):
         _status = f'CPU kernels: not built on {sys.platform} (Linux only); using paddle kernels, which are slower'
         return False
+    import fcntl
     from paddle.utils.cpp_extension import load as load_extension
     from paddle.utils.cpp_extension.extension_utils import get_build_directory
     name = _build_name()
     libs = os.path.join(os.path.dirname(paddle.__file__), 'libs')
-    build_dir = os.path.join(get_build_directory(), name)
-    os.makedirs(build_dir, exist_ok=True)
     quiet = io.StringIO()
     try:
+        build_dir = os.path.join(get_build_directory(), name)
+        os.makedirs(build_dir, exist_ok=True)
         with open(os.path.join(build_dir, '.lock'), 'w') as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one process builds; the others wait, then load its build
             with contextlib.redirect_stdout(quiet), _logging_disabled():
                 _ops = load_extension(name=name, sources=[SOURCE], extra_cxx_cflags=CFLAGS,
                                       extra_ldflags=[f'-L{libs}', '-liomp5', f'-Wl,-rpath,{libs}'],
                                       build_directory=build_dir, verbose=False)
-    except Exception as e:  # the compiler's or loader's own error, reported by status()
+    except Exception as e:  # the compiler's, loader's or file system's own error, reported by status()
         reason = ' '.join(str(e).split())[:300] or type(e).__name__
         _status = f'CPU kernels: could not be built ({reason}); using paddle kernels, which are slower'
         return False
