@@ -22,8 +22,10 @@ import sys
 import paddle
 import paddle.nn.functional as F
 
+from utils import cpu_info
+
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'cpu_kernels.cc')
-# -march=native: built on the machine that runs it (the build name carries the CPU model). -ffast-math lets the
+# -march=native: built on the machine that runs it (see _build_name). -ffast-math lets the
 # compiler use glibc's vectorised expf; NaN inputs still give NaN rows (tested).
 CFLAGS = ['-O3', '-march=native', '-ffast-math', '-fopenmp']
 
@@ -31,19 +33,13 @@ _ops = None
 _status = 'CPU kernels: not loaded'
 
 
-def _cpu_model():
-    try:
-        with open('/proc/cpuinfo') as f:
-            return next((line for line in f if line.startswith(('model name', 'flags'))), '')
-    except OSError:
-        return ''
-
-
 def _build_name():
     digest = hashlib.sha1()
     with open(SOURCE, 'rb') as f:
         digest.update(f.read())
-    digest.update(' '.join(CFLAGS + [paddle.__version__, _cpu_model()]).encode())
+    # -march=native code must not be loaded on another CPU (a cache directory shared between machines): the
+    # name carries the CPU model and its instruction-set flags.
+    digest.update(' '.join(CFLAGS + [paddle.__version__, cpu_info('model name'), cpu_info('flags')]).encode())
     return 'pit_cpu_kernels_' + digest.hexdigest()[:12]
 
 
@@ -111,10 +107,8 @@ def softmax(x):
 
 
 def add_bias(x, bias):
-    """x + bias over the last axis: the extension's kernel where usable, else paddle's add."""
-    if usable(x):
-        return _ops.pit_bias_add(x, bias)
-    return x + bias
+    """x + bias over the last axis of a float32 CPU tensor (needs usable(x))."""
+    return _ops.pit_bias_add(x, bias)
 
 
 def gelu(x):

@@ -38,7 +38,7 @@ class GELU(nn.GELU):
     """Exact GELU that runs cpu_kernels' multi-threaded kernel on CPU in dygraph."""
 
     def forward(self, x):
-        return cpu_kernels.gelu(x) if cpu_kernels.usable(x) else super().forward(x)
+        return cpu_kernels.gelu(x)
 
 
 class LayerNorm(nn.LayerNorm):

@@ -147,16 +147,21 @@ def keep_freed_memory():
         return False
 
 
-def cpu_vendor(cpuinfo='/proc/cpuinfo'):
-    """The vendor_id of the first CPU (e.g. 'GenuineIntel', 'AuthenticAMD'), or '' where it cannot be read."""
+def cpu_info(field, cpuinfo='/proc/cpuinfo'):
+    """The value of the first CPU's `field` line in /proc/cpuinfo (e.g. 'vendor_id', 'flags'), or ''."""
     try:
         with open(cpuinfo) as f:
             for line in f:
-                if line.startswith('vendor_id'):
+                if line.split(':', 1)[0].strip() == field:
                     return line.split(':', 1)[1].strip()
     except OSError:
         pass
     return ''
+
+
+def cpu_vendor(cpuinfo='/proc/cpuinfo'):
+    """The vendor_id of the first CPU (e.g. 'GenuineIntel', 'AuthenticAMD'), or '' where it cannot be read."""
+    return cpu_info('vendor_id', cpuinfo)
 
 
 def unwrap_model(model):

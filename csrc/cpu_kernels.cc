@@ -15,6 +15,28 @@ void check_cpu_float(const paddle::Tensor& t, const char* what) {
   PD_CHECK(t.dtype() == paddle::DataType::FLOAT32, what, " must be float32");
 }
 
+// Rows of t seen as a [rows, cols] matrix, cols its last axis.
+int64_t rows_of(const paddle::Tensor& t) {
+  const int64_t cols = t.shape().back();
+  return cols > 0 ? t.numel() / cols : 0;
+}
+
+// Column sums over rows are taken per chunk of rows (chunk k: rows [chunk_begin(k), chunk_begin(k + 1))), then
+// the chunks are added in order. The number of chunks is fixed, so the sums do not depend on the thread count.
+constexpr int64_t kChunks = 64;
+
+int64_t chunk_begin(int64_t rows, int64_t k) { return rows * k / kChunks; }
+
+// The [cols] tensor of the partial column sums partial[k * cols + c], added in chunk order.
+paddle::Tensor sum_chunks(const std::vector<float>& partial, int64_t cols) {
+  auto total = paddle::empty({cols}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  float* t = total.data<float>();
+  for (int64_t c = 0; c < cols; ++c) t[c] = 0.f;
+  for (int64_t k = 0; k < kChunks; ++k)
+    for (int64_t c = 0; c < cols; ++c) t[c] += partial[k * cols + c];
+  return total;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- softmax over the last axis
@@ -23,7 +45,7 @@ std::vector<paddle::Tensor> SoftmaxForward(const paddle::Tensor& x) {
   check_cpu_float(x, "pit_softmax input");
   auto out = paddle::empty_like(x);
   const int64_t cols = x.shape().back();
-  const int64_t rows = cols > 0 ? x.numel() / cols : 0;
+  const int64_t rows = rows_of(x);
   const float* in = x.data<float>();
   float* y = out.data<float>();
 #pragma omp parallel for schedule(static)
@@ -50,7 +72,7 @@ std::vector<paddle::Tensor> SoftmaxBackward(const paddle::Tensor& out, const pad
   check_cpu_float(grad_out, "pit_softmax gradient");
   auto grad_x = paddle::empty_like(out);
   const int64_t cols = out.shape().back();
-  const int64_t rows = cols > 0 ? out.numel() / cols : 0;
+  const int64_t rows = rows_of(out);
   const float* y = out.data<float>();
   const float* dy = grad_out.data<float>();
   float* dx = grad_x.data<float>();
@@ -86,7 +108,7 @@ std::vector<paddle::Tensor> LayerNormForward(const paddle::Tensor& x, const padd
                                              const paddle::Tensor& bias, float epsilon) {
   check_cpu_float(x, "pit_layer_norm input");
   const int64_t cols = x.shape().back();
-  const int64_t rows = cols > 0 ? x.numel() / cols : 0;
+  const int64_t rows = rows_of(x);
   PD_CHECK(weight.numel() == cols && bias.numel() == cols, "pit_layer_norm weight/bias must have ", cols,
            " elements");
   auto out = paddle::empty_like(x);
@@ -119,30 +141,27 @@ std::vector<paddle::Tensor> LayerNormForward(const paddle::Tensor& x, const padd
 }
 
 // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * weight; dweight = sum(dy * xhat),
-// dbias = sum(dy) over rows (per-thread partial sums, then added in a fixed order).
+// dbias = sum(dy) over rows (sum_chunks).
 std::vector<paddle::Tensor> LayerNormBackward(const paddle::Tensor& x, const paddle::Tensor& weight,
                                               const paddle::Tensor& mean, const paddle::Tensor& rstd,
                                               const paddle::Tensor& grad_out) {
   check_cpu_float(grad_out, "pit_layer_norm gradient");
   const int64_t cols = x.shape().back();
-  const int64_t rows = cols > 0 ? x.numel() / cols : 0;
+  const int64_t rows = rows_of(x);
   auto grad_x = paddle::empty_like(x);
-  auto grad_w = paddle::empty({cols}, paddle::DataType::FLOAT32, paddle::CPUPlace());
-  auto grad_b = paddle::empty({cols}, paddle::DataType::FLOAT32, paddle::CPUPlace());
   const float* in = x.data<float>();
   const float* w = weight.data<float>();
   const float* m = mean.data<float>();
   const float* s = rstd.data<float>();
   const float* dy = grad_out.data<float>();
   float* dx = grad_x.data<float>();
-  const int64_t chunks = 64;  // fixed, so the dweight/dbias sums do not depend on the thread count
-  std::vector<float> partial_w(chunks * cols, 0.f), partial_b(chunks * cols, 0.f);
+  std::vector<float> partial_w(kChunks * cols, 0.f), partial_b(kChunks * cols, 0.f);
 #pragma omp parallel for schedule(static)
-  for (int64_t k = 0; k < chunks; ++k) {
+  for (int64_t k = 0; k < kChunks; ++k) {
     float* pw = partial_w.data() + k * cols;
     float* pb = partial_b.data() + k * cols;
     std::vector<float> g(cols), xhat(cols);
-    for (int64_t r = rows * k / chunks; r < rows * (k + 1) / chunks; ++r) {
+    for (int64_t r = chunk_begin(rows, k); r < chunk_begin(rows, k + 1); ++r) {
       const float* a = in + r * cols;
       const float* dyr = dy + r * cols;
       float* dxr = dx + r * cols;
@@ -161,16 +180,7 @@ std::vector<paddle::Tensor> LayerNormBackward(const paddle::Tensor& x, const pad
       for (int64_t c = 0; c < cols; ++c) dxr[c] = s[r] * (g[c] - mean_g - xhat[c] * mean_gx);
     }
   }
-  float* gw = grad_w.data<float>();
-  float* gb = grad_b.data<float>();
-  for (int64_t c = 0; c < cols; ++c) gw[c] = gb[c] = 0.f;
-  for (int64_t k = 0; k < chunks; ++k) {
-    for (int64_t c = 0; c < cols; ++c) {
-      gw[c] += partial_w[k * cols + c];
-      gb[c] += partial_b[k * cols + c];
-    }
-  }
-  return {grad_x, grad_w, grad_b};
+  return {grad_x, sum_chunks(partial_w, cols), sum_chunks(partial_b, cols)};
 }
 
 std::vector<std::vector<int64_t>> LayerNormInferShape(const std::vector<int64_t>& x_shape,
@@ -204,7 +214,7 @@ PD_BUILD_GRAD_OP(pit_layer_norm)
 std::vector<paddle::Tensor> BiasAddForward(const paddle::Tensor& x, const paddle::Tensor& bias) {
   check_cpu_float(x, "pit_bias_add input");
   const int64_t cols = x.shape().back();
-  const int64_t rows = cols > 0 ? x.numel() / cols : 0;
+  const int64_t rows = rows_of(x);
   PD_CHECK(bias.numel() == cols, "pit_bias_add bias must have ", cols, " elements");
   auto out = paddle::empty_like(x);
   const float* in = x.data<float>();
@@ -218,27 +228,21 @@ std::vector<paddle::Tensor> BiasAddForward(const paddle::Tensor& x, const paddle
   return {out};
 }
 
-// dx = dy; dbias = sum of dy over rows (fixed chunks, so the sum does not depend on the thread count).
+// dx = dy; dbias = sum of dy over rows (sum_chunks).
 std::vector<paddle::Tensor> BiasAddBackward(const paddle::Tensor& grad_out) {
   const int64_t cols = grad_out.shape().back();
-  const int64_t rows = cols > 0 ? grad_out.numel() / cols : 0;
-  auto grad_b = paddle::empty({cols}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const int64_t rows = rows_of(grad_out);
   const float* dy = grad_out.data<float>();
-  const int64_t chunks = 64;
-  std::vector<float> partial(chunks * cols, 0.f);
+  std::vector<float> partial(kChunks * cols, 0.f);
 #pragma omp parallel for schedule(static)
-  for (int64_t k = 0; k < chunks; ++k) {
+  for (int64_t k = 0; k < kChunks; ++k) {
     float* p = partial.data() + k * cols;
-    for (int64_t r = rows * k / chunks; r < rows * (k + 1) / chunks; ++r) {
+    for (int64_t r = chunk_begin(rows, k); r < chunk_begin(rows, k + 1); ++r) {
 #pragma omp simd
       for (int64_t c = 0; c < cols; ++c) p[c] += dy[r * cols + c];
     }
   }
-  float* gb = grad_b.data<float>();
-  for (int64_t c = 0; c < cols; ++c) gb[c] = 0.f;
-  for (int64_t k = 0; k < chunks; ++k)
-    for (int64_t c = 0; c < cols; ++c) gb[c] += partial[k * cols + c];
-  return {grad_out, grad_b};
+  return {grad_out, sum_chunks(partial, cols)};
 }
 
 std::vector<std::vector<int64_t>> BiasAddInferShape(const std::vector<int64_t>& x_shape,

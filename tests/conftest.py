@@ -8,7 +8,7 @@ if ROOT not in sys.path:
 os.environ.setdefault('OMP_NUM_THREADS', str(os.cpu_count() or 1))
 
 # Tests run the model under the same CPU settings as training, evaluation and prediction (threads, MKL path,
-# copying transposes, malloc), so parity and gradient tests check the configuration users get.
+# copying transposes, malloc, cpu_kernels), so parity and gradient tests check the configuration users get.
 import utils  # noqa: E402
 
 utils.configure_cpu()

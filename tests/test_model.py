@@ -113,11 +113,11 @@ def test_cpu_linear_has_the_values_and_gradients_of_f_linear(shape, x_needs_grad
     x = paddle.randn(shape)
     upstream = paddle.randn(shape[:-1] + [6])
     results = []
-    for use_custom_backward in (True, False):
+    for through_layer in (True, False):
         layer.clear_gradients()
         xi = x.detach()
         xi.stop_gradient = not x_needs_grad
-        out = layer(xi) if use_custom_backward else paddle.nn.functional.linear(xi, layer.weight, layer.bias)
+        out = layer(xi) if through_layer else paddle.nn.functional.linear(xi, layer.weight, layer.bias)
         (out * upstream).sum().backward()
         results.append([out.numpy(), layer.weight.grad.numpy(), layer.bias.grad.numpy(),
                         None if xi.grad is None else xi.grad.numpy()])

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from utils import cpu_vendor, keep_freed_memory
+from utils import cpu_info, cpu_vendor, keep_freed_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,9 +33,10 @@ def configure_in_subprocess(vendor, threads, env_extra=None):
 
 def test_cpu_vendor_reads_the_first_vendor_id(tmp_path):
     info = tmp_path / 'cpuinfo'
-    info.write_text('processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n\n'
+    info.write_text('processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2\n\n'
                     'processor\t: 1\nvendor_id\t: AuthenticAMD\n')
     assert cpu_vendor(str(info)) == 'AuthenticAMD'
+    assert cpu_info('model name', str(info)) == 'AMD EPYC' and cpu_info('flags', str(info)) == 'fpu avx2'
     assert cpu_vendor(str(tmp_path / 'missing')) == ''
 
 

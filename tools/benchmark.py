@@ -189,8 +189,9 @@ def main():
     import paddle
     from config import get_config
     from model_info import count_macs, count_params
+    on_gpu = gpu_available()
     if args.phases is None:
-        args.phases = PHASES + (GPU_PHASES if gpu_available() else [])
+        args.phases = PHASES + (GPU_PHASES if on_gpu else [])
     from pit import build_pit
     config = get_config(args.cfg)
     args.image_size, args.amp_dtype = config.DATA.IMAGE_SIZE, config.AMP_DTYPE
@@ -201,7 +202,7 @@ def main():
               'threads': args.threads, 'params': count_params(model),
               'gmacs': count_macs(model, args.image_size)['total'] / 1e9, 'paddle': paddle.__version__,
               'machine': f'{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or "cpu"}',
-              'device': 'gpu' if gpu_available() else 'cpu', 'date': time.strftime('%Y-%m-%d'), 'ours': {}}
+              'device': 'gpu' if on_gpu else 'cpu', 'date': time.strftime('%Y-%m-%d'), 'ours': {}}
     print(f"{variant}: {result['params'] / 1e6:.2f}M params, {result['gmacs']:.2f} GMACs, batch {args.batch_size}, "
           f"{args.threads} threads")
     reference_error = None if not args.no_reference else 'not asked for'
