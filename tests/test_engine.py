@@ -50,7 +50,7 @@ def test_non_finite_loss_raises_with_epoch_and_step():
     config = finalize_config(merge_opts(get_config(), ['REPORT_FREQ', '1']))
     model = paddle.nn.Linear(2, 2)
     optimizer = paddle.optimizer.SGD(learning_rate=0.1, parameters=model.parameters())
-    batches = Loader([(paddle.to_tensor([[1.0, 2.0]]), paddle.to_tensor([0]))] * 3)
+    batches = Loader([(paddle.to_tensor([[1.0, 2.0]]), paddle.to_tensor([0]), paddle.to_tensor([0]))] * 3)
     calls = []
 
     def criterion(inputs, outputs, targets):
@@ -72,12 +72,12 @@ def test_training_epoch_steps_the_optimizer_every_accum_iter_batches():
     original = optimizer.step
     optimizer.step = lambda: (steps.append(1), original())[1]
     x = paddle.to_tensor(np.random.rand(4, 2).astype('float32'))
-    batches = Loader([(x, paddle.to_tensor([0, 1, 2, 0]))] * 5)
+    batches = Loader([(x, paddle.to_tensor([0, 1, 2, 0]), paddle.to_tensor([0, 1, 0, 0]))] * 5)
     criterion = lambda inputs, outputs, targets: paddle.nn.functional.cross_entropy(outputs, targets)
     state = TrainState(model, optimizer, None, paddle.amp.GradScaler(enable=False), {'enable': False})
     stats = train_one_epoch(state, criterion, batches, 0, config)
     assert len(steps) == 3  # after batches 2 and 4, and the last partial group
-    assert stats['images'] == 20 and 0 <= stats['acc1'] <= 1
+    assert stats['images'] == 20 and 0 <= stats['acc1'] <= 1 and stats['skipped'] == 5
 
 
 @pytest.mark.parametrize('steps, accum', [(5, 2), (7, 3), (6, 3), (4, 1)])
@@ -92,8 +92,8 @@ def test_an_accumulated_step_equals_one_step_on_the_concatenated_batches():
     """5 batches, ACCUM_ITER 2: the last optimizer step sees only batch 5, at full weight (it was scaled by 1/2)."""
     config = finalize_config(merge_opts(get_config(), ['TRAIN.ACCUM_ITER', '2', 'REPORT_FREQ', '10']))
     rng = np.random.RandomState(0)
-    batches = Loader([(paddle.to_tensor(rng.rand(4, 2).astype('float32')), paddle.to_tensor(rng.randint(0, 3, 4)))
-                      for _ in range(5)])
+    batches = Loader([(paddle.to_tensor(rng.rand(4, 2).astype('float32')), paddle.to_tensor(rng.randint(0, 3, 4)),
+                       paddle.zeros([4], 'int64')) for _ in range(5)])
     criterion = lambda inputs, outputs, targets: paddle.nn.functional.cross_entropy(outputs, targets)
     grads = []
 
@@ -111,7 +111,7 @@ def test_an_accumulated_step_equals_one_step_on_the_concatenated_batches():
     reference, _ = recording_model()
     for group, grad in zip([batches[0:2], batches[2:4], batches[4:5]], grads):
         reference.clear_gradients()
-        x = paddle.concat([b[0] for b in group])
-        y = paddle.concat([b[1] for b in group])
+        x = paddle.concat([batch[0] for batch in group])
+        y = paddle.concat([batch[1] for batch in group])
         criterion(x, reference(x), y).backward()
         np.testing.assert_allclose(grad, reference.weight.grad.numpy(), rtol=1e-5, atol=1e-7)
