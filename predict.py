@@ -3,6 +3,7 @@
     python predict.py -cfg configs/pit_ti.yaml -pretrained output/pit_ti_730 -img_path images/cat.jpg
     python predict.py -cfg configs/pit_ti.yaml -pretrained output/train/checkpoint-best -img_path photos/ -topk 3
     python predict.py -cfg configs/pit_ti.yaml -infer_model output/inference -img_path a.jpg b.png
+    python predict.py -cfg configs/pit_ti.yaml -onnx_model output/inference.onnx -img_path a.jpg   # onnxruntime
 
 Preprocessing is the evaluation transform of the config (resize short side to IMAGE_SIZE / CROP_PCT, center
 crop). Class names: a checkpoint of this repo carries its class list (ImageNet wnids become readable names);
@@ -90,13 +91,14 @@ def get_arguments():
     parser.add_argument('-cfg', type=str, required=True, help='yaml config of the model')
     parser.add_argument('-pretrained', type=str, default=None, help='weights (.pdparams optional): converted or a checkpoint')
     parser.add_argument('-infer_model', type=str, default=None, help='exported model prefix (tools/export_model.py)')
+    parser.add_argument('-onnx_model', type=str, default=None, help='ONNX file (export_model.py -onnx); onnxruntime')
     parser.add_argument('-img_path', type=str, nargs='+', required=True, help='images and/or folders')
     parser.add_argument('-topk', type=int, default=5)
     parser.add_argument('-batch_size', type=int, default=16)
     parser.add_argument('-opts', nargs='+', default=None, metavar='KEY VALUE', help='override config keys')
     args = parser.parse_args()
-    if bool(args.pretrained) == bool(args.infer_model):
-        parser.error('give exactly one of -pretrained and -infer_model')
+    if sum(bool(m) for m in (args.pretrained, args.infer_model, args.onnx_model)) != 1:
+        parser.error('give exactly one of -pretrained, -infer_model and -onnx_model')
     return args
 
 
@@ -106,6 +108,10 @@ def build_classifier(args, config):
         from tools.export_model import create_predictor, run_predictor
         predictor = create_predictor(args.infer_model, threads=config.CPU_THREADS)
         return lambda batch: run_predictor(predictor, batch)
+    if args.onnx_model:
+        from tools.export_model import create_onnx_session, run_onnx
+        session = create_onnx_session(args.onnx_model, threads=config.CPU_THREADS)
+        return lambda batch: run_onnx(session, batch)
     import paddle
     from pit import build_pit
     from weights import load_pretrained
@@ -130,14 +136,14 @@ def main():
     try:
         config = finalize_config(merge_opts(get_config(args.cfg), args.opts or []))
         if paddle.get_device() == 'cpu':
-            dygraph = not args.infer_model  # an exported model runs paddle.inference's own fused kernels
+            dygraph = args.pretrained is not None  # exported models run their runtime's own kernels
             configure_cpu(config.CPU_THREADS, kernels=dygraph and config.CPU_KERNELS)
             if dygraph and config.CPU_KERNELS and not cpu_kernels.in_use():
                 print(f'warning: {cpu_kernels.status()}', file=sys.stderr)
         classify = build_classifier(args, config)
         names = class_names(checkpoint_classes(args.pretrained) if args.pretrained else None,
                             config.MODEL.NUM_CLASSES)
-    except (ConfigError, WeightsError, FileNotFoundError) as e:
+    except (ConfigError, WeightsError, FileNotFoundError, ImportError) as e:  # ImportError: onnxruntime
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
     transform = build_transforms(config, 'val')
