@@ -33,6 +33,26 @@ def test_every_hub_entry_builds_its_variant_with_a_docstring(name):
     assert 'pretrained' in paddle.hub.help(ROOT, name, source='local')
 
 
+# channels and map sides at 224x224 and at 320x256, per base variant (the distilled ones give the same maps)
+STAGES = {'pit_ti': (64, [27, 14, 7]), 'pit_xs': (96, [27, 14, 7]), 'pit_s': (144, [27, 14, 7]),
+          'pit_b': (256, [31, 16, 8])}
+NON_SQUARE = {'pit_ti': [(39, 31), (20, 16), (10, 8)], 'pit_b': [(44, 35), (22, 18), (11, 9)]}
+
+
+@pytest.mark.parametrize('name', VARIANTS)
+def test_every_hub_entry_gives_stage_maps_at_224_and_at_320x256_with_features_only(name):
+    base = name.replace('_distilled', '')
+    width, sides = STAGES[base]
+    backbone = hub_load(name, features_only=True)
+    with paddle.no_grad():
+        square = [list(m.shape) for m in backbone(paddle.randn([1, 3, 224, 224]))]
+        other = [list(m.shape) for m in backbone(paddle.randn([1, 3, 320, 256]))]
+    assert square == [[1, width * 2 ** s, side, side] for s, side in enumerate(sides)]
+    wide = NON_SQUARE['pit_b' if base == 'pit_b' else 'pit_ti']
+    assert other == [[1, width * 2 ** s, h, w] for s, (h, w) in enumerate(wide)]
+    assert backbone.feature_info.channels() == [width, 2 * width, 4 * width]
+
+
 def logits(model, seed=0, size=224):
     x = paddle.to_tensor(np.random.RandomState(seed).rand(2, 3, size, size).astype('float32'))
     with paddle.no_grad():
