@@ -7,6 +7,8 @@ and `head_dist` of the DeiT-style distilled models. Parameter names follow the o
 Shapes: images [B, 3, H, W] -> patch embedding [B, C0, W0, W0] -> stages of transformer blocks over
 [class tokens; W_s*W_s patch tokens], with a depthwise-conv pooling (and a Linear on the class tokens)
 halving the grid and doubling the channels between stages -> LayerNorm on the class tokens -> heads.
+As a backbone, `PiTFeatures` (or `build_pit(config, features_only=True)`) gives the three stage outputs as maps
+[B, C_s, H_s, W_s] at any input size, declared by `feature_info` as timm declares them.
 """
 import math
 
