@@ -31,25 +31,82 @@ def _posterize(img, bits):
     return ImageOps.posterize(img, bits)
 
 
+def _auto_contrast(img, arg, fill, resample):
+    return ImageOps.autocontrast(img)
+
+
+def _equalize(img, arg, fill, resample):
+    return ImageOps.equalize(img)
+
+
+def _invert(img, arg, fill, resample):
+    return ImageOps.invert(img)
+
+
+def _rotate(img, degrees, fill, resample):
+    return img.rotate(degrees, resample=resample, fillcolor=fill)
+
+
+def _posterize_op(img, bits, fill, resample):
+    return _posterize(img, bits)
+
+
+def _solarize(img, threshold, fill, resample):
+    return ImageOps.solarize(img, threshold)
+
+
+def _solarize_add(img, add, fill, resample):
+    return img.point([min(255, i + add) if i < 128 else i for i in range(256)] * len(img.getbands()))
+
+
+def _color(img, factor, fill, resample):
+    return ImageEnhance.Color(img).enhance(factor)
+
+
+def _contrast(img, factor, fill, resample):
+    return ImageEnhance.Contrast(img).enhance(factor)
+
+
+def _brightness(img, factor, fill, resample):
+    return ImageEnhance.Brightness(img).enhance(factor)
+
+
+def _sharpness(img, factor, fill, resample):
+    return ImageEnhance.Sharpness(img).enhance(factor)
+
+
+def _shear_x(img, factor, fill, resample):
+    return _affine(img, (1, factor, 0, 0, 1, 0), fill, resample)
+
+
+def _shear_y(img, factor, fill, resample):
+    return _affine(img, (1, 0, 0, factor, 1, 0), fill, resample)
+
+
+def _translate_x(img, pixels, fill, resample):
+    return _affine(img, (1, 0, pixels, 0, 1, 0), fill, resample)
+
+
+def _translate_y(img, pixels, fill, resample):
+    return _affine(img, (1, 0, 0, 0, 1, pixels), fill, resample)
+
+
+def _translate_x_rel(img, fraction, fill, resample):
+    return _affine(img, (1, 0, fraction * img.size[0], 0, 1, 0), fill, resample)
+
+
+def _translate_y_rel(img, fraction, fill, resample):
+    return _affine(img, (1, 0, 0, 0, 1, fraction * img.size[1]), fill, resample)
+
+
+# Module-level functions only (no lambdas): DataLoader workers started by *spawn* (dist.spawn's children)
+# receive the dataset, and with it these tables, by pickling.
 OPS = {
-    'AutoContrast': lambda img, arg, fill, rs: ImageOps.autocontrast(img),
-    'Equalize': lambda img, arg, fill, rs: ImageOps.equalize(img),
-    'Invert': lambda img, arg, fill, rs: ImageOps.invert(img),
-    'Rotate': lambda img, arg, fill, rs: img.rotate(arg, resample=rs, fillcolor=fill),
-    'Posterize': lambda img, arg, fill, rs: _posterize(img, arg),
-    'Solarize': lambda img, arg, fill, rs: ImageOps.solarize(img, arg),
-    'SolarizeAdd': lambda img, arg, fill, rs: img.point(
-        [min(255, i + arg) if i < 128 else i for i in range(256)] * len(img.getbands())),
-    'Color': lambda img, arg, fill, rs: ImageEnhance.Color(img).enhance(arg),
-    'Contrast': lambda img, arg, fill, rs: ImageEnhance.Contrast(img).enhance(arg),
-    'Brightness': lambda img, arg, fill, rs: ImageEnhance.Brightness(img).enhance(arg),
-    'Sharpness': lambda img, arg, fill, rs: ImageEnhance.Sharpness(img).enhance(arg),
-    'ShearX': lambda img, arg, fill, rs: _affine(img, (1, arg, 0, 0, 1, 0), fill, rs),
-    'ShearY': lambda img, arg, fill, rs: _affine(img, (1, 0, 0, arg, 1, 0), fill, rs),
-    'TranslateX': lambda img, arg, fill, rs: _affine(img, (1, 0, arg, 0, 1, 0), fill, rs),
-    'TranslateY': lambda img, arg, fill, rs: _affine(img, (1, 0, 0, 0, 1, arg), fill, rs),
-    'TranslateXRel': lambda img, arg, fill, rs: _affine(img, (1, 0, arg * img.size[0], 0, 1, 0), fill, rs),
-    'TranslateYRel': lambda img, arg, fill, rs: _affine(img, (1, 0, 0, 0, 1, arg * img.size[1]), fill, rs),
+    'AutoContrast': _auto_contrast, 'Equalize': _equalize, 'Invert': _invert, 'Rotate': _rotate,
+    'Posterize': _posterize_op, 'Solarize': _solarize, 'SolarizeAdd': _solarize_add, 'Color': _color,
+    'Contrast': _contrast, 'Brightness': _brightness, 'Sharpness': _sharpness, 'ShearX': _shear_x,
+    'ShearY': _shear_y, 'TranslateX': _translate_x, 'TranslateY': _translate_y,
+    'TranslateXRel': _translate_x_rel, 'TranslateYRel': _translate_y_rel,
 }
 OPS.update({'PosterizeIncreasing': OPS['Posterize'], 'PosterizeOriginal': OPS['Posterize'],
             'SolarizeIncreasing': OPS['Solarize'], 'ColorIncreasing': OPS['Color'],
@@ -64,24 +121,65 @@ def _signed(value):
     return -value if random.random() > 0.5 else value
 
 
+def _rotate_level(m, hp):
+    return _signed(m / LEVEL_DENOM * 30.0)
+
+
+def _shear_level(m, hp):
+    return _signed(m / LEVEL_DENOM * 0.3)
+
+
+def _translate_abs_level(m, hp):
+    return _signed(m / LEVEL_DENOM * float(hp['translate_const']))
+
+
+def _translate_rel_level(m, hp):
+    return _signed(m / LEVEL_DENOM * hp.get('translate_pct', 0.45))
+
+
+def _posterize_level(m, hp):
+    return int(m / LEVEL_DENOM * 4)
+
+
+def _posterize_increasing_level(m, hp):
+    return 4 - int(m / LEVEL_DENOM * 4)
+
+
+def _posterize_original_level(m, hp):
+    return int(m / LEVEL_DENOM * 4) + 4
+
+
+def _solarize_level(m, hp):
+    return min(256, int(m / LEVEL_DENOM * 256))
+
+
+def _solarize_increasing_level(m, hp):
+    return 256 - _solarize_level(m, hp)
+
+
+def _solarize_add_level(m, hp):
+    return min(128, int(m / LEVEL_DENOM * 110))
+
+
+def _enhance_level(m, hp):
+    return m / LEVEL_DENOM * 1.8 + 0.1
+
+
+def _enhance_increasing_level(m, hp):
+    return 1.0 + _signed(m / LEVEL_DENOM * 0.9)
+
+
 LEVELS = {
-    'Rotate': lambda m, hp: _signed(m / LEVEL_DENOM * 30.0),
-    'ShearX': lambda m, hp: _signed(m / LEVEL_DENOM * 0.3),
-    'ShearY': lambda m, hp: _signed(m / LEVEL_DENOM * 0.3),
-    'TranslateX': lambda m, hp: _signed(m / LEVEL_DENOM * float(hp['translate_const'])),
-    'TranslateY': lambda m, hp: _signed(m / LEVEL_DENOM * float(hp['translate_const'])),
-    'TranslateXRel': lambda m, hp: _signed(m / LEVEL_DENOM * hp.get('translate_pct', 0.45)),
-    'TranslateYRel': lambda m, hp: _signed(m / LEVEL_DENOM * hp.get('translate_pct', 0.45)),
-    'Posterize': lambda m, hp: int(m / LEVEL_DENOM * 4),
-    'PosterizeIncreasing': lambda m, hp: 4 - int(m / LEVEL_DENOM * 4),
-    'PosterizeOriginal': lambda m, hp: int(m / LEVEL_DENOM * 4) + 4,
-    'Solarize': lambda m, hp: min(256, int(m / LEVEL_DENOM * 256)),
-    'SolarizeIncreasing': lambda m, hp: 256 - min(256, int(m / LEVEL_DENOM * 256)),
-    'SolarizeAdd': lambda m, hp: min(128, int(m / LEVEL_DENOM * 110)),
+    'Rotate': _rotate_level, 'ShearX': _shear_level, 'ShearY': _shear_level,
+    'TranslateX': _translate_abs_level, 'TranslateY': _translate_abs_level,
+    'TranslateXRel': _translate_rel_level, 'TranslateYRel': _translate_rel_level,
+    'Posterize': _posterize_level, 'PosterizeIncreasing': _posterize_increasing_level,
+    'PosterizeOriginal': _posterize_original_level, 'Solarize': _solarize_level,
+    'SolarizeIncreasing': _solarize_increasing_level, 'SolarizeAdd': _solarize_add_level,
 }
 for _name in ('Color', 'Contrast', 'Brightness', 'Sharpness'):
-    LEVELS[_name] = lambda m, hp: m / LEVEL_DENOM * 1.8 + 0.1
-    LEVELS[_name + 'Increasing'] = lambda m, hp: 1.0 + _signed(m / LEVEL_DENOM * 0.9)
+    LEVELS[_name] = _enhance_level
+    LEVELS[_name + 'Increasing'] = _enhance_increasing_level
 
 
 class AugmentOp:

@@ -21,10 +21,9 @@ _C.DATA = CN()
 _C.DATA.BATCH_SIZE = 256  # train batch size per process (total = BATCH_SIZE * processes * ACCUM_ITER)
 _C.DATA.BATCH_SIZE_EVAL = None  # eval batch size per process; None: same as BATCH_SIZE
 _C.DATA.DATA_PATH = '/dataset/imagenet/'  # dataset root: {train,val}/<class>/ folders or {train,val}_list.txt
-_C.DATA.DATASET = 'imagenet2012'  # dataset kind; 'imagenet2012' is any ImageNet-style folder/list dataset
 _C.DATA.LAYOUT = 'auto'  # 'auto' (detect), 'folder' (class sub-folders) or 'list' ({split}_list.txt)
 _C.DATA.IMAGE_SIZE = 224  # input resolution (square)
-_C.DATA.CROP_PCT = 0.9  # eval: resize short side to floor(IMAGE_SIZE / CROP_PCT), then center crop
+_C.DATA.CROP_PCT = 0.875  # eval: resize short side to floor(IMAGE_SIZE / CROP_PCT), center crop (DeiT; timm: 0.9)
 _C.DATA.INTERPOLATION = 'bicubic'  # resize interpolation for train crop and eval resize
 _C.DATA.NUM_WORKERS = 4  # DataLoader worker processes per training process (0: load in the main process)
 _C.DATA.SHARED_MEMORY = True  # pass batches from workers through shared memory
@@ -36,10 +35,11 @@ _C.DATA.REPEATED_AUG_REPEATS = 3  # repeats of each sample per epoch with REPEAT
 
 # ---------------------------------------------------------------- model
 _C.MODEL = CN()
-_C.MODEL.TYPE = 'PiT'  # model family; only 'PiT' is built by this repo
-_C.MODEL.NAME = 'pit_ti'  # variant name, used in logs and checkpoint metadata
+_C.MODEL.TYPE = 'PiT'  # model family: picks the builder (main_single_gpu.MODEL_BUILDERS); PaddleViT yamls set it
+_C.MODEL.NAME = 'pit_ti'  # variant name, used in logs, checkpoints and exports
 _C.MODEL.RESUME = None  # checkpoint to resume training from: a path, or 'auto' (newest valid one in SAVE)
-_C.MODEL.PRETRAINED = None  # weights to start from (fine-tuning/eval): model weights only, pos_embed resized
+_C.MODEL.PRETRAINED = None  # weights to start from (fine-tuning/eval): pos_embed resized, new classes re-init head
+_C.MODEL.EMA_WEIGHTS = False  # -pretrained / -eval: take the file's EMA weights (model_ema) when it has them
 _C.MODEL.NUM_CLASSES = 1000  # classifier outputs
 _C.MODEL.DISTILL = False  # distilled variant: second class token and head_dist
 _C.MODEL.DROPOUT = 0.0  # dropout after pos_embed, in the MLP and after the attention projection
@@ -79,10 +79,10 @@ _C.TRAIN.LR_SCHEDULER.NAME = 'warmupcosine'  # 'warmupcosine' or 'multistep' (bo
 _C.TRAIN.LR_SCHEDULER.PER_STEP = False  # update the LR every optimizer step instead of every epoch
 _C.TRAIN.LR_SCHEDULER.MILESTONES = [30, 60, 90]  # multistep: epochs where the LR is multiplied by DECAY_RATE
 _C.TRAIN.LR_SCHEDULER.DECAY_RATE = 0.1  # multistep: LR factor at each milestone
-_C.TRAIN.LR_SCHEDULER.DEIT_LAG = False  # True: epoch e uses the LR of epoch e-1 (first value twice), as DeiT ran
+_C.TRAIN.LR_SCHEDULER.DEIT_LAG = True  # epoch e uses the LR of epoch e-1 (first value twice), as DeiT's loop ran
 
 _C.TRAIN.OPTIMIZER = CN()
-_C.TRAIN.OPTIMIZER.NAME = 'AdamW'  # 'AdamW', 'AdamP' or 'SGD' (momentum)
+_C.TRAIN.OPTIMIZER.NAME = 'AdamP'  # 'AdamP' (the paper's runs), 'AdamW' (DeiT's default) or 'SGD' (momentum)
 _C.TRAIN.OPTIMIZER.EPS = 1e-8  # Adam epsilon
 _C.TRAIN.OPTIMIZER.BETAS = (0.9, 0.999)  # Adam betas
 _C.TRAIN.OPTIMIZER.MOMENTUM = 0.9  # SGD momentum
@@ -111,7 +111,7 @@ _C.AUG.MIXUP_MODE = 'batch'  # 'batch', 'pair' or 'elem': how mixing parameters 
 _C.SAVE = './output'  # output folder: log.txt, checkpoints
 _C.SAVE_FREQ = 10  # also keep a numbered checkpoint every SAVE_FREQ epochs
 _C.KEEP_CHECKPOINTS = 3  # numbered checkpoints kept (latest and best are always kept); 0: keep all
-_C.REPORT_FREQ = 50  # log every REPORT_FREQ steps
+_C.REPORT_FREQ = 50  # log (and VisualDL) every REPORT_FREQ train steps and eval batches
 _C.VALIDATE_FREQ = 1  # evaluate every VALIDATE_FREQ epochs (and after the last)
 _C.SEED = 0  # random seed (offset by rank in each process)
 _C.EVAL = False  # evaluate only
@@ -121,31 +121,44 @@ _C.DEVICE = 'auto'  # 'auto' (GPU if available), 'gpu' or 'cpu'
 _C.CPU_THREADS = 0  # threads per process on CPU; 0: all cores divided by processes on this node
 _C.CPU_KERNELS = True  # on CPU: build and use cpu_kernels (multi-threaded softmax, LayerNorm, bias add, GELU)
 _C.NGPUS = -1  # processes for main_multi_gpu.py; -1: all visible GPUs (CPU: 2)
-_C.VISUALDL = True  # also write VisualDL scalars to SAVE/vdl when visualdl is installed
+_C.VISUALDL = True  # also write VisualDL scalars to SAVE/vdl when visualdl is installed (SAVE/metrics.jsonl always)
 
 
 class ConfigError(ValueError):
     """A config file, key or value that cannot be used; the message names it."""
 
 
+# Keys a checkpoint records so that it rebuilds its model (MODEL_KEYS) and its eval transform (PREPROCESS_KEYS)
+# without a -cfg. A -cfg/-opts value of a MODEL_KEYS key that contradicts the checkpoint is an error; the
+# preprocessing keys may be overridden (e.g. DATA.CROP_PCT 0.9 for timm's evaluation), as may DATA.IMAGE_SIZE
+# (pos_embed is resized).
+MODEL_KEYS = ('MODEL.NAME', 'MODEL.NUM_CLASSES', 'MODEL.DISTILL', 'MODEL.TRANS.PATCH_SIZE', 'MODEL.TRANS.STRIDE',
+              'MODEL.TRANS.BASE_DIMS', 'MODEL.TRANS.DEPTH', 'MODEL.TRANS.HEADS', 'MODEL.TRANS.MLP_RATIO')
+PREPROCESS_KEYS = ('DATA.IMAGE_SIZE', 'DATA.CROP_PCT', 'DATA.INTERPOLATION', 'DATA.IMAGENET_MEAN',
+                   'DATA.IMAGENET_STD')
+
+
 def _load_yaml(cfg_file):
     if not os.path.isfile(cfg_file):
         raise ConfigError(f"config file '{cfg_file}' not found")
-    with open(cfg_file, 'r', encoding='utf-8') as f:
-        try:
+    try:
+        with open(cfg_file, 'r', encoding='utf-8') as f:
             data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file '{cfg_file}' is not valid yaml: {e}".replace('\n', ' '))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{cfg_file}' is not valid yaml: {' '.join(str(e).split())}")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file '{cfg_file}' cannot be read: {e}")
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{cfg_file}' must hold a mapping of keys, got {type(data).__name__}")
     return data
 
 
-def _merge_dict(config, data, source):
-    """Merge a nested dict into config; unknown keys and wrong types raise ConfigError naming them."""
+def _merge_dict(config, data, source, touched=None):
+    """Merge a nested dict into config; unknown keys and wrong types raise ConfigError naming them.
+    touched (a set) collects the dotted keys set."""
     def walk(node, d, prefix):
         for key, value in d.items():
-            full = prefix + key
+            full = prefix + str(key)
             if key not in node:
                 raise ConfigError(f"unknown config key '{full}' in {source}")
             if isinstance(node[key], CN):
@@ -154,37 +167,60 @@ def _merge_dict(config, data, source):
                 walk(node[key], value, full + '.')
             else:
                 node[key] = _coerce(node[key], value, full, source)
+                if touched is not None:
+                    touched.add(full)
     walk(config, data, '')
 
 
+# keys whose default is None but which take one type
+_NONE_DEFAULT_TYPES = {'DATA.BATCH_SIZE_EVAL': int, 'TRAIN.GRAD_CLIP': float, 'TRAIN.LINEAR_SCALED_LR': int,
+                       'MODEL.RESUME': str, 'MODEL.PRETRAINED': str, 'AUG.CUTMIX_MINMAX': (list, tuple)}
+
+
 def _coerce(old, value, key, source):
-    """Check value against the default's type (None defaults accept anything), as yacs would."""
-    if old is None or value is None:
+    """Check value against the default's type, as yacs would, but strictly: an int key takes integers only
+    (3.0 is 3, 2.5 is an error), a float key takes numbers, a None default takes None or its own type."""
+    if value is None:
         return value
+    if old is None:
+        expected = _NONE_DEFAULT_TYPES.get(key)
+        if expected is None:
+            return value
+        old = {int: 0, float: 0.0, str: '', (list, tuple): []}[expected]
     if isinstance(old, float) and isinstance(value, str) and re.fullmatch(r'[-+]?\d+(\.\d*)?[eE][-+]?\d+', value):
         return float(value)  # yaml 1.1 reads exponents without a dot (1e-4) as strings
     if isinstance(old, bool) or isinstance(value, bool):
         if isinstance(old, bool) and isinstance(value, bool):
             return value
-        raise ConfigError(f"config key '{key}' in {source} expects {type(old).__name__}, got {value!r}")
-    if isinstance(old, (int, float)) and isinstance(value, (int, float)):
-        return float(value) if isinstance(old, float) else value
-    if isinstance(old, (list, tuple)) and isinstance(value, (list, tuple)):
-        return type(old)(value)
-    if isinstance(old, str) and isinstance(value, str):
+    elif isinstance(old, int) and isinstance(value, (int, float)):
+        if float(value).is_integer():
+            return int(value)
+        raise ConfigError(f"config key '{key}' in {source} expects an integer, got {value!r}")
+    elif isinstance(old, float) and isinstance(value, (int, float)):
+        return float(value)
+    elif isinstance(old, (list, tuple)) and isinstance(value, (list, tuple)):
+        return type(old)(value) if old is not None else value
+    elif isinstance(old, str) and isinstance(value, str):
         return value
     raise ConfigError(f"config key '{key}' in {source} expects {type(old).__name__}, got {value!r}")
 
 
-def _update_config_from_file(config, cfg_file):
+def _update_config_from_file(config, cfg_file, touched=None, chain=()):
     """Merge cfg_file into config, after the files its BASE list names (relative to cfg_file)."""
+    real = os.path.realpath(cfg_file)
+    if real in chain:
+        raise ConfigError(f"config file '{cfg_file}' includes itself through BASE: "
+                          + ' -> '.join(list(chain[chain.index(real):]) + [real]))
     data = _load_yaml(cfg_file)
-    for base in data.get('BASE', ['']) or ['']:
+    bases = data.get('BASE', ['']) or ['']
+    if isinstance(bases, str):
+        bases = [bases]
+    for base in bases:
         if base:
-            _update_config_from_file(config, os.path.join(os.path.dirname(cfg_file), base))
+            _update_config_from_file(config, os.path.join(os.path.dirname(cfg_file), base), touched, chain + (real,))
     data = {k: v for k, v in data.items() if k != 'BASE'}
     config.defrost()
-    _merge_dict(config, data, f"'{cfg_file}'")
+    _merge_dict(config, data, f"'{cfg_file}'", touched)
 
 
 def get_config(cfg_file=None):
@@ -195,31 +231,32 @@ def get_config(cfg_file=None):
     return config
 
 
-def merge_opts(config, opts):
+def merge_opts(config, opts, touched=None, source='-opts'):
     """Apply ['KEY', 'VALUE', ...] overrides; values are parsed as yaml ('0.1', '[1, 2]', 'None')."""
     if len(opts) % 2:
         raise ConfigError(f"-opts needs KEY VALUE pairs, got an odd number of items: {opts}")
     config.defrost()
     for key, raw in zip(opts[0::2], opts[1::2]):
-        value = None if raw in ('None', 'none', 'null') else yaml.safe_load(raw)
+        try:
+            value = None if raw in ('None', 'none', 'null') else yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f'{source}: value {raw!r} of {key} is not valid yaml') from None
         node = {}
         cursor = node
         parts = key.split('.')
         for part in parts[:-1]:
             cursor = cursor.setdefault(part, {})
         cursor[parts[-1]] = value
-        _merge_dict(config, node, '-opts')
+        _merge_dict(config, node, source, touched)
     return config
 
 
 # seed flag -> config key; flags left at None do not override the yaml
 _FLAG_KEYS = {
-    'dataset': 'DATA.DATASET',
     'batch_size': 'DATA.BATCH_SIZE',
     'image_size': 'DATA.IMAGE_SIZE',
     'data_path': 'DATA.DATA_PATH',
     'save_path': 'SAVE',
-    'output': 'SAVE',
     'ngpus': 'NGPUS',
     'pretrained': 'MODEL.PRETRAINED',
     'resume': 'MODEL.RESUME',
@@ -227,23 +264,107 @@ _FLAG_KEYS = {
     'teacher_model': 'TRAIN.TEACHER_MODEL',
     'device': 'DEVICE',
 }
+_FLAG_SWITCHES = {'eval': 'EVAL', 'amp': 'AMP', 'ema': 'MODEL.EMA_WEIGHTS'}
 
 
-def update_config(config, args):
-    """Apply a parsed argparse namespace: -cfg, the seed flags, -eval, -amp, then -opts (applied last)."""
-    if getattr(args, 'cfg', None):
-        config = get_config(args.cfg)
-    config.defrost()
+def _flag_opts(args):
+    opts = []
     for flag, key in _FLAG_KEYS.items():
         value = getattr(args, flag, None)
         if value is not None:
-            merge_opts(config, [key, repr(value) if not isinstance(value, str) else value])
-    if getattr(args, 'eval', False):
-        config.EVAL = True
-    if getattr(args, 'amp', False):
-        config.AMP = True
+            opts += [key, value if isinstance(value, str) else repr(value)]
+    for flag, key in _FLAG_SWITCHES.items():
+        if getattr(args, flag, False):
+            opts += [key, 'True']
+    return opts
+
+
+def update_config(config, args):
+    """Apply a parsed argparse namespace: -cfg, the seed flags, -eval, -amp, -ema, then -opts (applied last)."""
+    if getattr(args, 'cfg', None):
+        config = get_config(args.cfg)
+    merge_opts(config, _flag_opts(args), source='the command line')
     merge_opts(config, list(getattr(args, 'opts', None) or []))
     return config
+
+
+def build_config(cfg=None, opts=(), args=None, described=None, described_by=None, world_size=None):
+    """The one config path of every entry point: defaults, then what a checkpoint describes (its model and
+    preprocessing), then -cfg (and its BASE chain), the command-line flags of args, then -opts; every value
+    checked; derived values computed and frozen when world_size is given.
+
+    described: {dotted key: value} of a checkpoint (checkpoint.describe); a -cfg/-opts/flag value of a
+    MODEL_KEYS key that differs from it raises ConfigError naming the key and described_by (the file).
+    """
+    config, touched = _C.clone(), set()
+    if described:
+        merge_opts(config, _as_opts(described), source=f"checkpoint '{described_by}'")
+    cfg = cfg or getattr(args, 'cfg', None)
+    if cfg:
+        _update_config_from_file(config, cfg, touched)
+    if args is not None:
+        merge_opts(config, _flag_opts(args), touched, source='the command line')
+        opts = list(opts) + list(getattr(args, 'opts', None) or [])
+    merge_opts(config, list(opts), touched)
+    for key in sorted(touched & set(MODEL_KEYS)) if described else []:
+        if key in described and _same(get_key(config, key), described[key]) is False:
+            raise ConfigError(f'config key {key}={get_key(config, key)!r} contradicts the checkpoint '
+                              f"'{described_by}', which holds a model with {key}={described[key]!r}")
+    if world_size is None:
+        check_config(config)
+        return config
+    return finalize_config(config, world_size)
+
+
+def _as_opts(flat):
+    opts = []
+    for key, value in flat.items():
+        opts += [key, yaml.safe_dump(list(value) if isinstance(value, tuple) else value,
+                                     default_flow_style=True).strip().removesuffix('...').strip()]
+    return opts
+
+
+def _same(a, b):
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b
+
+
+def describe(config):
+    """{'model_config': {...}, 'preprocess': {...}}: the dotted keys a checkpoint stores to rebuild its model
+    and its eval transform (build_config(described=...) reads them back)."""
+    def pick(keys):
+        return {k: list(v) if isinstance(v, (list, tuple)) else v for k in keys for v in [get_key(config, k)]}
+    return {'model_config': pick(MODEL_KEYS), 'preprocess': pick(PREPROCESS_KEYS)}
+
+
+def described_keys(ckpt):
+    """The flat {dotted key: value} that a checkpoint dict describes, or {} (files of other tools)."""
+    if not isinstance(ckpt, dict):
+        return {}
+    out = {}
+    for part in ('model_config', 'preprocess'):
+        entries = ckpt.get(part)
+        if isinstance(entries, dict):
+            out.update({k: v for k, v in entries.items() if k in MODEL_KEYS + PREPROCESS_KEYS})
+    return out
+
+
+def dump_config(config):
+    """yaml text of the whole config (stored in checkpoints)."""
+    return config.dump()
+
+
+def load_run_config(text):
+    """The config of a checkpoint's yaml text (None when it cannot be used by this version's keys)."""
+    try:
+        config = _C.clone()
+        data = yaml.safe_load(text) or {}
+        data.pop('BASE', None)
+        _merge_dict(config, data, 'the checkpoint')
+        return config
+    except (ConfigError, yaml.YAMLError, AttributeError, TypeError):
+        return None
 
 
 def total_batch_size(config, world_size):
@@ -254,7 +375,7 @@ def total_batch_size(config, world_size):
 def finalize_config(config, world_size=1):
     """Check values, compute derived ones once (eval batch, linearly scaled LR), then freeze."""
     config.defrost()
-    _check_values(config)
+    check_config(config)
     if config.DATA.BATCH_SIZE_EVAL is None:
         config.DATA.BATCH_SIZE_EVAL = config.DATA.BATCH_SIZE
     if config.TRAIN.LINEAR_SCALED_LR:
@@ -267,7 +388,6 @@ def finalize_config(config, world_size=1):
 
 _CHOICES = {
     'DATA.LAYOUT': ('auto', 'folder', 'list'),
-    'DATA.DATASET': ('imagenet2012',),
     'DATA.INTERPOLATION': ('bicubic', 'bilinear', 'nearest'),
     'MODEL.TYPE': ('PiT',),
     'TRAIN.DISTILLATION_TYPE': ('none', 'hard', 'soft'),
@@ -278,6 +398,16 @@ _CHOICES = {
     'AMP_DTYPE': ('float16', 'bfloat16'),
     'DEVICE': ('auto', 'gpu', 'cpu'),
 }
+_AT_LEAST_1 = ('DATA.BATCH_SIZE', 'DATA.IMAGE_SIZE', 'MODEL.NUM_CLASSES', 'TRAIN.ACCUM_ITER', 'TRAIN.NUM_EPOCHS',
+               'REPORT_FREQ', 'SAVE_FREQ', 'VALIDATE_FREQ', 'MODEL.TRANS.PATCH_SIZE', 'MODEL.TRANS.STRIDE',
+               'DATA.REPEATED_AUG_REPEATS', 'AUG.RE_COUNT')
+_AT_LEAST_0 = ('DATA.NUM_WORKERS', 'TRAIN.LAST_EPOCH', 'TRAIN.WARMUP_EPOCHS', 'TRAIN.COOLDOWN_EPOCHS',
+               'TRAIN.WEIGHT_DECAY', 'TRAIN.WARMUP_START_LR', 'TRAIN.END_LR', 'KEEP_CHECKPOINTS', 'CPU_THREADS',
+               'AUG.COLOR_JITTER', 'AUG.MIXUP', 'AUG.CUTMIX', 'TRAIN.OPTIMIZER.EPS', 'TRAIN.OPTIMIZER.MOMENTUM',
+               'TRAIN.OPTIMIZER.WD_RATIO', 'TRAIN.OPTIMIZER.DELTA', 'TRAIN.DISTILLATION_TAU')
+_UNIT_CLOSED = ('TRAIN.MODEL_EMA_DECAY', 'AUG.HFLIP', 'AUG.RE_PROB', 'AUG.MIXUP_PROB', 'AUG.MIXUP_SWITCH_PROB',
+                'TRAIN.DISTILLATION_ALPHA', 'TRAIN.LR_SCHEDULER.DECAY_RATE')
+_UNIT_OPEN = ('MODEL.DROP_PATH', 'MODEL.DROPOUT', 'MODEL.ATTENTION_DROPOUT', 'TRAIN.SMOOTHING')
 
 
 def get_key(config, key):
@@ -288,21 +418,87 @@ def get_key(config, key):
     return node
 
 
-def _check_values(config):
+def _bad(key, value, expected):
+    return ConfigError(f'config key {key}={value!r} {expected}')
+
+
+def check_config(config):
+    """Every value in its range and consistent with the others; ConfigError naming the key otherwise.
+    Runs before any model or dataset is built."""
     for key, allowed in _CHOICES.items():
-        value = get_key(config, key)
-        if value not in allowed:
-            raise ConfigError(f"config key {key}={value!r} is not one of {list(allowed)}")
-    trans = config.MODEL.TRANS
-    if not len(trans.BASE_DIMS) == len(trans.DEPTH) == len(trans.HEADS):
-        raise ConfigError('MODEL.TRANS.BASE_DIMS, DEPTH and HEADS must have the same length, got '
-                          f'{trans.BASE_DIMS}, {trans.DEPTH}, {trans.HEADS}')
-    for key in ('DATA.BATCH_SIZE', 'DATA.IMAGE_SIZE', 'MODEL.NUM_CLASSES', 'TRAIN.ACCUM_ITER', 'REPORT_FREQ',
-                'SAVE_FREQ', 'VALIDATE_FREQ'):
+        if get_key(config, key) not in allowed:
+            raise _bad(key, get_key(config, key), f'is not one of {list(allowed)}')
+    for key in _AT_LEAST_1:
         if get_key(config, key) < 1:
-            raise ConfigError(f'config key {key}={get_key(config, key)!r} must be >= 1')
+            raise _bad(key, get_key(config, key), 'must be >= 1')
+    for key in _AT_LEAST_0:
+        if get_key(config, key) < 0:
+            raise _bad(key, get_key(config, key), 'must be >= 0')
+    for key in _UNIT_CLOSED:
+        if not 0.0 <= get_key(config, key) <= 1.0:
+            raise _bad(key, get_key(config, key), 'must be in [0, 1]')
+    for key in _UNIT_OPEN:
+        if not 0.0 <= get_key(config, key) < 1.0:
+            raise _bad(key, get_key(config, key), 'must be in [0, 1)')
+    if not config.TRAIN.BASE_LR > 0:
+        raise _bad('TRAIN.BASE_LR', config.TRAIN.BASE_LR, 'must be > 0')
     if not 0 < config.DATA.CROP_PCT <= 1:
-        raise ConfigError(f'config key DATA.CROP_PCT={config.DATA.CROP_PCT!r} must be in (0, 1]')
+        raise _bad('DATA.CROP_PCT', config.DATA.CROP_PCT, 'must be in (0, 1]')
+    if config.DATA.BATCH_SIZE_EVAL is not None and config.DATA.BATCH_SIZE_EVAL < 1:
+        raise _bad('DATA.BATCH_SIZE_EVAL', config.DATA.BATCH_SIZE_EVAL, 'must be >= 1 (or None)')
+    if config.TRAIN.GRAD_CLIP is not None and config.TRAIN.GRAD_CLIP <= 0:
+        raise _bad('TRAIN.GRAD_CLIP', config.TRAIN.GRAD_CLIP, 'must be > 0 (or None: no clipping)')
+    _check_model(config)
+    _check_schedule(config)
+    _check_augment(config)
     if config.TRAIN.DISTILLATION_TYPE != 'none' and not config.MODEL.DISTILL:
         raise ConfigError(f'TRAIN.DISTILLATION_TYPE={config.TRAIN.DISTILLATION_TYPE!r} needs a distilled model '
                           '(MODEL.DISTILL: True)')
+
+
+def _check_model(config):
+    trans = config.MODEL.TRANS
+    if not len(trans.BASE_DIMS) == len(trans.DEPTH) == len(trans.HEADS) >= 1:
+        raise ConfigError('MODEL.TRANS.BASE_DIMS, DEPTH and HEADS must be non-empty lists of the same length, got '
+                          f'{trans.BASE_DIMS}, {trans.DEPTH}, {trans.HEADS}')
+    for key in ('BASE_DIMS', 'DEPTH', 'HEADS'):
+        values = trans[key]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+            raise _bad(f'MODEL.TRANS.{key}', list(values), 'must hold integers >= 1')
+    if trans.MLP_RATIO <= 0:
+        raise _bad('MODEL.TRANS.MLP_RATIO', trans.MLP_RATIO, 'must be > 0')
+    if config.DATA.IMAGE_SIZE < trans.PATCH_SIZE:
+        raise _bad('DATA.IMAGE_SIZE', config.DATA.IMAGE_SIZE, f'must be >= MODEL.TRANS.PATCH_SIZE={trans.PATCH_SIZE}')
+
+
+def _check_schedule(config):
+    epochs, cooldown, warmup = config.TRAIN.NUM_EPOCHS, config.TRAIN.COOLDOWN_EPOCHS, config.TRAIN.WARMUP_EPOCHS
+    if not 0 <= cooldown < epochs:
+        raise _bad('TRAIN.COOLDOWN_EPOCHS', cooldown, f'must be in [0, TRAIN.NUM_EPOCHS={epochs})')
+    if not 0 <= warmup <= epochs - cooldown:
+        raise _bad('TRAIN.WARMUP_EPOCHS', warmup, f'must be in [0, NUM_EPOCHS - COOLDOWN_EPOCHS = {epochs - cooldown}]')
+    milestones = list(config.TRAIN.LR_SCHEDULER.MILESTONES)
+    if milestones != sorted(milestones):
+        raise _bad('TRAIN.LR_SCHEDULER.MILESTONES', milestones, 'must be increasing')
+    betas = list(config.TRAIN.OPTIMIZER.BETAS)
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise _bad('TRAIN.OPTIMIZER.BETAS', betas, 'must be two numbers in [0, 1)')
+
+
+def _check_augment(config):
+    for key in ('AUG.SCALE', 'AUG.RATIO'):
+        low_high = list(get_key(config, key))
+        if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
+            raise _bad(key, low_high, 'must be [low, high] with 0 < low <= high')
+    if config.AUG.CUTMIX_MINMAX is not None:
+        minmax = list(config.AUG.CUTMIX_MINMAX)
+        if len(minmax) != 2 or not 0 < minmax[0] < minmax[1] <= 1:
+            raise _bad('AUG.CUTMIX_MINMAX', minmax, 'must be [min, max] with 0 < min < max <= 1')
+    if config.AUG.AUTO_AUGMENT:
+        from augment import auto_augment_transform  # parses the string exactly as training will
+        try:
+            auto_augment_transform(config.AUG.AUTO_AUGMENT, {'translate_const': 100, 'img_mean': (124, 116, 104)})
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+

@@ -13,6 +13,7 @@ import logging
 import math
 import multiprocessing
 import os
+import random
 
 import numpy as np
 import paddle
@@ -123,7 +124,16 @@ class ImageNetDataset(paddle.io.Dataset):
             return None, label
         return self.transform(img), label
 
-    def __getitem__(self, index):
+    def __getitem__(self, key):
+        """key: an index, or (index, seed) from SeededBatchSampler: python's and numpy's RNGs are seeded per
+        sample, so an augmented sample depends only on (SEED, epoch, rank, position), never on which worker
+        process drew it, how many workers there are or what they drew before (exact resume, persistent
+        workers)."""
+        index = key
+        if isinstance(key, tuple):
+            index, seed = key
+            random.seed(seed)
+            np.random.seed(seed)
         image, label = self._read(index)
         if image is not None:
             return image, np.int64(label)
@@ -198,6 +208,30 @@ class ExactlyOnceSampler(paddle.io.BatchSampler):
         return math.ceil(len(self.indices) / self.batch_size)
 
 
+class SeededBatchSampler(paddle.io.BatchSampler):
+    """Wraps a training batch sampler: yields batches of (index, seed), the seed a function of (SEED, epoch,
+    rank, position in this rank's epoch), for ImageNetDataset to seed each sample's augmentation with."""
+
+    def __init__(self, batch_sampler, seed, rank):
+        self.batch_sampler, self.seed, self.rank, self.epoch = batch_sampler, seed, rank, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self.batch_sampler.set_epoch(epoch)
+
+    def sample_seed(self, position):
+        return int(np.random.SeedSequence([self.seed, self.epoch, self.rank, position]).generate_state(1)[0])
+
+    def __iter__(self):
+        position = 0
+        for batch in self.batch_sampler:
+            yield [(index, self.sample_seed(position + i)) for i, index in enumerate(batch)]
+            position += len(batch)
+
+    def __len__(self):
+        return len(self.batch_sampler)
+
+
 def build_dataloader(config, dataset, mode, world_size=1, rank=0):
     """DataLoader of (images float32 [B, 3, S, S], labels int64 [B]). Train: shuffled, last partial batch dropped,
     `loader.batch_sampler.set_epoch(e)` each epoch; repeated augmentation with DATA.REPEATED_AUG. Val: in order,
@@ -214,5 +248,11 @@ def build_dataloader(config, dataset, mode, world_size=1, rank=0):
     if len(sampler) == 0:
         raise DatasetError(f'{mode} split of {len(dataset)} images gives no batch of DATA.BATCH_SIZE='
                            f'{config.DATA.BATCH_SIZE} per process')
-    return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=config.DATA.NUM_WORKERS,
-                                use_shared_memory=config.DATA.SHARED_MEMORY, return_list=True)
+    if mode == 'train':
+        sampler = SeededBatchSampler(sampler, config.SEED, rank)
+    # persistent workers: started once per run, not once per epoch and evaluation (a spawned worker imports
+    # paddle and this repo again); per-sample seeds keep their output independent of their history.
+    workers = config.DATA.NUM_WORKERS
+    return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+                                use_shared_memory=config.DATA.SHARED_MEMORY, return_list=True,
+                                persistent_workers=workers > 0)

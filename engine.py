@@ -1,4 +1,5 @@
-"""The training and evaluation loops, shared by 1..N processes, AMP on/off and distillation on/off.
+"""The training state and the training and evaluation loops, shared by 1..N processes, AMP on/off and
+distillation on/off.
 
 AMP off is a GradScaler that passes through; distillation off is a criterion that only calls the base loss;
 EMA off is `None`. Metrics are sums over samples, reduced over ranks once at the end (utils.MetricSums).
@@ -10,13 +11,33 @@ import time
 import paddle
 import paddle.nn.functional as F
 
-from utils import MetricSums, format_seconds, get_rank
+from utils import MetricSums, format_seconds, get_rank, get_world_size
 
 logger = logging.getLogger('pit')
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf: training stops, the last checkpoint on disk stays the good one."""
+
+
+class TrainState:
+    """What a training run updates and a checkpoint holds: the model (and its DataParallel wrapper when there
+    are several processes), the EMA (or None), optimizer, LR schedule, AMP scaler and auto_cast settings, and the
+    loop's counters: epochs completed, best Acc@1 and its epoch."""
+
+    def __init__(self, model, optimizer, lr_scheduler, scaler, amp, model_ema=None):
+        self.model = model
+        self.model_ddp = paddle.DataParallel(model) if get_world_size() > 1 else model
+        self.optimizer, self.lr_scheduler, self.scaler, self.amp = optimizer, lr_scheduler, scaler, amp
+        self.model_ema = model_ema
+        self.epoch, self.best_acc1, self.best_epoch = 0, 0.0, -1
+
+    def update_best(self, acc1):
+        """Record the Acc@1 of the epoch just completed; True when it is a new best."""
+        if acc1 <= self.best_acc1:
+            return False
+        self.best_acc1, self.best_epoch = acc1, self.epoch
+        return True
 
 
 def topk_correct(logits, labels, ks=(1, 5)):
@@ -27,87 +48,108 @@ def topk_correct(logits, labels, ks=(1, 5)):
     return [float(hits[:, :min(k, maxk)].sum()) for k in ks]
 
 
-def train_one_epoch(model, criterion, loader, optimizer, scaler, lr_scheduler, epoch, config,
-                    amp, mixup_fn=None, model_ema=None):
-    """One pass over `loader`; returns {'loss', 'acc1' (nan with mixup), 'images', 'seconds'} over all ranks.
+def accumulation_scale(step, steps, accum):
+    """Loss factor of batch `step` of `steps` when gradients of `accum` batches make one optimizer step: 1/accum,
+    and 1/r for the r batches of a last, shorter group, so every optimizer step averages its batches."""
+    last_group_start = steps - steps % accum if steps % accum else steps
+    return 1.0 / (steps - last_group_start) if step >= last_group_start else 1.0 / accum
 
-    amp: dict(enable=bool, dtype=str) for paddle.amp.auto_cast. The optimizer steps every TRAIN.ACCUM_ITER
-    batches; the EMA follows each optimizer step; with LR_SCHEDULER.PER_STEP the LR moves every step.
+
+def train_one_epoch(state, criterion, loader, epoch, config, mixup_fn=None, records=None):
+    """One pass over `loader` (epoch is 0-based); returns {'loss', 'acc1' (nan with mixup), 'images',
+    'seconds'} over all ranks.
+
+    The optimizer steps every TRAIN.ACCUM_ITER batches (and after the last batch); the EMA follows each
+    optimizer step; with LR_SCHEDULER.PER_STEP the LR moves every step. Every REPORT_FREQ steps rank 0 logs
+    progress (with the ETA of the epoch and of the run) and records the step's loss and LR (`records`).
     """
-    model.train()
-    accum = config.TRAIN.ACCUM_ITER
-    steps = len(loader)
+    state.model_ddp.train()
+    accum, steps = config.TRAIN.ACCUM_ITER, len(loader)
     sums, start = MetricSums('loss', 'acc1'), time.time()
-    optimizer.clear_grad()
+    state.optimizer.clear_grad()
     for step, (images, labels) in enumerate(loader):
         if config.TRAIN.LR_SCHEDULER.PER_STEP:
-            lr_scheduler.step_to(epoch, step)
+            state.lr_scheduler.step_to(epoch, step)
         targets = labels
         if mixup_fn is not None:
             images, targets = mixup_fn(images, labels)
-        with paddle.amp.auto_cast(**amp):
-            outputs = model(images)
+        with paddle.amp.auto_cast(**state.amp):
+            outputs = state.model_ddp(images)
             loss = criterion(images, outputs, targets)
         loss_value = float(loss)
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f'loss is {loss_value} at epoch {epoch + 1} step {step} on rank {get_rank()}; '
                                      'stopping (the last checkpoint on disk is untouched)')
-        scaler.scale(loss / accum).backward()
+        state.scaler.scale(loss * accumulation_scale(step, steps, accum)).backward()
         if (step + 1) % accum == 0 or step + 1 == steps:
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.clear_grad()
-            if model_ema is not None:
-                model_ema.update(model)
+            optimizer_step(state)
         n = images.shape[0]
         sums.add('loss', loss_value * n, n)
         if mixup_fn is None:
             logits = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
             sums.add('acc1', topk_correct(logits.astype('float32'), labels, ks=(1,))[0], n)
         if (step + 1) % config.REPORT_FREQ == 0 or step + 1 == steps:
-            log_progress(sums, epoch, step, steps, start, optimizer.get_lr(), config)
+            log_progress(sums, epoch, step, steps, start, state.optimizer.get_lr(), config)
+            if records is not None:
+                records.step(epoch * steps + step + 1, loss=loss_value, lr=state.optimizer.get_lr())
     seconds = time.time() - start
     sums.synchronize()
-    return {'loss': sums.avg('loss'), 'acc1': sums.avg('acc1'),
-            'images': sums.count('loss'), 'seconds': seconds}
+    return {'loss': sums.avg('loss'), 'acc1': sums.avg('acc1'), 'images': sums.count('loss'), 'seconds': seconds}
+
+
+def optimizer_step(state):
+    """Apply the accumulated gradients (through the AMP scaler), clear them, move the EMA."""
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.optimizer.clear_grad()
+    if state.model_ema is not None:
+        state.model_ema.update(state.model)
 
 
 def log_progress(sums, epoch, step, steps, start, lr, config):
-    """One line: epoch/step, running loss (and accuracy without mixup), LR, images/s of this rank, ETA."""
+    """One line: epoch/step, running loss (and accuracy without mixup), LR, images/s of this rank, ETA of the
+    epoch and of the whole run (the remaining epochs at this epoch's pace, evaluation not counted)."""
     elapsed = time.time() - start
+    per_step = elapsed / (step + 1)
+    epoch_left = (steps - step - 1) * per_step
+    run_left = epoch_left + (config.TRAIN.NUM_EPOCHS - epoch - 1) * steps * per_step
     acc = f'acc {sums.avg("acc1"):.4f} ' if sums.count('acc1') else ''
     logger.info(f'Epoch[{epoch + 1:03d}/{config.TRAIN.NUM_EPOCHS:03d}] Step[{step + 1:04d}/{steps:04d}] '
                 f'loss {sums.avg("loss"):.4f} {acc}lr {lr:.3e} {sums.count("loss") / max(elapsed, 1e-9):.1f} img/s '
-                f'ETA {format_seconds((steps - step - 1) * elapsed / (step + 1))}')
+                f'ETA epoch {format_seconds(epoch_left)} run {format_seconds(run_left)}')
 
 
 @paddle.no_grad()
-def evaluate(model, loader, config, amp):
+def evaluate(model, loader, config, amp, name='model'):
     """Loss, Acc@1, Acc@5 over every val image of all ranks exactly once (weighted by counts).
 
     Samples with label -1 are images the dataset could not decode: excluded from the metrics and counted in
     'bad' (synced over ranks); the caller decides whether that fails the run (DATA.SKIP_BAD_EVAL_IMAGES).
+    Rank 0 logs progress every REPORT_FREQ batches (its images so far, img/s, ETA).
     """
     model.eval()
-    sums = MetricSums('loss', 'acc1', 'acc5', 'bad')
-    for images, labels in loader:
+    sums, start, batches = MetricSums('loss', 'acc1', 'acc5', 'bad'), time.time(), len(loader)
+    for index, (images, labels) in enumerate(loader):
         labels = labels.reshape([-1])
         valid = labels >= 0
         n_valid = int(valid.astype('int64').sum())
         sums.add('bad', labels.shape[0] - n_valid, 1)
-        if n_valid == 0:
-            continue
-        with paddle.amp.auto_cast(**amp):
-            logits = model(images)
-        logits = logits.astype('float32')
-        if n_valid < labels.shape[0]:
-            index = paddle.nonzero(valid).reshape([-1])
-            logits, labels = paddle.gather(logits, index), paddle.gather(labels, index)
-        loss = F.cross_entropy(logits, labels, reduction='sum')
-        correct1, correct5 = topk_correct(logits, labels)
-        sums.add('loss', float(loss), n_valid)
-        sums.add('acc1', correct1, n_valid)
-        sums.add('acc5', correct5, n_valid)
+        if n_valid:
+            with paddle.amp.auto_cast(**amp):
+                logits = model(images)
+            logits = logits.astype('float32')
+            if n_valid < labels.shape[0]:
+                keep = paddle.nonzero(valid).reshape([-1])
+                logits, labels = paddle.gather(logits, keep), paddle.gather(labels, keep)
+            correct1, correct5 = topk_correct(logits, labels)
+            sums.add('loss', float(F.cross_entropy(logits, labels, reduction='sum')), n_valid)
+            sums.add('acc1', correct1, n_valid)
+            sums.add('acc5', correct5, n_valid)
+        if (index + 1) % config.REPORT_FREQ == 0 and index + 1 < batches:
+            elapsed = time.time() - start
+            logger.info(f'Eval {name}: batch {index + 1}/{batches}, {sums.count("acc1")} images on this process, '
+                        f'{sums.count("acc1") / max(elapsed, 1e-9):.1f} img/s, '
+                        f'ETA {format_seconds((batches - index - 1) * elapsed / (index + 1))}')
     sums.synchronize()
     return {'loss': sums.avg('loss'), 'acc1': sums.avg('acc1'), 'acc5': sums.avg('acc5'),
             'images': sums.count('acc1'), 'bad': int(sums.total('bad'))}

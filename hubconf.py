@@ -8,35 +8,44 @@ Each entry builds the variant its config describes and, given `pretrained=PATH`,
 `-pretrained` does (converted .pdparams, a checkpoint of this repo, or the official .pth/.safetensors read
 directly). Nothing is ever downloaded: fetch the official files yourself (README, "Official weights").
 """
+import contextlib
 import glob
 import importlib
 import os
 import sys
 
-dependencies = ['paddle', 'numpy', 'yaml', 'yacs']
+dependencies = ['paddle', 'numpy', 'yaml', 'yacs', 'PIL']
 
 _ROOT = os.path.dirname(os.path.abspath(__file__))
+_OWN_NAMES = {os.path.splitext(os.path.basename(f))[0] for f in glob.glob(os.path.join(_ROOT, '*.py'))}
+_OURS = {}  # this repo's modules, kept here while a caller's same-named ones are back in sys.modules
 
 
-def _import_from_repo(names):
-    """This repo's modules by name. paddle.hub takes the repo off sys.path once hubconf is imported, and a
-    caller may already hold same-named modules of its own (`config`, `utils`): those are set aside while ours
-    are imported, then put back, so each side keeps its own."""
-    own = {os.path.splitext(os.path.basename(f))[0] for f in glob.glob(os.path.join(_ROOT, '*.py'))}
-    foreign = {name: module for name, module in sys.modules.items()
-               if name in own and os.path.dirname(os.path.realpath(getattr(module, '__file__', None) or ''))
-               != os.path.realpath(_ROOT)}
-    for name in foreign:
+def _is_ours(module):
+    path = getattr(module, '__file__', None)
+    return bool(path) and os.path.dirname(os.path.realpath(path)) == os.path.realpath(_ROOT)
+
+
+@contextlib.contextmanager
+def _repo_modules():
+    """Imports inside resolve to this repo's modules. paddle.hub takes the repo off sys.path once hubconf is
+    imported, and a caller may hold same-named modules of its own (`config`, `utils`): those are set aside
+    inside and put back after, so each side keeps its own (our modules also import lazily, e.g. `augment`)."""
+    theirs = {name: m for name, m in sys.modules.items() if name in _OWN_NAMES and not _is_ours(m)}
+    for name in theirs:
         del sys.modules[name]
+    sys.modules.update(_OURS)
     sys.path.insert(0, _ROOT)
     try:
-        return [importlib.import_module(name) for name in names]
+        yield
     finally:
         sys.path.remove(_ROOT)
-        sys.modules.update(foreign)
+        _OURS.update({name: m for name, m in sys.modules.items() if name in _OWN_NAMES and _is_ours(m)})
+        sys.modules.update(theirs)
 
 
-_config, _pit, _weights = _import_from_repo(['config', 'pit', 'weights'])
+with _repo_modules():
+    _config, _pit, _weights = (importlib.import_module(name) for name in ('config', 'pit', 'weights'))
 
 
 def _build(cfg_file, pretrained=None, num_classes=None, features_only=False, opts=()):
@@ -45,28 +54,14 @@ def _build(cfg_file, pretrained=None, num_classes=None, features_only=False, opt
     if pretrained is True:
         raise ValueError('this hub never downloads weights: pass pretrained=PATH to a converted or official '
                          'weights file (README, "Official weights")')
-    config = _config.merge_opts(_config.get_config(cfg_file), list(opts))
-    if num_classes is not None:
-        config.MODEL.NUM_CLASSES = int(num_classes)
-    model = _pit.build_pit(config)
-    if pretrained:
-        # a classifier of another size (or none, for a backbone) is new: the file's heads are left out
-        _load_weights(model, pretrained, new_classifier=features_only or num_classes is not None)
+    opts = list(opts) + (['MODEL.NUM_CLASSES', str(int(num_classes))] if num_classes is not None else [])
+    with _repo_modules():
+        model = _pit.build_pit(_config.build_config(cfg_file, opts))
+        if pretrained:
+            # a classifier of another size (or none, for a backbone) is new: the file's heads keep their init;
+            # everything else must fit, else WeightsError names the file
+            _weights.load_pretrained(model, pretrained, finetune=features_only or num_classes is not None)
     return _pit.PiTFeatures(model) if features_only else model
-
-
-_CLASSIFIER_KEYS = ('head.', 'head_dist.')
-
-
-def _load_weights(model, path, new_classifier):
-    """Load path into model; with new_classifier, heads whose shape differs from the model's keep their init.
-    Anything else that does not fit raises WeightsError naming the file."""
-    report = _weights.load_pretrained(model, path, strict=not new_classifier)
-    fit = report.fit
-    others = fit.missing + fit.unexpected + [name for name, _, _ in fit.mismatched]
-    if any(not name.startswith(_CLASSIFIER_KEYS) for name in others):
-        raise _weights.WeightsError(f"'{report.path}': weights do not fit the model: {fit.problems()}")
-    return report
 
 
 def _entry(cfg_file):

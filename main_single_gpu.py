@@ -1,69 +1,115 @@
 """Train or evaluate PiT in one process (one GPU, or the CPU). main_multi_gpu.py runs the same `main` in N.
 
     python main_single_gpu.py -cfg configs/pit_ti.yaml -data_path /dataset/imagenet -resume auto
-    python main_single_gpu.py -cfg configs/pit_ti.yaml -data_path /dataset/imagenet -eval -pretrained pit_ti_730
+    python main_single_gpu.py -eval -pretrained output/train/checkpoint-best -data_path /dataset/imagenet
+    python main_single_gpu.py -eval -resume auto -save_path output/train -data_path /dataset/imagenet -ema
+
+A checkpoint of this repo (or converted official weights) describes its model and preprocessing, so -eval
+needs no -cfg; a given -cfg/-opts still applies, and one that contradicts the checkpoint's model is an error.
 """
-import warnings
-warnings.filterwarnings('ignore', message='No ccache found')  # paddle's import-time warning
+import quiet  # noqa: F401  (first: quiets paddle's import in this and every child process)
 
-import argparse
 import os
+import argparse
+import contextlib
+import io
 import sys
-
 import paddle
 import paddle.distributed as dist
 
 import checkpoint
 import cpu_kernels
-from config import ConfigError, finalize_config, get_config, update_config
+from config import ConfigError, build_config, described_keys, finalize_config, get_key, MODEL_KEYS
 from datasets import DatasetError, build_dataloader, build_dataset
-from engine import NonFiniteLossError, evaluate, train_one_epoch
+from engine import NonFiniteLossError, TrainState, evaluate, train_one_epoch
 from losses import build_criterion
+from metrics import RunRecords
 from mixup import build_mixup
 from model_ema import ModelEma
 from optim import build_lr_scheduler, build_optimizer
 from pit import build_pit
 from utils import configure_cpu, epoch_seed, get_rank, get_world_size, seed_everything, setup_logger
-from weights import WeightsError, load_pretrained
+from weights import WeightsError, load_pretrained, read_paddle_file, resolve_weights_path
 
 
 def get_arguments(description=__doc__):
-    """The seed's single-dash flags, plus -opts KEY VALUE ... (any config key) and -device."""
+    """The seed's single-dash flags, plus -opts KEY VALUE ... (any config key), -device and -ema."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-cfg', type=str, default=None, help='yaml config, e.g. configs/pit_ti.yaml')
-    parser.add_argument('-dataset', type=str, default=None, help='DATA.DATASET')
+    parser.add_argument('-dataset', type=str, default=None, choices=['imagenet2012'],
+                        help='accepted for PaddleViT command lines; the layout is detected under -data_path')
     parser.add_argument('-batch_size', type=int, default=None, help='DATA.BATCH_SIZE (per process)')
     parser.add_argument('-image_size', type=int, default=None, help='DATA.IMAGE_SIZE')
     parser.add_argument('-data_path', type=str, default=None, help='DATA.DATA_PATH')
     parser.add_argument('-save_path', '-output', dest='save_path', type=str, default=None, help='SAVE')
     parser.add_argument('-ngpus', type=int, default=None, help='NGPUS: processes for main_multi_gpu.py')
-    parser.add_argument('-pretrained', type=str, default=None, help='MODEL.PRETRAINED: weights to start from')
+    parser.add_argument('-pretrained', type=str, default=None,
+                        help='MODEL.PRETRAINED: weights to start from (fine-tuning) or to evaluate')
     parser.add_argument('-resume', type=str, default=None, help="MODEL.RESUME: checkpoint path or 'auto'")
     parser.add_argument('-last_epoch', type=int, default=None, help='TRAIN.LAST_EPOCH (weights-only resume)')
     parser.add_argument('-teacher_model', type=str, default=None, help='TRAIN.TEACHER_MODEL')
     parser.add_argument('-device', type=str, default=None, help="DEVICE: 'auto', 'gpu' or 'cpu'")
     parser.add_argument('-eval', action='store_true', help='evaluate only')
+    parser.add_argument('-ema', action='store_true', help="MODEL.EMA_WEIGHTS: use the file's EMA weights")
     parser.add_argument('-amp', action='store_true', help='mixed precision training (GPU)')
     parser.add_argument('-opts', nargs='+', default=None, metavar='KEY VALUE', help='override config keys')
     return parser.parse_args()
 
 
-def fail(error):
-    """Bad input: one line on stderr, exit status 2, no traceback."""
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(2)
+def rank_prefix():
+    world = int(os.environ.get('PADDLE_TRAINERS_NUM', '1'))
+    return f"[rank {os.environ.get('PADDLE_TRAINER_ID', '0')}] " if world > 1 else ''
 
+
+def fail(error, status=2):
+    """One line on stderr (with the rank when there are several processes), exit status 2 (bad input) or 1
+    (the run failed), no traceback."""
+    print(f'error: {rank_prefix()}{" ".join(str(error).split())}', file=sys.stderr)
+    sys.exit(status)
+
+
+# ---------------------------------------------------------------- config
 
 def load_config(args):
-    """Config from the command line (not yet finalized); exits with one line on a config error."""
+    """The run's config from the command line (checked, not yet finalized); exits with one line on bad input.
+    For -eval without -cfg, the evaluated checkpoint describes the model and preprocessing."""
     try:
-        return update_config(get_config(), args)
+        config = build_config(args=args)
+        if config.EVAL and (config.MODEL.PRETRAINED or config.MODEL.RESUME):
+            path = eval_weights_path(config)
+            described = described_keys(read_paddle_file(path)) if path.endswith('.pdparams') else {}
+            if described:
+                config = build_config(args=args, described=described, described_by=path)
+        return config
+    except (ConfigError, WeightsError, checkpoint.CheckpointError) as e:
+        fail(e)
+
+
+def check_config(config, world_size):
+    """Finalize a copy for world_size processes (scaled LR, checks): bad input fails here, before any work."""
+    try:
+        finalize_config(config.clone(), world_size)
     except ConfigError as e:
         fail(e)
 
 
+def eval_weights_path(config):
+    """The file -eval evaluates: -pretrained, else -resume PATH, else (-resume auto) the newest in SAVE."""
+    if config.MODEL.PRETRAINED:
+        return resolve_weights_path(config.MODEL.PRETRAINED)
+    if config.MODEL.RESUME != 'auto':
+        return resolve_weights_path(config.MODEL.RESUME)
+    path, _ = checkpoint.find_resume(config.SAVE)
+    if path is None:
+        raise checkpoint.CheckpointError(f"-eval -resume auto: no checkpoint in '{config.SAVE}' (SAVE)")
+    return path
+
+
+# ---------------------------------------------------------------- process set-up
+
 def setup_process(config):
-    """Pick the device, join the process group when there are several processes, seed, log. Returns logger."""
+    """Pick the device, join the process group when there are several processes, check SAVE, log. Returns
+    the logger."""
     use_gpu = config.DEVICE == 'gpu' or (config.DEVICE == 'auto' and paddle.device.is_compiled_with_cuda()
                                          and paddle.device.cuda.device_count() > 0)
     if config.DEVICE == 'gpu' and not paddle.device.is_compiled_with_cuda():
@@ -71,10 +117,11 @@ def setup_process(config):
     local_rank = int(os.environ.get('PADDLE_LOCAL_RANK', os.environ.get('FLAGS_selected_gpus', '0')).split(',')[0])
     paddle.set_device(f'gpu:{local_rank}' if use_gpu else 'cpu')
     if int(os.environ.get('PADDLE_TRAINERS_NUM', '1')) > 1:
-        dist.init_parallel_env()
+        init_process_group()
     if not use_gpu:
         configure_cpu(config.CPU_THREADS, kernels=config.CPU_KERNELS)
     finalize_config(config, get_world_size())
+    prepare_save_dir(config.SAVE)
     logger = setup_logger(config.SAVE, get_rank())
     logger.info(f'device {paddle.get_device()}, {get_world_size()} process(es), paddle {paddle.__version__}')
     if not use_gpu and config.CPU_KERNELS:
@@ -83,11 +130,48 @@ def setup_process(config):
     return logger
 
 
+def init_process_group():
+    """dist.init_parallel_env without its banner of modified FLAGS (paddle's own flags; printed by every
+    process of every run); anything else it writes to stderr is passed on."""
+    captured = io.StringIO()
+    with contextlib.redirect_stderr(captured):
+        dist.init_parallel_env()
+    text, kept, banner = captured.getvalue(), [], False
+    for line in text.splitlines(keepends=True):
+        if 'Modified FLAGS detected' in line:
+            banner = True
+        elif banner and line.startswith('====='):
+            banner = False
+        elif not banner:
+            kept.append(line)
+    sys.stderr.write(''.join(kept))
+
+
+def prepare_save_dir(save_dir):
+    """Create SAVE and prove it writable now, so a bad -save_path fails in one line before any work."""
+    if os.path.exists(save_dir) and not os.path.isdir(save_dir):
+        raise ConfigError(f"save path '{save_dir}' is a file, not a folder (SAVE / -save_path)")
+    probe = os.path.join(save_dir, f'.write_test{os.getpid()}')
+    try:
+        os.makedirs(save_dir, exist_ok=True)
+        with open(probe, 'w') as f:
+            f.write('ok')
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"save folder '{save_dir}' is not writable: {e.strerror or e} (SAVE / -save_path)") from e
+
+
+# ---------------------------------------------------------------- builders
+
+MODEL_BUILDERS = {'PiT': build_pit}  # MODEL.TYPE -> builder(config)
+
+
 def build_model(config):
-    """The PiT of config, built under a fresh name scope: its parameter names (which key the optimizer state)
-    are the same whatever was built before it, so a checkpoint resumes with EMA and teacher in any order."""
+    """The model of config (MODEL.TYPE), built under a fresh name scope: its parameter names (which key the
+    optimizer state) are the same whatever was built before it, so a checkpoint resumes with EMA and teacher in
+    any order."""
     with paddle.utils.unique_name.guard():
-        return build_pit(config)
+        return MODEL_BUILDERS[config.MODEL.TYPE](config)
 
 
 def build_teacher(config, logger):
@@ -111,74 +195,162 @@ def amp_settings(config, logger):
     return amp, scaler
 
 
+def build_state(config, model, steps_per_epoch, logger):
+    """TrainState of a fresh run: EMA of the (pretrained) model, optimizer, LR schedule, AMP scaler."""
+    amp, scaler = amp_settings(config, logger)
+    model_ema = ModelEma(model, config.TRAIN.MODEL_EMA_DECAY) if config.TRAIN.MODEL_EMA else None
+    lr_scheduler = build_lr_scheduler(config, steps_per_epoch)
+    optimizer = build_optimizer(config, model, lr_scheduler)
+    return TrainState(model, optimizer, lr_scheduler, scaler, amp, model_ema)
+
+
+# ---------------------------------------------------------------- the run
+
 def main(config):
     """Train (or with EVAL, evaluate) as config says; the same function runs in every process."""
     logger = setup_process(config)
     seed_everything(config.SEED)  # same initial weights on every rank and in every run of this config
     model = build_model(config)
-    if config.MODEL.PRETRAINED:
-        logger.info(str(load_pretrained(model, config.MODEL.PRETRAINED)))
-    val_set = build_dataset(config, 'val')
-    val_loader = build_dataloader(config, val_set, 'val', get_world_size(), get_rank())
-    amp, scaler = amp_settings(config, logger)
-    model_ddp = paddle.DataParallel(model) if get_world_size() > 1 else model
+    val_loader = build_dataloader(config, build_dataset(config, 'val'), 'val', get_world_size(), get_rank())
     if config.EVAL:
-        if config.MODEL.RESUME:
-            model.set_state_dict(checkpoint.load_checkpoint(config.MODEL.RESUME)['model'])
-        return report_eval(evaluate(model_ddp, val_loader, config, amp), 'model', config, logger)
-
+        return evaluate_weights(config, model, val_loader, logger)
+    guard_existing_run(config)
+    if config.MODEL.PRETRAINED:
+        logger.info(str(load_pretrained(model, config.MODEL.PRETRAINED, finetune=True,
+                                        prefer_ema=config.MODEL.EMA_WEIGHTS)))
     train_set = build_dataset(config, 'train')
     train_loader = build_dataloader(config, train_set, 'train', get_world_size(), get_rank())
-    model_ema = ModelEma(model, config.TRAIN.MODEL_EMA_DECAY) if config.TRAIN.MODEL_EMA else None
+    state = build_state(config, model, len(train_loader), logger)
     mixup_fn = build_mixup(config)
     criterion = build_criterion(config, build_teacher(config, logger), mixup_active=mixup_fn is not None)
-    lr_scheduler = build_lr_scheduler(config, len(train_loader))
-    optimizer = build_optimizer(config, model, lr_scheduler)
-    state = {'start_epoch': 0, 'best_acc1': 0.0, 'best_epoch': -1}
     if config.MODEL.RESUME:
-        state = resume(config, model, model_ema, optimizer, lr_scheduler, scaler, logger)
-    writer = scalar_writer(config)
-    logger.info(f'training {config.MODEL.NAME} for {config.TRAIN.NUM_EPOCHS} epochs from epoch '
-                f'{state["start_epoch"] + 1}, lr {config.TRAIN.BASE_LR:.3e}, {len(train_set)} train images')
-    for epoch in range(state['start_epoch'], config.TRAIN.NUM_EPOCHS):
-        seed_everything(epoch_seed(config, epoch, get_rank()))
-        if mixup_fn is not None:
-            mixup_fn.seed(epoch_seed(config, epoch, get_rank()))
-        train_loader.batch_sampler.set_epoch(epoch)
-        lr_scheduler.step_to(epoch)
-        train_set.reset_bad_images()
-        stats = train_one_epoch(model_ddp, criterion, train_loader, optimizer, scaler, lr_scheduler, epoch,
-                                config, amp, mixup_fn, model_ema)
-        logger.info(f'Epoch {epoch + 1} done: loss {stats["loss"]:.4f}, {stats["images"]} images in '
-                    f'{stats["seconds"]:.0f}s, undecodable train images replaced: {count_bad(train_set)}')
-        is_best = False
-        scalars = {'train/loss': stats['loss'], 'train/lr': optimizer.get_lr()}
-        if (epoch + 1) % config.VALIDATE_FREQ == 0 or epoch + 1 == config.TRAIN.NUM_EPOCHS:
-            acc1 = report_eval(evaluate(model_ddp, val_loader, config, amp), 'model', config, logger)['acc1']
-            scalars['val/acc1'] = acc1
-            if model_ema is not None:
-                scalars['val/acc1_ema'] = report_eval(evaluate(model_ema.module, val_loader, config, amp), 'EMA',
-                                                      config, logger)['acc1']
-            is_best = acc1 > state['best_acc1']
-            if is_best:
-                state.update(best_acc1=acc1, best_epoch=epoch + 1)
-        save(config, epoch, state, model, model_ema, optimizer, lr_scheduler, scaler, train_set, is_best)
-        if writer is not None:
-            for tag, value in scalars.items():
-                writer.add_scalar(tag, value, epoch + 1)
-    logger.info(f'best Acc@1 {state["best_acc1"]:.4f} at epoch {state["best_epoch"]}')
+        resume(config, state, logger)
+    records = RunRecords(config, get_rank())
+    records.truncate_after(state.epoch)
+    logger.info(f'training {config.MODEL.NAME} for {config.TRAIN.NUM_EPOCHS} epochs from epoch {state.epoch + 1}, '
+                f'lr {config.TRAIN.BASE_LR:.3e}, {len(train_set)} train images')
+    try:
+        for epoch in range(state.epoch, config.TRAIN.NUM_EPOCHS):
+            run_epoch(config, state, epoch, criterion, train_loader, val_loader, mixup_fn, records, logger)
+    finally:
+        records.close()
+    logger.info(f'best Acc@1 {state.best_acc1:.4f} at epoch {state.best_epoch}')
     return state
 
 
-def scalar_writer(config):
-    """A VisualDL LogWriter (SAVE/vdl) on rank 0 when config.VISUALDL and visualdl is installed, else None."""
-    if not config.VISUALDL or get_rank() != 0:
-        return None
-    try:
-        from visualdl import LogWriter
-    except ImportError:
-        return None
-    return LogWriter(logdir=os.path.join(config.SAVE, 'vdl'))
+def run_epoch(config, state, epoch, criterion, train_loader, val_loader, mixup_fn, records, logger):
+    """Train one epoch (seeded by SEED, epoch, rank), evaluate when due, record it, save the checkpoint."""
+    seed_everything(epoch_seed(config, epoch, get_rank()))
+    if mixup_fn is not None:
+        mixup_fn.seed(epoch_seed(config, epoch, get_rank()))
+    train_loader.batch_sampler.set_epoch(epoch)
+    state.lr_scheduler.step_to(epoch)
+    train_set = train_loader.dataset
+    train_set.reset_bad_images()
+    lr = state.optimizer.get_lr()
+    stats = train_one_epoch(state, criterion, train_loader, epoch, config, mixup_fn, records)
+    state.epoch = epoch + 1
+    logger.info(f'Epoch {state.epoch} done: loss {stats["loss"]:.4f}, {stats["images"]} images in '
+                f'{stats["seconds"]:.0f}s, undecodable train images replaced: {count_bad(train_set)}')
+    val = ema = None
+    is_best = False
+    if state.epoch % config.VALIDATE_FREQ == 0 or state.epoch == config.TRAIN.NUM_EPOCHS:
+        val = report_eval(evaluate(state.model_ddp, val_loader, config, state.amp), 'model', config, logger)
+        if state.model_ema is not None:
+            ema = report_eval(evaluate(state.model_ema.module, val_loader, config, state.amp, 'EMA'), 'EMA',
+                              config, logger)
+        is_best = state.update_best(val['acc1'])
+    records.epoch(state.epoch, stats, lr, val, ema, state.best_acc1)
+    if get_rank() == 0:
+        checkpoint.save(config.SAVE, state, config, train_set.classes, is_best)
+
+
+def evaluate_weights(config, model, val_loader, logger):
+    """-eval: Acc@1/Acc@5 of -pretrained, -resume PATH or the newest checkpoint (-resume auto); -ema takes the
+    file's EMA weights."""
+    path = eval_weights_path(config)
+    report = load_pretrained(model, path, prefer_ema=config.MODEL.EMA_WEIGHTS)
+    if config.MODEL.EMA_WEIGHTS and report.entry not in ('model_ema', 'state_dict_ema'):
+        raise WeightsError(f"'{path}' holds no EMA weights (model_ema); evaluate it without -ema")
+    logger.info(str(report))
+    amp, _ = amp_settings(config, logger)
+    model_ddp = paddle.DataParallel(model) if get_world_size() > 1 else model
+    name = 'EMA' if config.MODEL.EMA_WEIGHTS else 'model'
+    return report_eval(evaluate(model_ddp, val_loader, config, amp, name), name, config, logger)
+
+
+def guard_existing_run(config):
+    """Never overwrite the checkpoints of another run: training into a SAVE that holds some needs -resume."""
+    found = checkpoint.latest_path(config.SAVE)
+    if found and not config.MODEL.RESUME:
+        raise ConfigError(f"save folder '{config.SAVE}' already holds checkpoints ({os.path.basename(found)}); "
+                          'add -resume auto to continue that run, or choose another -save_path')
+    if get_rank() == 0:
+        checkpoint.remove_stale_temporaries(config.SAVE)
+
+
+def resume(config, state, logger):
+    """Restore everything a checkpoint holds into state; -resume auto with an empty SAVE starts from scratch."""
+    if config.MODEL.RESUME == 'auto':
+        path, ckpt = checkpoint.find_resume(config.SAVE)
+        if ckpt is None:
+            logger.info(f'-resume auto: no checkpoint in {config.SAVE} yet, starting from scratch')
+            return state
+    else:
+        path = resolve_weights_path(config.MODEL.RESUME)
+        try:
+            ckpt = checkpoint.load(path)
+        except checkpoint.CheckpointError:
+            if config.TRAIN.LAST_EPOCH <= 0:
+                raise
+            return resume_weights_only(config, state, logger)
+    check_same_model(config, ckpt, path)
+    checkpoint.restore(ckpt, state, path)
+    logger.info(f'resumed from {path}: {ckpt["epoch"]} epoch(s) done, best Acc@1 {ckpt["best_acc1"]:.4f}'
+                + changed_keys_note(config, ckpt))
+    return state
+
+
+def check_same_model(config, ckpt, path):
+    """A checkpoint of another model is an error naming the first differing key (before any tensor moves)."""
+    described = described_keys(ckpt)
+    for key in MODEL_KEYS:
+        if key in described and key != 'MODEL.NAME' and list(_as_list(get_key(config, key))) != list(
+                _as_list(described[key])):
+            raise checkpoint.CheckpointError(f"'{path}' holds a model with {key}={described[key]!r}, but this run "
+                                             f'has {key}={get_key(config, key)!r}')
+
+
+def _as_list(value):
+    return value if isinstance(value, (list, tuple)) else [value]
+
+
+def changed_keys_note(config, ckpt):
+    """'; keys changed since the checkpoint: ...' for recipe keys that differ from the checkpoint's config."""
+    old = checkpoint.run_config_of(ckpt)
+    if old is None:
+        return ''
+    changes = []
+    for key in ('TRAIN.NUM_EPOCHS', 'TRAIN.BASE_LR', 'DATA.BATCH_SIZE', 'TRAIN.ACCUM_ITER', 'TRAIN.OPTIMIZER.NAME',
+                'TRAIN.WEIGHT_DECAY', 'TRAIN.WARMUP_EPOCHS', 'AUG.AUTO_AUGMENT', 'AUG.MIXUP', 'AUG.CUTMIX',
+                'MODEL.DROP_PATH', 'TRAIN.MODEL_EMA_DECAY', 'SEED'):
+        if get_key(old, key) != get_key(config, key):
+            changes.append(f'{key} {get_key(old, key)!r} -> {get_key(config, key)!r}')
+    return f'; keys changed since the checkpoint: {", ".join(changes)}' if changes else ''
+
+
+def resume_weights_only(config, state, logger):
+    """Seed-style resume: weights (+ optimizer from PATH.pdopt if present), epoch count from -last_epoch."""
+    logger.info(str(load_pretrained(state.model, config.MODEL.RESUME)))
+    opt_path = os.path.splitext(resolve_weights_path(config.MODEL.RESUME))[0] + '.pdopt'
+    if os.path.isfile(opt_path):
+        state.optimizer.set_state_dict(read_paddle_file(opt_path))
+    if state.model_ema is not None:
+        state.model_ema.set_state_dict(state.model.state_dict())
+    logger.info(f'resumed weights from {config.MODEL.RESUME} at epoch {config.TRAIN.LAST_EPOCH} (-last_epoch); '
+                'LR schedule restarts from that epoch, best Acc@1 from 0')
+    state.epoch = config.TRAIN.LAST_EPOCH
+    return state
 
 
 def count_bad(dataset):
@@ -204,66 +376,23 @@ def report_eval(stats, name, config, logger):
     return stats
 
 
-def save(config, epoch, state, model, model_ema, optimizer, lr_scheduler, scaler, train_set, is_best):
-    """Rank 0 writes latest (+ best, + numbered every SAVE_FREQ epochs), all atomically."""
-    if get_rank() != 0:
-        return
-    checkpoint.save_training_state(config.SAVE, {
-        'version': checkpoint.FORMAT_VERSION, 'epoch': epoch + 1, 'model': model.state_dict(),
-        'model_ema': model_ema.state_dict() if model_ema is not None else None,
-        'optimizer': optimizer.state_dict(), 'lr_scheduler': lr_scheduler.state_dict(),
-        'scaler': scaler.state_dict(), 'best_acc1': state['best_acc1'], 'best_epoch': state['best_epoch'],
-        'rng': checkpoint.rng_state(), 'classes': list(train_set.classes), 'config': config.dump(),
-        'model_name': config.MODEL.NAME,
-    }, is_best, (epoch + 1) % config.SAVE_FREQ == 0, config.KEEP_CHECKPOINTS)
-
-
-def resume(config, model, model_ema, optimizer, lr_scheduler, scaler, logger):
-    """Restore everything a checkpoint holds; returns the loop state to continue from."""
-    if config.MODEL.RESUME == 'auto':
-        path, ckpt = checkpoint.find_resume_checkpoint(config.SAVE)
-    else:
-        path = config.MODEL.RESUME
-        try:
-            ckpt = checkpoint.load_checkpoint(path)
-        except checkpoint.CheckpointError:
-            if config.TRAIN.LAST_EPOCH <= 0:
-                raise
-            return resume_weights_only(config, model, optimizer, logger)
-    if ckpt is None:
-        logger.info(f'-resume auto: no checkpoint in {config.SAVE} yet, starting from scratch')
-        return {'start_epoch': 0, 'best_acc1': 0.0, 'best_epoch': -1}
-    load_pretrained(model, path)  # validates keys/shapes with a readable report before anything is touched
-    if model_ema is not None and ckpt.get('model_ema') is not None:
-        model_ema.set_state_dict(ckpt['model_ema'])
-    optimizer.set_state_dict(ckpt['optimizer'])
-    lr_scheduler.set_state_dict(ckpt['lr_scheduler'])
-    scaler.load_state_dict(ckpt['scaler'])
-    logger.info(f'resumed from {path}: {ckpt["epoch"]} epoch(s) done, best Acc@1 {ckpt["best_acc1"]:.4f}')
-    return {'start_epoch': ckpt['epoch'], 'best_acc1': ckpt['best_acc1'], 'best_epoch': ckpt['best_epoch']}
-
-
-def resume_weights_only(config, model, optimizer, logger):
-    """Seed-style resume: weights (+ optimizer from PATH.pdopt if present), epoch count from -last_epoch."""
-    logger.info(str(load_pretrained(model, config.MODEL.RESUME)))
-    opt_path = os.path.splitext(config.MODEL.RESUME)[0] + '.pdopt'
-    if os.path.isfile(opt_path):
-        optimizer.set_state_dict(paddle.load(opt_path))
-    logger.info(f'resumed weights from {config.MODEL.RESUME} at epoch {config.TRAIN.LAST_EPOCH} (-last_epoch); '
-                'LR schedule restarts from that epoch, best Acc@1 from 0')
-    return {'start_epoch': config.TRAIN.LAST_EPOCH, 'best_acc1': 0.0, 'best_epoch': -1}
-
-
 def run(main_fn, args):
-    """Entry point shared by the launchers: config from args, one-line errors and exit 2 on bad input."""
+    """Entry point shared by the launchers: config from args, one-line errors for user and environment faults
+    (exit 2: bad input; 1: the run failed); programming errors keep their traceback."""
     config = load_config(args)
     try:
         main_fn(config)
     except (ConfigError, WeightsError, checkpoint.CheckpointError, DatasetError, FileNotFoundError) as e:
-        fail(e)
-    except (NonFiniteLossError, BadImagesError) as e:  # the run itself failed: one line, exit 1
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(1)
+        fail(e, 1 if isinstance(e, checkpoint.CheckpointError) and 'cannot write' in str(e) else 2)
+    except (NonFiniteLossError, BadImagesError) as e:  # the run itself failed
+        fail(e, 1)
+    except OSError as e:  # disk full, permissions, a vanished file system: the environment, not the code
+        fail(f'{e.strerror or e}' + (f" ('{e.filename}')" if e.filename else ''), 1)
+    except SystemError as e:
+        if 'Blocking queue is killed' not in str(e):
+            raise
+        fail('a DataLoader worker process died while loading data (killed, often by the out-of-memory killer); '
+             'lower DATA.NUM_WORKERS or DATA.BATCH_SIZE and re-run with -resume auto', 1)
 
 
 if __name__ == '__main__':

@@ -11,6 +11,7 @@ As a backbone, `PiTFeatures` (or `build_pit(config, features_only=True)`) gives 
 [B, C_s, H_s, W_s] at any input size, declared by `feature_info` as timm declares them.
 """
 import math
+import re
 
 import paddle
 import paddle.nn as nn
@@ -243,6 +244,10 @@ class PoolingTransformer(nn.Layer):
         if self.distilled:
             self.head_dist = _linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
+    def checkpoint_filter(self, state):
+        """Map an official (naver-ai, timm) or own state dict onto this model; see checkpoint_filter_fn."""
+        return checkpoint_filter_fn(state, self)
+
     def no_weight_decay(self):
         """Structured names of parameters that must never be decayed (the optimizer also skips 1-D params)."""
         return {'pos_embed', 'cls_token'}
@@ -289,6 +294,46 @@ def resize_pos_embed(pos_embed, grid_hw):
     return F.interpolate(pos_embed, size=grid_hw, mode='bicubic', align_corners=False)
 
 
+_TIMM_POOL = re.compile(r'^transformers\.(\d+)\.pool\.')
+
+
+def pooling_layout(keys):
+    """'timm>=0.9', 'timm<=0.8' or 'native' (naver-ai and this repo: `pools.{s}`) for a set of state keys.
+
+    timm >= 0.9 keeps the pooling before stage s+1 as `transformers.{s+1}.pool`, timm <= 0.8 after stage s as
+    `transformers.{s}.pool`: told apart by whether stage 0 holds a pool.
+    """
+    stages = {int(m.group(1)) for m in map(_TIMM_POOL.match, keys) if m}
+    if not stages:
+        return 'native'
+    return 'timm<=0.8' if 0 in stages else 'timm>=0.9'
+
+
+def checkpoint_filter_fn(state, model):
+    """(state under this repo's names, notes) for a naver-ai / timm / own PiT state dict of numpy arrays.
+
+    timm pools move to `pools.{s}`; a [1, C, H, W] pos_embed of another grid is resized (bicubic) to the
+    model's. notes: layout, resized ((H, W) -> (H', W')), duplicates (source keys naming a parameter that
+    another key already gave: mixed layouts), sources (new name -> source key, for error messages).
+    """
+    layout = pooling_layout(state)
+    shift = 1 if layout == 'timm>=0.9' else 0
+    out, notes = {}, {'layout': layout, 'duplicates': [], 'sources': {}}
+    for key, value in state.items():
+        name = _TIMM_POOL.sub(lambda m: f'pools.{int(m.group(1)) - shift}.', key)
+        if name in out:
+            notes['duplicates'].append(key)
+            continue
+        out[name] = value
+        notes['sources'][name] = key
+    target = list(model.pos_embed.shape)
+    pos = out.get('pos_embed')
+    if pos is not None and pos.ndim == 4 and list(pos.shape[:2]) == target[:2] and list(pos.shape[2:]) != target[2:]:
+        notes['resized'] = (tuple(pos.shape[2:]), tuple(target[2:]))
+        out['pos_embed'] = resize_pos_embed(paddle.to_tensor(pos, dtype='float32'), target[2:]).numpy()
+    return out, notes
+
+
 class FeatureInfo(list):
     """Per-stage dicts (num_chs, reduction, module, stride) with timm's FeatureInfo accessors."""
 
@@ -319,6 +364,7 @@ class PiTFeatures(nn.Layer):
 
     forward_stages = PoolingTransformer.forward_stages
     no_weight_decay = PoolingTransformer.no_weight_decay
+    checkpoint_filter = PoolingTransformer.checkpoint_filter
 
     def forward(self, x):
         return self.forward_stages(x)[0]

@@ -1,24 +1,26 @@
-"""Read PiT weights (PyTorch, safetensors, Paddle files) and fit them to this repo's model.
+"""Read weight files safely (PyTorch, safetensors, Paddle) and fit state dicts onto a model.
 
-    report = load_pretrained(model, 'pit_ti_730.pth')           # official naver-ai or timm weights
-    report = load_pretrained(model, 'output/checkpoint-latest')  # this repo's own checkpoints (.pdparams)
+    report = load_pretrained(model, 'pit_ti_730.pth')                 # official naver-ai or timm weights
+    report = load_pretrained(model, 'output/checkpoint-latest')        # this repo's checkpoints (.pdparams)
+    report = load_pretrained(model, 'imagenet.pth', finetune=True)     # new classifier: head re-initialised
 
-Sources understood (all give the same Paddle state dict):
-- naver-ai/pit: raw state dicts, pooling layers as `pools.{s}.*`;
-- timm >= 0.9: pooling before stage s+1, `transformers.{s+1}.pool.*`; timm <= 0.8: after stage s,
-  `transformers.{s}.pool.*` (told apart by whether stage 0 holds a pool);
-- wrapped in `model` / `state_dict` / `model_ema` / `state_dict_ema` entries (DeiT, timm, this repo), with any
-  `module.` prefixes of DistributedDataParallel or EMA wrappers.
-PyTorch files are read without torch: the zip archive of `torch.save` is unpickled by an allow-list that only
-rebuilds tensors and plain containers, so a checkpoint cannot run code. `.pdparams` files are read with
-`paddle.load`, which unpickles freely: load only Paddle files you trust.
+Reading never runs code from the file, whatever its format:
+- PyTorch zip archives (`torch.save`) and Paddle `.pdparams`/`.pdopt` files (`paddle.save`) are pickles; both are
+  unpickled by allow-lists that rebuild only arrays and plain containers. Any other global (`os.system`,
+  `builtins.eval`, a class of some package) is refused with a one-line error naming the file and the global,
+  before anything is called. No torch is needed.
+- `.safetensors` holds no code; it is read by the `safetensors` package where installed, else by a parser that
+  applies the same header checks.
+Wrapped files give their `model` / `state_dict` / `model_ema` / `state_dict_ema` entry, `module.` prefixes are
+removed. Which names and layouts a model accepts is the model's business: a model with a
+`checkpoint_filter(state)` method (PiT: pooling-key layouts of naver-ai/timm, pos_embed resizing) maps the state
+before the generic fit here checks every key, shape and dtype.
 """
 import argparse
 import collections
 import json
 import os
 import pickle
-import re
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -27,7 +29,6 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from pit import resize_pos_embed
 
 
 class WeightsError(ValueError):
@@ -89,8 +90,20 @@ class _RefusedGlobal(pickle.UnpicklingError):
     """The pickle names a global outside the allow-list (which could run code); nothing was called."""
 
 
-class _TorchUnpickler(pickle.Unpickler):
+class _AllowListUnpickler(pickle.Unpickler):
+    """An Unpickler that resolves only the globals of ALLOWED, {(module, name): object}."""
+    ALLOWED = {}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise _RefusedGlobal(f'refusing to load global {module}.{name}: only arrays and plain containers '
+                                 'are allowed')
+        return self.ALLOWED[(module, name)]
+
+
+class _TorchUnpickler(_AllowListUnpickler):
     """Unpickles a torch zip archive's data.pkl; storages come from the archive as 1-D numpy arrays."""
+    ALLOWED = _ALLOWED_GLOBALS
 
     def __init__(self, file, archive, prefix, byteorder):
         super().__init__(file)
@@ -98,12 +111,6 @@ class _TorchUnpickler(pickle.Unpickler):
         self._prefix = prefix
         self._byteorder = '<' if byteorder == 'little' else '>'
         self._storages = {}
-
-    def find_class(self, module, name):
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise _RefusedGlobal(f'refusing to load global {module}.{name}: only tensors and plain containers '
-                                 'are allowed')
-        return _ALLOWED_GLOBALS[(module, name)]
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == 'storage'
@@ -158,50 +165,142 @@ _SAFETENSORS_DTYPES = {
     'F64': np.float64, 'F32': np.float32, 'F16': np.float16, 'BF16': _BFLOAT16, 'I64': np.int64,
     'I32': np.int32, 'I16': np.int16, 'I8': np.int8, 'U8': np.uint8, 'BOOL': np.bool_,
 }
+_SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors package refuses larger headers
 
 
 def _read_safetensors(path):
-    """8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, raw bytes."""
+    """{name: array} of a .safetensors file: the safetensors package where installed (bf16 widened by the
+    parser below, which numpy cannot hold), else the parser, whose checks are the package's."""
     with open(path, 'rb') as f:
         data = f.read()
     try:
-        if len(data) < 8:
-            raise ValueError(f'{len(data)} bytes is shorter than the header length field')
-        header_len = int.from_bytes(data[:8], 'little')
-        if 8 + header_len > len(data):
-            raise ValueError(f'header of {header_len} bytes overruns the file of {len(data)} bytes')
-        header = json.loads(data[8:8 + header_len])
-        body = memoryview(data)[8 + header_len:]
-        return {name: _safetensors_array(name, info, body) for name, info in header.items()
-                if name != '__metadata__'}
-    except (ValueError, KeyError, TypeError) as e:
-        raise WeightsError(f"'{path}': truncated or corrupt safetensors file ({e})") from e
+        header, body = _safetensors_header(data)
+        if not any(info['dtype'] == 'BF16' for info in header.values()):
+            try:
+                from safetensors.numpy import load as load_safetensors
+            except ImportError:
+                load_safetensors = None
+            if load_safetensors is not None:
+                return {name: np.array(value) for name, value in load_safetensors(data).items()}
+        return {name: _safetensors_array(name, info, body) for name, info in header.items()}
+    except Exception as e:  # ValueError/KeyError/TypeError of the parser, SafetensorError of the package
+        raise WeightsError(f"'{path}': truncated or corrupt safetensors file ({' '.join(str(e).split())})") from e
+
+
+def _safetensors_header(data):
+    """(tensor entries of the JSON header, body bytes), with the checks the safetensors package makes: header
+    size within the file and under 100 MB, a JSON object of entries with known dtypes, non-negative shapes,
+    offsets that tile the body exactly (no gaps, no overlaps), sizes equal to shape x item size, and
+    string-to-string metadata."""
+    if len(data) < 8:
+        raise ValueError(f'{len(data)} bytes is shorter than the header length field')
+    header_len = int.from_bytes(data[:8], 'little')
+    if header_len > _SAFETENSORS_MAX_HEADER or 8 + header_len > len(data):
+        raise ValueError(f'header of {header_len} bytes does not fit the file of {len(data)} bytes')
+    header = json.loads(data[8:8 + header_len])
+    if not isinstance(header, dict):
+        raise ValueError('header is not a JSON object')
+    metadata = header.pop('__metadata__', {})
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in metadata.items()):
+        raise ValueError('__metadata__ must map strings to strings')
+    body = memoryview(data)[8 + header_len:]
+    position = 0
+    for name, info in sorted(header.items(), key=lambda item: tuple(item[1].get('data_offsets', (-1, -1)))
+                             if isinstance(item[1], dict) else (-1, -1)):
+        if not isinstance(info, dict) or info.get('dtype') not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"tensor '{name}' has no known dtype: {info!r}"[:200])
+        shape, offsets = info.get('shape'), info.get('data_offsets')
+        if not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)
+                and isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise ValueError(f"tensor '{name}' has a bad shape or data_offsets")
+        begin, end = offsets
+        itemsize = 2 if info['dtype'] == 'BF16' else np.dtype(_SAFETENSORS_DTYPES[info['dtype']]).itemsize
+        if begin != position or end < begin or end - begin != int(np.prod(shape)) * itemsize:
+            raise ValueError(f"tensor '{name}' {shape} {info['dtype']} does not fit its data offsets "
+                             f'[{begin}, {end}) (expected to start at {position})')
+        position = end
+    if position != len(body):
+        raise ValueError(f'the tensors cover {position} of the {len(body)} data bytes')
+    return header, body
 
 
 def _safetensors_array(name, info, body):
-    if info['dtype'] not in _SAFETENSORS_DTYPES:
-        raise ValueError(f"tensor '{name}' has unsupported dtype {info['dtype']}")
     dtype = _SAFETENSORS_DTYPES[info['dtype']]
-    shape = tuple(int(s) for s in info['shape'])
-    begin, end = (int(o) for o in info['data_offsets'])
-    itemsize = 2 if dtype == _BFLOAT16 else np.dtype(dtype).itemsize
-    if not 0 <= begin <= end <= len(body) or end - begin != int(np.prod(shape)) * itemsize:
-        raise ValueError(f"tensor '{name}' {shape} {info['dtype']} does not fit its data offsets "
-                         f'[{begin}, {end}) in {len(body)} bytes')
+    begin, end = info['data_offsets']
     if dtype == _BFLOAT16:
         array = (np.frombuffer(body[begin:end], dtype='<u2').astype(np.uint32) << 16).view(np.float32)
     else:
         array = np.frombuffer(body[begin:end], dtype=np.dtype(dtype).newbyteorder('<')).astype(dtype)
-    return array.reshape(shape)
+    return array.reshape(info['shape'])
 
 
-# ---------------------------------------------------------------- Paddle
+# ---------------------------------------------------------------- Paddle (paddle.save pickles)
 
-def _read_pdparams(path):
+class _Ignored:
+    """Stand-in for objects of old checkpoints that this repo no longer reads (paddle's GeneratorState):
+    absorbs the state BUILD hands it, calls nothing."""
+
+    def __setstate__(self, state):
+        pass
+
+
+def _numpy_global(name):
+    module = getattr(np, '_core', None) or np.core
+    return getattr(module.multiarray, name)
+
+
+_PADDLE_GLOBALS = {
+    ('collections', 'OrderedDict'): collections.OrderedDict,
+    ('builtins', 'tuple'): tuple,
+    ('builtins', 'list'): list,
+    ('builtins', 'dict'): dict,
+    ('builtins', 'set'): set,
+    ('builtins', 'frozenset'): frozenset,
+    ('builtins', 'complex'): complex,
+    ('numpy', 'ndarray'): np.ndarray,
+    ('numpy', 'dtype'): np.dtype,
+    ('paddle.base.libpaddle', 'GeneratorState'): _Ignored,
+    ('paddle.fluid.libpaddle', 'GeneratorState'): _Ignored,
+}
+for _module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+    _PADDLE_GLOBALS[(_module, '_reconstruct')] = _numpy_global('_reconstruct')
+    _PADDLE_GLOBALS[(_module, 'scalar')] = _numpy_global('scalar')
+
+
+class _PaddleUnpickler(_AllowListUnpickler):
+    """paddle.save files: dicts/lists/tuples of numbers, strings and numpy arrays (tensors are pickled as
+    (name, ndarray) tuples). Object arrays can only hold what the allow-list rebuilds."""
+    ALLOWED = _PADDLE_GLOBALS
+
+
+def _tensors_to_arrays(obj):
+    """paddle.save stores a Tensor as a (name, ndarray) tuple: give back the arrays, recursively."""
+    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], np.ndarray):
+        return obj[1]
+    if isinstance(obj, dict):
+        return type(obj)((k, _tensors_to_arrays(v)) for k, v in obj.items())
+    if isinstance(obj, list):
+        return [_tensors_to_arrays(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_tensors_to_arrays(v) for v in obj)
+    return obj
+
+
+def read_paddle_file(path):
+    """The object of a paddle.save file (.pdparams, .pdopt, this repo's checkpoints) with tensors as numpy
+    arrays, read by the allow-list: WeightsError naming the file for a refused global or a damaged file."""
     try:
-        return paddle.load(path, return_numpy=True)
-    except Exception as e:  # paddle.load raises ValueError, EOFError, UnpicklingError... for a bad file
-        raise WeightsError(f"'{path}': truncated or corrupt .pdparams file ({type(e).__name__}: {e})") from e
+        with open(path, 'rb') as f:
+            return _tensors_to_arrays(_PaddleUnpickler(f).load())
+    except _RefusedGlobal as e:
+        raise WeightsError(f"'{path}': {e}") from e
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, OverflowError) as e:
+        raise WeightsError(f"'{path}': truncated or corrupt Paddle file ({type(e).__name__}: "
+                           f"{' '.join(str(e).split())[:200]})") from e
+    except OSError as e:
+        raise WeightsError(f"'{path}': cannot be read ({e.strerror or e})") from e
 
 
 # ---------------------------------------------------------------- choosing the weights inside a file
@@ -264,45 +363,37 @@ def _read(path, prefer_ema):
         raise WeightsError(f"weights file '{path}' not found")
     if path.endswith('.safetensors'):
         obj = _read_safetensors(path)
-    elif path.endswith('.pdparams'):
-        obj = _read_pdparams(path)
+    elif path.endswith(('.pdparams', '.pdopt')):
+        obj = read_paddle_file(path)
     else:
         obj = _read_torch(path)
     state, entry = _select_entry(obj, path, prefer_ema)
     return _strip_prefixes(state, path), entry
 
 
-# ---------------------------------------------------------------- mapping onto the model
-
-_TIMM_POOL = re.compile(r'^transformers\.(\d+)\.pool\.')
-
-
-def pooling_layout(keys):
-    """'timm>=0.9', 'timm<=0.8' or 'native' (naver-ai and this repo: `pools.{s}`) for a set of state keys."""
-    stages = {int(m.group(1)) for m in map(_TIMM_POOL.match, keys) if m}
-    if not stages:
-        return 'native'
-    return 'timm<=0.8' if 0 in stages else 'timm>=0.9'
-
-
-def _rename(key, layout):
-    """naver-ai/this repo name of a state key; timm pools move to `pools.{s}`."""
-    shift = {'native': 0, 'timm<=0.8': 0, 'timm>=0.9': 1}[layout]
-    return _TIMM_POOL.sub(lambda m: f'pools.{int(m.group(1)) - shift}.', key)
-
+# ---------------------------------------------------------------- fitting a state dict onto a model
 
 _NP_DTYPES = {paddle.float32: np.float32, paddle.float64: np.float64, paddle.float16: np.float16}
+CLASSIFIER_PREFIXES = ('head.', 'head_dist.')  # re-initialised by finetune when their shapes differ
 
 
 @dataclass
 class Fit:
     """How a state dict fits a model: arrays ready for set_state_dict and what did not fit."""
     arrays: dict
-    layout: str
+    notes: dict = field(default_factory=dict)  # what the model's checkpoint_filter did (layout, resizes)
     missing: list = field(default_factory=list)
     unexpected: list = field(default_factory=list)
     mismatched: list = field(default_factory=list)  # (model name, source shape, model shape)
-    resized: tuple = None  # (source grid, model grid) when pos_embed was resized
+    reinitialised: list = field(default_factory=list)  # classifier names left at init by finetune
+
+    @property
+    def layout(self):
+        return self.notes.get('layout', 'native')
+
+    @property
+    def resized(self):
+        return self.notes.get('resized')
 
     def problems(self, limit=3):
         """One line listing missing, unexpected and mis-shaped keys ('' when everything fits)."""
@@ -321,38 +412,40 @@ class Fit:
         return '; '.join(parts)
 
 
-def fit_state_dict(state, model, from_torch=True):
+def fit_state_dict(state, model, from_torch=True, finetune=False):
     """Map a read state dict onto model's structured names, shapes and dtypes; never raises on a misfit.
 
-    from_torch: the source stores Linear weights as PyTorch does ([out, in]); they are transposed to
-    Paddle's [in, out]. pos_embed [1, C, H, W] is resized (bicubic) to the model's grid when only H, W differ.
+    The model's own `checkpoint_filter(state)` (if it has one) first renames keys and adapts tensors
+    (returns (state, notes)). from_torch: the source stores Linear weights as PyTorch does ([out, in]); they are
+    transposed to Paddle's [in, out]. finetune: classifier tensors (head.*, head_dist.*) of another class count
+    are left at the model's init and listed in `reinitialised` instead of `mismatched`.
     """
-    layout = pooling_layout(state)
+    notes = {}
+    if hasattr(model, 'checkpoint_filter'):
+        state, notes = model.checkpoint_filter(state)
     params = model.state_dict()
     linear_weights = {f'{name}.weight' for name, layer in model.named_sublayers() if isinstance(layer, nn.Linear)}
-    fit = Fit(arrays={}, layout=layout)
-    seen = set()
+    fit = Fit(arrays={}, notes=notes)
     for key, value in state.items():
-        name = _rename(key, layout)
-        if name not in params or name in seen:  # seen: a second key for the same parameter (mixed layouts)
-            fit.unexpected.append(key)
+        if key not in params:
+            fit.unexpected.append(notes.get('sources', {}).get(key, key))
             continue
-        seen.add(name)
-        target = params[name]
-        if from_torch and name in linear_weights and value.ndim == 2:
+        target = params[key]
+        if from_torch and key in linear_weights and value.ndim == 2:
             value = value.T
-        if name == 'pos_embed' and value.ndim == 4 and value.shape[:2] == tuple(target.shape[:2]) \
-                and value.shape[2:] != tuple(target.shape[2:]):
-            fit.resized = (tuple(value.shape[2:]), tuple(target.shape[2:]))
-            value = resize_pos_embed(paddle.to_tensor(value, dtype='float32'), target.shape[2:]).numpy()
         if tuple(value.shape) != tuple(target.shape):
-            fit.mismatched.append((name, tuple(value.shape), tuple(target.shape)))
+            if finetune and key.startswith(CLASSIFIER_PREFIXES):
+                fit.reinitialised.append(key)
+            else:
+                fit.mismatched.append((key, tuple(value.shape), tuple(target.shape)))
             continue
         if target.dtype not in _NP_DTYPES:
-            raise WeightsError(f"parameter '{name}' has dtype {target.dtype}; expected float16/32/64")
-        fit.arrays[name] = np.ascontiguousarray(value, dtype=_NP_DTYPES[target.dtype])
+            raise WeightsError(f"parameter '{key}' has dtype {target.dtype}; expected float16/32/64")
+        fit.arrays[key] = np.ascontiguousarray(value, dtype=_NP_DTYPES[target.dtype])
+    fit.unexpected += notes.get('duplicates', [])
     mismatched = {name for name, _, _ in fit.mismatched}
-    fit.missing = [name for name in params if name not in fit.arrays and name not in mismatched]
+    fit.missing = [name for name in params
+                   if name not in fit.arrays and name not in mismatched and name not in fit.reinitialised]
     return fit
 
 
@@ -387,6 +480,9 @@ class LoadReport:
         text += f" (entry '{self.entry}', {self.fit.layout} layout)" if self.entry else f' ({self.fit.layout} layout)'
         if self.fit.resized:
             text += f', pos_embed resized {self.fit.resized[0]} -> {self.fit.resized[1]}'
+        if self.fit.reinitialised:
+            text += (f'; classifier re-initialised for the new class count (fine-tuning): '
+                     f'{", ".join(self.fit.reinitialised)}')
         if self.fit.problems():
             text += f'; kept model init / ignored: {self.fit.problems()}'
         return text
@@ -399,16 +495,17 @@ def resolve_weights_path(path):
     return path
 
 
-def load_pretrained(model, path, strict=True, prefer_ema=False):
+def load_pretrained(model, path, strict=True, prefer_ema=False, finetune=False):
     """Load weights from path (any format read_checkpoint reads) into model; returns a LoadReport.
 
     strict: any missing, unexpected or mis-shaped key raises WeightsError and leaves the model unchanged.
-    Not strict: the keys that fit are loaded, the rest is reported (e.g. a new classifier for fine-tuning).
+    finetune: a classifier (head, head_dist) of another class count is re-initialised, not an error; every
+    other tensor must still fit when strict. Not strict: the keys that fit are loaded, the rest is reported.
     `.pdparams` files already hold Paddle layouts; all other formats are PyTorch layouts (transposed Linear).
     """
     path = resolve_weights_path(path)
     state, entry = _read(path, prefer_ema)
-    fit = fit_state_dict(state, model, from_torch=not path.endswith('.pdparams'))
+    fit = fit_state_dict(state, model, from_torch=not path.endswith('.pdparams'), finetune=finetune)
     if strict and fit.problems():
         raise WeightsError(_misfit_message(path, fit))
     with warnings.catch_warnings():  # Paddle warns per key left out; the report lists them once

@@ -4,7 +4,7 @@ import paddle
 import pytest
 
 from config import finalize_config, get_config, merge_opts
-from engine import NonFiniteLossError, evaluate, topk_correct, train_one_epoch
+from engine import NonFiniteLossError, TrainState, accumulation_scale, evaluate, topk_correct, train_one_epoch
 from utils import MetricSums
 
 
@@ -58,9 +58,9 @@ def test_non_finite_loss_raises_with_epoch_and_step():
         loss = outputs.sum() * 0
         return loss + float('nan') if len(calls) == 2 else loss
 
+    state = TrainState(model, optimizer, None, paddle.amp.GradScaler(enable=False), {'enable': False})
     with pytest.raises(NonFiniteLossError, match='loss is nan at epoch 1 step 1'):
-        train_one_epoch(model, criterion, batches, optimizer, paddle.amp.GradScaler(enable=False), None, 0,
-                        config, amp={'enable': False})
+        train_one_epoch(state, criterion, batches, 0, config)
 
 
 def test_training_epoch_steps_the_optimizer_every_accum_iter_batches():
@@ -74,7 +74,44 @@ def test_training_epoch_steps_the_optimizer_every_accum_iter_batches():
     x = paddle.to_tensor(np.random.rand(4, 2).astype('float32'))
     batches = Loader([(x, paddle.to_tensor([0, 1, 2, 0]))] * 5)
     criterion = lambda inputs, outputs, targets: paddle.nn.functional.cross_entropy(outputs, targets)
-    stats = train_one_epoch(model, criterion, batches, optimizer, paddle.amp.GradScaler(enable=False), None, 0,
-                            config, amp={'enable': False})
+    state = TrainState(model, optimizer, None, paddle.amp.GradScaler(enable=False), {'enable': False})
+    stats = train_one_epoch(state, criterion, batches, 0, config)
     assert len(steps) == 3  # after batches 2 and 4, and the last partial group
     assert stats['images'] == 20 and 0 <= stats['acc1'] <= 1
+
+
+@pytest.mark.parametrize('steps, accum', [(5, 2), (7, 3), (6, 3), (4, 1)])
+def test_every_optimizer_step_averages_its_batches_also_the_last_short_group(steps, accum):
+    scales = [accumulation_scale(step, steps, accum) for step in range(steps)]
+    groups = [scales[i:i + accum] for i in range(0, steps, accum)]
+    for group in groups:
+        assert sum(group) == pytest.approx(1.0) and len(set(group)) == 1
+
+
+def test_an_accumulated_step_equals_one_step_on_the_concatenated_batches():
+    """5 batches, ACCUM_ITER 2: the last optimizer step sees only batch 5, at full weight (it was scaled by 1/2)."""
+    config = finalize_config(merge_opts(get_config(), ['TRAIN.ACCUM_ITER', '2', 'REPORT_FREQ', '10']))
+    rng = np.random.RandomState(0)
+    batches = Loader([(paddle.to_tensor(rng.rand(4, 2).astype('float32')), paddle.to_tensor(rng.randint(0, 3, 4)))
+                      for _ in range(5)])
+    criterion = lambda inputs, outputs, targets: paddle.nn.functional.cross_entropy(outputs, targets)
+    grads = []
+
+    def recording_model():
+        paddle.seed(0)
+        model = paddle.nn.Linear(2, 3)
+        optimizer = paddle.optimizer.SGD(learning_rate=0.0, parameters=model.parameters())
+        original = optimizer.step
+        optimizer.step = lambda: (grads.append(model.weight.grad.numpy().copy()), original())[1]
+        return model, optimizer
+
+    model, optimizer = recording_model()
+    train_one_epoch(TrainState(model, optimizer, None, paddle.amp.GradScaler(enable=False), {'enable': False}),
+                    criterion, batches, 0, config)
+    reference, _ = recording_model()
+    for group, grad in zip([batches[0:2], batches[2:4], batches[4:5]], grads):
+        reference.clear_gradients()
+        x = paddle.concat([b[0] for b in group])
+        y = paddle.concat([b[1] for b in group])
+        criterion(x, reference(x), y).backward()
+        np.testing.assert_allclose(grad, reference.weight.grad.numpy(), rtol=1e-5, atol=1e-7)

@@ -10,7 +10,8 @@ import pytest
 
 from config import get_config, merge_opts
 from pit import build_pit
-from weights import (WeightsError, fit_state_dict, load_pretrained, pooling_layout, read_checkpoint,
+from pit import pooling_layout
+from weights import (WeightsError, fit_state_dict, load_pretrained, read_checkpoint,
                      to_paddle_state_dict)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

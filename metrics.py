@@ -1,0 +1,95 @@
+"""Machine-readable records of a run, written by rank 0: SAVE/metrics.jsonl and VisualDL scalars (SAVE/vdl).
+
+metrics.jsonl has one JSON object per epoch, appended and flushed when the epoch ends (a resumed run appends
+to the same file; `epoch` is 1-based):
+    {"epoch": 3, "train_loss": 2.1, "lr": 0.0005, "train_images": 1280, "train_img_s": 410.2,
+     "val_acc1": 0.41, "val_acc5": 0.83, "val_loss": 1.9, "ema_acc1": ..., "ema_acc5": ..., "ema_loss": ...,
+     "best_acc1": 0.41, "seconds": 12.3}
+(val_* and ema_* only on epochs that evaluated; ema_* only with TRAIN.MODEL_EMA). VisualDL, when config.VISUALDL
+and the package is installed: per epoch, with the epoch number as step, train/loss, train/lr, val/acc1,
+val/acc5, val/loss, val_ema/acc1, val_ema/acc5, val_ema/loss; every REPORT_FREQ steps, with the global step,
+train_step/loss and train_step/lr.
+"""
+import json
+import logging
+import math
+import os
+
+METRICS_FILE = 'metrics.jsonl'
+logger = logging.getLogger('pit')
+
+
+class RunRecords:
+    """Epoch and step records of rank 0 (every method is a no-op on the other ranks)."""
+
+    def __init__(self, config, rank):
+        self.enabled = rank == 0
+        self.path = os.path.join(config.SAVE, METRICS_FILE)
+        self.writer = _visualdl_writer(config) if self.enabled else None
+
+    def truncate_after(self, epoch):
+        """Drop records of epochs after `epoch` (written before a crash that lost their checkpoint), so a
+        resumed run's file holds each epoch once."""
+        if not self.enabled or not os.path.isfile(self.path):
+            return
+        with open(self.path, encoding='utf-8') as f:
+            lines = [line for line in f if line.strip()]
+        kept = [line for line in lines if json.loads(line).get('epoch', 0) <= epoch]
+        if len(kept) != len(lines):
+            tmp = self.path + '.tmp'
+            with open(tmp, 'w', encoding='utf-8') as f:
+                f.writelines(kept)
+            os.replace(tmp, self.path)
+
+    def step(self, global_step, loss, lr):
+        if self.writer is not None:
+            self.writer.add_scalar('train_step/loss', loss, global_step)
+            self.writer.add_scalar('train_step/lr', lr, global_step)
+
+    def epoch(self, epoch, train, lr, val=None, ema=None, best_acc1=None):
+        """Append the record of epoch (1-based): train stats, LR, and the evaluations of that epoch."""
+        if not self.enabled:
+            return
+        record = {'epoch': epoch, 'train_loss': train['loss'], 'lr': lr, 'train_images': train['images'],
+                  'train_img_s': train['images'] / max(train['seconds'], 1e-9), 'seconds': train['seconds']}
+        scalars = {'train/loss': train['loss'], 'train/lr': lr}
+        for prefix, tag, stats in (('val', 'val', val), ('ema', 'val_ema', ema)):
+            if stats is not None:
+                for key in ('acc1', 'acc5', 'loss'):
+                    record[f'{prefix}_{key}'] = stats[key]
+                    scalars[f'{tag}/{key}'] = stats[key]
+        if best_acc1 is not None:
+            record['best_acc1'] = best_acc1
+        with open(self.path, 'a', encoding='utf-8') as f:
+            f.write(json.dumps({k: _finite(v) for k, v in record.items()}) + '\n')
+        if self.writer is not None:
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, epoch)
+            self.writer.flush()
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _finite(value):
+    """JSON has no NaN: non-finite floats become null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _visualdl_writer(config):
+    if not config.VISUALDL:
+        return None
+    try:
+        from visualdl import LogWriter
+    except ImportError:
+        logger.info('visualdl is not installed: no VisualDL scalars (SAVE/metrics.jsonl has the same figures)')
+        return None
+    return LogWriter(logdir=os.path.join(config.SAVE, 'vdl'))
+
+
+def read_records(save_dir):
+    """The epoch records of save_dir/metrics.jsonl, in order (tools and tests read these, not log text)."""
+    with open(os.path.join(save_dir, METRICS_FILE), encoding='utf-8') as f:
+        return [json.loads(line) for line in f if line.strip()]
