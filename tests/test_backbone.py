@@ -142,3 +142,14 @@ def test_a_two_level_head_trains_on_the_stage_maps_of_a_non_square_input():
         optimizer.clear_grad()
         losses.append(float(loss))
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+
+
+def test_weights_load_into_the_features_model_directly_with_only_the_classifier_left_over(tmp_path):
+    """load_pretrained on PiTFeatures maps keys as for the classifier (pos_embed resized to its grid); only the
+    final norm and head of the file are left over."""
+    from weights import load_pretrained
+    paddle.save(tiny().state_dict(), str(tmp_path / 'tiny.pdparams'))
+    report = load_pretrained(PiTFeatures(tiny(image_size=48)), str(tmp_path / 'tiny'), strict=False)
+    assert report.fit.resized == ((15, 15), (23, 23))
+    assert sorted(report.fit.unexpected) == ['head.bias', 'head.weight', 'norm.bias', 'norm.weight']
+    assert not report.fit.missing and not report.fit.mismatched
