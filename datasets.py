@@ -5,13 +5,13 @@ Layouts under DATA.DATA_PATH (DATA.LAYOUT 'auto' picks the first that exists for
     list:   {split}_list.txt                 lines 'relative/path label'; class names from classes.txt
                                              (one per line) when present, else '0'..'N-1'
 Images are decoded with PIL and converted to RGB (grey, palette, RGBA, CMYK). A file that cannot be decoded is
-logged with its path; in training it is replaced by the next readable sample and counted (`bad_images`: failed
-reads this epoch, shared with DataLoader workers); in evaluation it comes back as a zero image with label -1, which `engine.evaluate`
-counts and excludes (the run then fails unless DATA.SKIP_BAD_EVAL_IMAGES).
+logged with its path; in training it is replaced by the next readable sample, and each training sample carries
+the number of files it skipped (summed by `engine.train_one_epoch` over workers and processes, so nothing is
+shared between processes and the dataset pickles plainly); in evaluation it comes back as a zero image with
+label -1, which `engine.evaluate` counts and excludes (the run then fails unless DATA.SKIP_BAD_EVAL_IMAGES).
 """
 import logging
 import math
-import multiprocessing
 import os
 import random
 
@@ -30,17 +30,30 @@ class DatasetError(ValueError):
 
 
 def _folder_samples(split_dir):
+    """([(path, label)], classes) of class folders; symlinked folders are followed once (a link loop ends)
+    and empty class folders are reported (they keep their index, as the wnid order demands)."""
     classes = sorted(d.name for d in os.scandir(split_dir) if d.is_dir())
     samples = []
     for label, name in enumerate(classes):
-        for root, _, files in sorted(os.walk(os.path.join(split_dir, name), followlinks=True)):
-            samples += [(os.path.join(root, f), label) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        found, seen = [], set()
+        for root, dirs, files in os.walk(os.path.join(split_dir, name), followlinks=True):
+            real = os.path.realpath(root)
+            if real in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
+            dirs.sort()
+            found += [(os.path.join(root, f), label) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        if not found:
+            logger.warning(f"class folder '{os.path.join(split_dir, name)}' holds no images "
+                           f'(extensions {", ".join(IMAGE_EXTENSIONS)})')
+        samples += found
     return samples, classes
 
 
 def _list_samples(root, list_file, num_classes):
     samples = []
-    with open(list_file, encoding='utf-8') as f:
+    with open(list_file, encoding='utf-8-sig') as f:  # -sig: a BOM some editors write is not part of path 1
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -51,9 +64,12 @@ def _list_samples(root, list_file, num_classes):
             if not 0 <= label < num_classes:
                 raise DatasetError(f'{list_file}:{number}: label {label} outside [0, MODEL.NUM_CLASSES={num_classes})')
             samples.append((os.path.join(root, parts[0].strip()), label))
+    if samples and not any(os.path.isfile(path) for path, _ in samples[:1000]):
+        raise DatasetError(f"none of the first {min(len(samples), 1000)} images of '{list_file}' exists (e.g. "
+                           f"'{samples[0][0]}'): paths are relative to DATA.DATA_PATH={root}")
     names_file = os.path.join(root, 'classes.txt')
     if os.path.isfile(names_file):
-        with open(names_file, encoding='utf-8') as f:
+        with open(names_file, encoding='utf-8-sig') as f:
             classes = [line.strip() for line in f if line.strip()]
     else:
         classes = [str(i) for i in range(num_classes)]
@@ -86,14 +102,29 @@ def find_samples(config, split):
 
 
 def load_rgb(path):
-    """Decoded RGB PIL image (fully loaded, so truncated files fail here, not later)."""
+    """Decoded RGB PIL image (fully loaded, so truncated files fail here, not later). Images over PIL's
+    decompression-bomb limit raise Image.DecompressionBombError before they are decoded."""
     with Image.open(path) as img:
         img.load()
-        return img.convert('RGB')
+        return to_rgb(img)
+
+
+def to_rgb(img):
+    """RGB of any PIL mode: 16- and 32-bit greys are scaled to 8 bit by their bit depth (65535 -> 255), where
+    PIL's convert would clip everything above 255 to white."""
+    if img.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I'):
+        pixels = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith('I;16') or pixels.max(initial=0) <= 65535 else 2.0 ** 32 - 1
+        grey = np.clip(np.rint(pixels * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, 'L').convert('RGB')
+    if img.mode == 'F':
+        return Image.fromarray(np.clip(np.rint(np.asarray(img)), 0, 255).astype(np.uint8), 'L').convert('RGB')
+    return img.convert('RGB')
 
 
 class ImageNetDataset(paddle.io.Dataset):
-    """(image float32 [3, S, S], label int64) samples of one split; see the module docstring for bad files."""
+    """Samples of one split: train (image float32 [3, S, S], label int64, skipped undecodable files int64),
+    val (image, label); see the module docstring for bad files."""
 
     def __init__(self, samples, classes, transform, train, image_size):
         self.samples = samples
@@ -101,15 +132,6 @@ class ImageNetDataset(paddle.io.Dataset):
         self.classes = classes
         self.transform = transform
         self.train = train
-        self._bad = multiprocessing.Value('i', 0)  # created before workers fork: they all add to it
-
-    @property
-    def bad_images(self):
-        return self._bad.value
-
-    def reset_bad_images(self):
-        with self._bad.get_lock():
-            self._bad.value = 0
 
     def __len__(self):
         return len(self.samples)
@@ -134,19 +156,15 @@ class ImageNetDataset(paddle.io.Dataset):
             index, seed = key
             random.seed(seed)
             np.random.seed(seed)
-        image, label = self._read(index)
-        if image is not None:
-            return image, np.int64(label)
         if not self.train:
-            return np.zeros((3, self.image_size, self.image_size), dtype=np.float32), np.int64(-1)
-        with self._bad.get_lock():
-            self._bad.value += 1
-        for offset in range(1, len(self.samples)):
-            image, label = self._read((index + offset) % len(self.samples))
+            image, label = self._read(index)
+            if image is None:
+                return np.zeros((3, self.image_size, self.image_size), dtype=np.float32), np.int64(-1)
+            return image, np.int64(label)
+        for skipped in range(len(self.samples)):
+            image, label = self._read((index + skipped) % len(self.samples))
             if image is not None:
-                return image, np.int64(label)
-            with self._bad.get_lock():
-                self._bad.value += 1
+                return image, np.int64(label), np.int64(skipped)
         raise DatasetError('no image of the training set can be decoded')
 
 

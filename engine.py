@@ -56,8 +56,8 @@ def accumulation_scale(step, steps, accum):
 
 
 def train_one_epoch(state, criterion, loader, epoch, config, mixup_fn=None, records=None):
-    """One pass over `loader` (epoch is 0-based); returns {'loss', 'acc1' (nan with mixup), 'images',
-    'seconds'} over all ranks.
+    """One pass over `loader` of (images, labels, skipped undecodable files) batches (epoch is 0-based);
+    returns {'loss', 'acc1' (nan with mixup), 'images', 'skipped', 'seconds'} over all ranks.
 
     The optimizer steps every TRAIN.ACCUM_ITER batches (and after the last batch); the EMA follows each
     optimizer step; with LR_SCHEDULER.PER_STEP the LR moves every step. Every REPORT_FREQ steps rank 0 logs
@@ -65,9 +65,10 @@ def train_one_epoch(state, criterion, loader, epoch, config, mixup_fn=None, reco
     """
     state.model_ddp.train()
     accum, steps = config.TRAIN.ACCUM_ITER, len(loader)
-    sums, start = MetricSums('loss', 'acc1'), time.time()
+    sums, start = MetricSums('loss', 'acc1', 'skipped'), time.time()
     state.optimizer.clear_grad()
-    for step, (images, labels) in enumerate(loader):
+    for step, (images, labels, skipped) in enumerate(loader):
+        sums.add('skipped', float(skipped.sum()), 0)
         if config.TRAIN.LR_SCHEDULER.PER_STEP:
             state.lr_scheduler.step_to(epoch, step)
         targets = labels
@@ -94,7 +95,8 @@ def train_one_epoch(state, criterion, loader, epoch, config, mixup_fn=None, reco
                 records.step(epoch * steps + step + 1, loss=loss_value, lr=state.optimizer.get_lr())
     seconds = time.time() - start
     sums.synchronize()
-    return {'loss': sums.avg('loss'), 'acc1': sums.avg('acc1'), 'images': sums.count('loss'), 'seconds': seconds}
+    return {'loss': sums.avg('loss'), 'acc1': sums.avg('acc1'), 'images': sums.count('loss'),
+            'skipped': int(sums.total('skipped')), 'seconds': seconds}
 
 
 def optimizer_step(state):

@@ -9,8 +9,8 @@ Started by paddle's launcher instead (also multi-node; run the same command on e
 import quiet  # noqa: F401  (first: quiets paddle's import in this and every child process)
 
 import logging
+import multiprocessing.connection
 import os
-import re
 import signal
 import sys
 import warnings
@@ -55,35 +55,46 @@ def use_gpu(config):
     return config.DEVICE != 'cpu' and paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 
 
-_TRACEBACK = re.compile(r'Process (\d+) terminated with the following error:\n-+\n\n(.*)', re.S)
-_EXIT = re.compile(r'Process (\d+) terminated with exit code (-?\d+)')
-_SIGNAL = re.compile(r'Process (\d+) terminated with signal (\w+)')
+def wait_for(context):
+    """Wait for every process of a dist.spawn(join=False) context. When one fails, the others are killed at once
+    (SIGKILL: a SIGTERM would make each print paddle's C++ termination report) and (rank, exit code, traceback
+    or None) of the failed one is returned; None when all succeeded."""
+    running = {process.sentinel: rank for rank, process in enumerate(context.processes)}
+    while running:
+        for sentinel in multiprocessing.connection.wait(list(running)):
+            rank = running.pop(sentinel)
+            process = context.processes[rank]
+            process.join()
+            if process.exitcode != 0:
+                for other in context.processes:
+                    if other.is_alive():
+                        other.kill()
+                    other.join()
+                queue = context.error_queues[rank]
+                return rank, process.exitcode, None if queue.empty() else queue.get()
+    return None
 
 
-def failure_summary(message, config, nprocs):
-    """(text for stderr, exit status) for dist.spawn's exception message about a failed process.
+def failure_summary(rank, code, trace, config, nprocs):
+    """(text for stderr, exit status) for a failed training process.
 
     A worker's own one-line error (exit 2: bad input; 1: the run failed, e.g. a NaN loss) is already on stderr;
-    a Python traceback is carried in the message and shown here with its rank. Resuming is suggested only for
-    crashes that a re-run can get past (a signal, an unexpected exception) and when a checkpoint exists.
+    a Python traceback is shown here with its rank. Resuming is suggested only for crashes that a re-run can get
+    past (a signal, an unexpected exception) and when a checkpoint exists.
     """
-    if match := _TRACEBACK.search(message):
-        rank, trace = int(match.group(1)), match.group(2).rstrip()
-        last = trace.splitlines()[-1] if trace else 'unknown error'
+    if trace:
+        trace = trace.rstrip()
         head = ''.join(f'[rank {rank}] {line}\n' for line in trace.splitlines())
-        return head + f'error: training process {rank} of {nprocs} failed: {last}' + _resume_hint(config), 1
-    if match := _SIGNAL.search(message):
-        rank, name = int(match.group(1)), match.group(2)
-        text = f'error: training process {match.group(1)} of {nprocs} was killed by {name}'
+        return head + f'error: training process {rank} of {nprocs} failed: {trace.splitlines()[-1]}' + \
+            _resume_hint(config), 1
+    if code < 0:
+        name = signal.Signals(-code).name
+        text = f'error: training process {rank} of {nprocs} was killed by {name}'
         if name == 'SIGKILL':
             text += ' (often the out-of-memory killer: lower DATA.BATCH_SIZE or DATA.NUM_WORKERS)'
         return text + _resume_hint(config), 1
-    if match := _EXIT.search(message):
-        rank, code = int(match.group(1)), int(match.group(2))
-        hint = _resume_hint(config) if code not in (1, 2) else ''
-        return f'error: training process {rank} of {nprocs} exited with status {code} (its error is above){hint}', \
-            code if code > 0 else 1
-    return f'error: a training process failed: {message.strip().splitlines()[-1]}', 1
+    hint = _resume_hint(config) if code not in (1, 2) else ''
+    return f'error: training process {rank} of {nprocs} exited with status {code} (its error is above){hint}', code
 
 
 def _resume_hint(config):
@@ -104,10 +115,10 @@ def launch(args):
         os.environ['PADDLE_DISTRI_BACKEND'] = 'gloo'  # a set CUDA_VISIBLE_DEVICES otherwise breaks CPU runs
     warnings.filterwarnings('ignore', message='Your model will be trained under CPUONLY mode')
     logging.getLogger('root').setLevel(logging.WARNING)  # paddle's launch logger: its "find free ports" line
-    try:
-        dist.spawn(_worker, args=(args,), nprocs=nprocs, backend='nccl' if gpu else 'gloo')
-    except Exception as e:  # a failed worker (error, crash, killed DataLoader worker): fail the whole run
-        text, status = failure_summary(str(e), config, nprocs)
+    context = dist.spawn(_worker, args=(args,), nprocs=nprocs, backend='nccl' if gpu else 'gloo', join=False)
+    failure = wait_for(context)
+    if failure is not None:  # a failed worker (error, crash, killed DataLoader worker): fail the whole run
+        text, status = failure_summary(*failure, config, nprocs)
         print(text, file=sys.stderr)
         sys.exit(status)
 

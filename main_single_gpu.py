@@ -225,6 +225,7 @@ def main(config):
     criterion = build_criterion(config, build_teacher(config, logger), mixup_active=mixup_fn is not None)
     if config.MODEL.RESUME:
         resume(config, state, logger)
+    check_ranks_agree(state.epoch, config)
     records = RunRecords(config, get_rank())
     records.truncate_after(state.epoch)
     logger.info(f'training {config.MODEL.NAME} for {config.TRAIN.NUM_EPOCHS} epochs from epoch {state.epoch + 1}, '
@@ -245,13 +246,11 @@ def run_epoch(config, state, epoch, criterion, train_loader, val_loader, mixup_f
         mixup_fn.seed(epoch_seed(config, epoch, get_rank()))
     train_loader.batch_sampler.set_epoch(epoch)
     state.lr_scheduler.step_to(epoch)
-    train_set = train_loader.dataset
-    train_set.reset_bad_images()
     lr = state.optimizer.get_lr()
     stats = train_one_epoch(state, criterion, train_loader, epoch, config, mixup_fn, records)
     state.epoch = epoch + 1
     logger.info(f'Epoch {state.epoch} done: loss {stats["loss"]:.4f}, {stats["images"]} images in '
-                f'{stats["seconds"]:.0f}s, undecodable train images replaced: {count_bad(train_set)}')
+                f'{stats["seconds"]:.0f}s, undecodable train images replaced: {stats["skipped"]}')
     val = ema = None
     is_best = False
     if state.epoch % config.VALIDATE_FREQ == 0 or state.epoch == config.TRAIN.NUM_EPOCHS:
@@ -262,7 +261,7 @@ def run_epoch(config, state, epoch, criterion, train_loader, val_loader, mixup_f
         is_best = state.update_best(val['acc1'])
     records.epoch(state.epoch, stats, lr, val, ema, state.best_acc1)
     if get_rank() == 0:
-        checkpoint.save(config.SAVE, state, config, train_set.classes, is_best)
+        checkpoint.save(config.SAVE, state, config, train_loader.dataset.classes, is_best)
 
 
 def evaluate_weights(config, model, val_loader, logger):
@@ -353,12 +352,19 @@ def resume_weights_only(config, state, logger):
     return state
 
 
-def count_bad(dataset):
-    """Undecodable images replaced this epoch, summed over ranks."""
-    count = paddle.to_tensor([dataset.bad_images], dtype='int64')
-    if get_world_size() > 1:
-        dist.all_reduce(count)
-    return int(count.numpy()[0])
+def check_ranks_agree(start_epoch, config):
+    """Every process must continue from the same epoch (each reads SAVE itself): a multi-node run whose SAVE is
+    not one shared folder would otherwise hang or train different models."""
+    if get_world_size() == 1:
+        return
+    low = paddle.to_tensor([start_epoch], dtype='int64')
+    high = paddle.to_tensor([start_epoch], dtype='int64')
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if int(low.numpy()[0]) != int(high.numpy()[0]):
+        raise checkpoint.CheckpointError(
+            f'the processes would continue from different epochs ({int(low.numpy()[0])} and '
+            f'{int(high.numpy()[0])}): SAVE={config.SAVE} must be one folder that every node sees (shared storage)')
 
 
 class BadImagesError(RuntimeError):

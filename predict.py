@@ -1,21 +1,23 @@
 """Classify images with a PiT: top-k class ids, softmax probabilities and readable class names.
 
-    python predict.py -cfg configs/pit_ti.yaml -pretrained output/pit_ti_730 -img_path images/cat.jpg
-    python predict.py -cfg configs/pit_ti.yaml -pretrained output/train/checkpoint-best -img_path photos/ -topk 3
-    python predict.py -cfg configs/pit_ti.yaml -infer_model output/inference -img_path a.jpg b.png
-    python predict.py -cfg configs/pit_ti.yaml -onnx_model output/inference.onnx -img_path a.jpg   # onnxruntime
+    python predict.py -pretrained output/pit_ti_730 -img_path images/cat.jpg
+    python predict.py -pretrained output/train/checkpoint-best -img_path photos/ -topk 3
+    python predict.py -infer_model output/inference -img_path a.jpg b.png
+    python predict.py -onnx_model output/inference.onnx -img_path a.jpg   # onnxruntime
 
-Preprocessing is the evaluation transform of the config (resize short side to IMAGE_SIZE / CROP_PCT, center
-crop). Class names: a checkpoint of this repo carries its class list (ImageNet wnids become readable names);
-otherwise 1000-class models use the shipped ImageNet-1k index. Unreadable files are reported on stderr, the others
-are still classified, and the exit status is 1 if any failed.
+Checkpoints of this repo and converted official weights describe their model and preprocessing, so -cfg is
+optional (given, with -opts, it applies; a model key that contradicts the weights is an error). Preprocessing is
+the evaluation transform (resize short side to IMAGE_SIZE / CROP_PCT, center crop). Class names: the class list of
+the checkpoint or export (ImageNet wnids become readable names); otherwise 1000-class models use the shipped
+ImageNet-1k index. Unreadable files are reported on stderr, the others are still classified, and the exit status
+is 1 if any failed. Folders end with a throughput line.
 """
-import warnings
-warnings.filterwarnings('ignore', message='No ccache found')  # paddle's import-time warning
+import quiet  # noqa: F401  (first: quiets paddle's import)
 
 import argparse
 import os
 import sys
+import time
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -49,15 +51,12 @@ def class_names(classes, num_classes):
     return [str(i) for i in range(num_classes)]
 
 
-def checkpoint_classes(path):
-    """The class list a training checkpoint of this repo stores, or None (converted weights have none)."""
-    import paddle
-    from weights import resolve_weights_path
+def read_weights_file(path):
+    """(resolved path, the file's object or None): .pdparams files of this repo carry their class list and
+    model description; other formats (.pth, .safetensors) carry neither."""
+    from weights import read_paddle_file, resolve_weights_path
     path = resolve_weights_path(path)
-    if not path.endswith('.pdparams'):
-        return None
-    state = paddle.load(path)
-    return state.get('classes') if isinstance(state, dict) else None
+    return path, read_paddle_file(path) if path.endswith('.pdparams') and os.path.isfile(path) else None
 
 
 def list_images(paths):
@@ -72,11 +71,12 @@ def list_images(paths):
 
 
 def load_image(path, transform):
-    """Preprocessed CHW float32 array; raises ValueError naming the file when it cannot be decoded."""
+    """Preprocessed CHW float32 array; raises ValueError naming the file when it cannot be decoded (or is
+    larger than PIL's decompression-bomb limit)."""
+    from datasets import load_rgb
     try:
-        with Image.open(path) as img:
-            return transform(img.convert('RGB'))
-    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        return transform(load_rgb(path))
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot read image '{path}': {e}") from None
 
 
@@ -88,7 +88,8 @@ def softmax(logits):
 
 def get_arguments():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('-cfg', type=str, required=True, help='yaml config of the model')
+    parser.add_argument('-cfg', type=str, default=None,
+                        help='yaml config of the model (optional for weights and exports of this repo)')
     parser.add_argument('-pretrained', type=str, default=None, help='weights (.pdparams optional): converted or a checkpoint')
     parser.add_argument('-infer_model', type=str, default=None, help='exported model prefix (tools/export_model.py)')
     parser.add_argument('-onnx_model', type=str, default=None, help='ONNX file (export_model.py -onnx); onnxruntime')
@@ -116,7 +117,7 @@ def build_classifier(args, config):
     from pit import build_pit
     from weights import load_pretrained
     model = build_pit(config)
-    load_pretrained(model, args.pretrained)
+    load_pretrained(model, args.pretrained, prefer_ema=config.MODEL.EMA_WEIGHTS)
     model.eval()
 
     def classify(batch):
@@ -125,32 +126,47 @@ def build_classifier(args, config):
     return classify
 
 
+def load_setup(args):
+    """(config, class names or None) from -cfg/-opts and what the weights file or export describes."""
+    from config import build_config, described_keys
+    if args.infer_model or args.onnx_model:
+        from tools.export_model import read_export_description
+        source = args.infer_model or args.onnx_model
+        # export_model.py -onnx writes PREFIX.onnx beside the export's PREFIX.yml
+        described, classes = read_export_description(args.infer_model or os.path.splitext(args.onnx_model)[0])
+    else:
+        source, ckpt = read_weights_file(args.pretrained)
+        described, classes = described_keys(ckpt), (ckpt or {}).get('classes')
+    config = build_config(cfg=args.cfg, opts=args.opts or [], described=described, described_by=source,
+                          world_size=1)
+    return config, classes
+
+
 def main():
     args = get_arguments()
-    from config import ConfigError, finalize_config, get_config, merge_opts
+    from config import ConfigError
     from datasets import build_transforms
     import paddle
     import cpu_kernels
     from utils import configure_cpu
     from weights import WeightsError
     try:
-        config = finalize_config(merge_opts(get_config(args.cfg), args.opts or []))
+        config, classes = load_setup(args)
         if paddle.get_device() == 'cpu':
             dygraph = args.pretrained is not None  # exported models run their runtime's own kernels
             configure_cpu(config.CPU_THREADS, kernels=dygraph and config.CPU_KERNELS)
             if dygraph and config.CPU_KERNELS and not cpu_kernels.in_use():
                 print(f'warning: {cpu_kernels.status()}', file=sys.stderr)
         classify = build_classifier(args, config)
-        names = class_names(checkpoint_classes(args.pretrained) if args.pretrained else None,
-                            config.MODEL.NUM_CLASSES)
+        names = class_names(classes, config.MODEL.NUM_CLASSES)
     except (ConfigError, WeightsError, FileNotFoundError, ImportError) as e:  # ImportError: onnxruntime
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
     transform = build_transforms(config, 'val')
-    files, failed = list_images(args.img_path), 0
-    for start in range(0, len(files), args.batch_size):
+    files, failed, start = list_images(args.img_path), 0, time.time()
+    for first in range(0, len(files), args.batch_size):
         batch, good = [], []
-        for path in files[start:start + args.batch_size]:
+        for path in files[first:first + args.batch_size]:
             try:
                 batch.append(load_image(path, transform))
                 good.append(path)
@@ -164,6 +180,10 @@ def main():
             print(path)
             for idx in np.argsort(-p)[:args.topk]:
                 print(f'  class_id: {idx}, prob: {p[idx]:.4f}, name: {names[idx]}')
+    seconds = time.time() - start
+    if len(files) > 1:
+        done = len(files) - failed
+        print(f'classified {done} image(s) in {seconds:.1f}s ({done / max(seconds, 1e-9):.1f} img/s)')
     if failed or not files:
         print(f'error: {failed} of {len(files)} image(s) could not be read', file=sys.stderr)
         sys.exit(1)

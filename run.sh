@@ -1,37 +1,81 @@
 #!/usr/bin/env bash
-# AI Studio script task: prepare ImageNet from the mounted dataset, then train on all GPUs of the task.
-# A re-submitted task continues from the newest checkpoint in SAVE_PATH (-resume auto), so keep SAVE_PATH on
-# persistent storage (AI Studio keeps /home/aistudio/work between runs; script tasks: use the output folder).
+# AI Studio script task ("bash run.sh"): unpack ImageNet from the task's mounted datasets once, then train on
+# every GPU of the task, continuing an earlier task's run when its checkpoint is uploaded as a dataset.
 #
-# Env overrides:
-#   DATASET_ARCHIVES  archives to unpack (default: every ILSVRC2012/ImageNet tar under /home/aistudio/data)
-#   DATA_PATH         where the unpacked dataset lives (class folders or *_list.txt; both work)
-#   CFG, NGPUS, BATCH_SIZE, SAVE_PATH, EXTRA_OPTS (e.g. "TRAIN.NUM_EPOCHS 100")
+# The platform: datasets are mounted read-only under DATA_ROOT as data<ID>/<file>; the output folder is packed
+# into a tar.gz for download when the task ends; every task starts with an empty output folder and has a time
+# limit. So a run longer than one task goes: task 1 trains into SAVE_PATH; download its output and upload
+# checkpoint-latest.pdparams as a dataset; task 2 mounts it and sets RESUME_FROM to it; and so on.
+#
+# Environment (all optional):
+#   DATA_ROOT         mounted datasets (default /root/paddlejob/workspace/train_data/datasets)
+#   DATASET_ARCHIVES  archives to unpack (default: ILSVRC2012 / ImageNet .tar/.tar.gz/.zip files under DATA_ROOT)
+#   DATA_PATH         where the unpacked dataset goes (default /root/paddlejob/workspace/imagenet); an inner top
+#                     folder such as Light_ILSVRC2012/ is found by itself
+#   SAVE_PATH         checkpoints and logs (default /root/paddlejob/workspace/output/<config name>)
+#   RESUME_FROM       a checkpoint to continue from when SAVE_PATH holds none (default: the newest
+#                     checkpoint-*.pdparams among the mounted datasets, if any)
+#   CFG, NGPUS (default: all visible GPUs), BATCH_SIZE, EXTRA_OPTS (e.g. "TRAIN.NUM_EPOCHS 100")
 set -euo pipefail
 cd "$(dirname "$0")"
-DATA_ROOT=${DATA_ROOT:-/home/aistudio/data}
-DATA_PATH=${DATA_PATH:-/home/aistudio/imagenet}
+WORKSPACE=${WORKSPACE:-/root/paddlejob/workspace}
+DATA_ROOT=${DATA_ROOT:-$WORKSPACE/train_data/datasets}
+DATA_PATH=${DATA_PATH:-$WORKSPACE/imagenet}
 CFG=${CFG:-configs/pit_ti.yaml}
-NGPUS=${NGPUS:-4}
+NGPUS=${NGPUS:--1}
 BATCH_SIZE=${BATCH_SIZE:-256}
-SAVE_PATH=${SAVE_PATH:-/home/aistudio/work/output/$(basename "$CFG" .yaml)}
-DATASET_ARCHIVES=${DATASET_ARCHIVES:-$(ls "$DATA_ROOT"/data*/*ILSVRC2012*.tar* "$DATA_ROOT"/data*/*[Ii]mage[Nn]et*.tar* 2>/dev/null || true)}
+SAVE_PATH=${SAVE_PATH:-$WORKSPACE/output/$(basename "$CFG" .yaml)}
+PYTHON=${PYTHON:-$(command -v python || command -v python3)}
 
-# AI Studio images ship paddlepaddle-gpu: add only what is missing
-python -m pip install -q numpy pyyaml yacs pillow
+log() { echo "[run.sh] $*"; }
 
-if [ ! -e "$DATA_PATH/train" ] && [ ! -e "$DATA_PATH/train_list.txt" ]; then
-    [ -n "$DATASET_ARCHIVES" ] || { echo "error: no dataset in $DATA_PATH and no archive under $DATA_ROOT" >&2; exit 2; }
-    mkdir -p "$DATA_PATH"
-    for archive in $DATASET_ARCHIVES; do
-        echo "unpacking $archive -> $DATA_PATH"
-        tar -xf "$archive" -C "$DATA_PATH"
-    done
-    # archives that hold one top folder (e.g. Light_ILSVRC2012/): use it as the dataset root
-    inner=$(find "$DATA_PATH" -mindepth 1 -maxdepth 2 \( -name train_list.txt -o -name train -type d \) | head -n 1)
-    [ -n "$inner" ] && [ "$(dirname "$inner")" != "$DATA_PATH" ] && DATA_PATH=$(dirname "$inner")
+# AI Studio images ship paddlepaddle-gpu: install only the packages that are missing
+missing=""
+for pair in numpy:numpy yaml:pyyaml yacs:yacs PIL:pillow; do
+    "$PYTHON" -c "import ${pair%%:*}" 2>/dev/null || missing="$missing ${pair#*:}"
+done
+if [ -n "$missing" ]; then
+    log "installing:$missing"
+    "$PYTHON" -m pip install -q $missing
 fi
-echo "dataset: $DATA_PATH"
 
-python main_multi_gpu.py -cfg "$CFG" -dataset imagenet2012 -batch_size "$BATCH_SIZE" -data_path "$DATA_PATH" \
-    -ngpus "$NGPUS" -save_path "$SAVE_PATH" -resume auto -amp ${EXTRA_OPTS:+-opts $EXTRA_OPTS}
+# the dataset root: DATA_PATH itself, or one folder below it (an archive's top folder)
+dataset_root() {
+    local found
+    found=$(find "$1" -mindepth 1 -maxdepth 3 \( -name train_list.txt -o \( -name train -type d \) \) 2>/dev/null \
+            | awk -F/ '{ print NF, $0 }' | sort -n | head -n 1 | cut -d' ' -f2-)
+    [ -n "$found" ] && dirname "$found"
+}
+
+root=$(dataset_root "$DATA_PATH" || true)
+if [ -z "$root" ]; then
+    archives=${DATASET_ARCHIVES:-$(find "$DATA_ROOT" -maxdepth 2 -type f \( -iname '*ILSVRC2012*' -o -iname '*imagenet*' \) \
+                                   \( -name '*.tar' -o -name '*.tar.gz' -o -name '*.tgz' -o -name '*.zip' \) 2>/dev/null | sort)}
+    [ -n "$archives" ] || { echo "error: no dataset in $DATA_PATH and no ImageNet archive under $DATA_ROOT" >&2; exit 2; }
+    mkdir -p "$DATA_PATH"
+    for archive in $archives; do
+        log "unpacking $archive -> $DATA_PATH"
+        case "$archive" in
+            *.zip) "$PYTHON" -m zipfile -e "$archive" "$DATA_PATH" ;;
+            *) tar -xf "$archive" -C "$DATA_PATH" ;;
+        esac
+    done
+    root=$(dataset_root "$DATA_PATH" || true)
+    [ -n "$root" ] || { echo "error: the archives unpacked into $DATA_PATH hold no train/ folder or train_list.txt" >&2; exit 2; }
+else
+    log "dataset already unpacked: $root"
+fi
+log "dataset: $root"
+
+resume=(-resume auto)
+if ! ls "$SAVE_PATH"/checkpoint-*.pdparams >/dev/null 2>&1; then
+    RESUME_FROM=${RESUME_FROM:-$(ls -t "$DATA_ROOT"/data*/checkpoint-*.pdparams 2>/dev/null | head -n 1 || true)}
+    if [ -n "${RESUME_FROM:-}" ]; then
+        [ -f "$RESUME_FROM" ] || { echo "error: RESUME_FROM '$RESUME_FROM' not found" >&2; exit 2; }
+        log "SAVE_PATH $SAVE_PATH holds no checkpoint: continuing from $RESUME_FROM"
+        resume=(-resume "$RESUME_FROM")
+    fi
+fi
+
+exec "$PYTHON" main_multi_gpu.py -cfg "$CFG" -batch_size "$BATCH_SIZE" -data_path "$root" -ngpus "$NGPUS" \
+    -save_path "$SAVE_PATH" "${resume[@]}" -amp ${EXTRA_OPTS:+-opts $EXTRA_OPTS}

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import config as config_module
-from config import ConfigError, finalize_config, get_config, merge_opts
+from config import ConfigError, build_config, finalize_config, get_config, merge_opts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,3 +127,43 @@ def test_cli_missing_config_file_exits_with_its_name():
 def test_cli_bad_flag_is_an_argparse_error():
     result = run_cli('-batchsize', '3')
     assert result.returncode == 2 and 'unrecognized arguments' in result.stderr
+
+
+def test_defaults_are_the_recipe_pit_was_trained_with():
+    config = get_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'))
+    assert config.TRAIN.OPTIMIZER.NAME == 'AdamP' and config.TRAIN.LR_SCHEDULER.DEIT_LAG is True
+    assert config.DATA.CROP_PCT == 0.875 and config.AUG.AUTO_AUGMENT == 'rand-m9-mstd0.5-inc1'
+
+
+@pytest.mark.parametrize('opts, message', [
+    (['TRAIN.NUM_EPOCHS', '2.5'], "expects an integer, got 2.5"),
+    (['MODEL.TRANS.DEPTH', '[2, 6.5, 4]'], 'MODEL.TRANS.DEPTH=[2, 6.5, 4] must hold integers >= 1'),
+    (['TRAIN.OPTIMIZER.BETAS', '[0.9, 1.2]'], 'BETAS=[0.9, 1.2] must be two numbers in [0, 1)'),
+    (['AUG.SCALE', '[0.5, 0.1]'], 'AUG.SCALE=[0.5, 0.1] must be [low, high]'),
+    (['TRAIN.WARMUP_EPOCHS', '400'], 'TRAIN.WARMUP_EPOCHS=400 must be in [0, NUM_EPOCHS'),
+    (['TRAIN.GRAD_CLIP', '0'], 'TRAIN.GRAD_CLIP=0.0 must be > 0'),
+])
+def test_build_config_checks_every_value_and_names_it(opts, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_config(opts=opts)
+
+
+def test_integral_floats_are_accepted_for_integer_keys():
+    assert build_config(opts=['TRAIN.NUM_EPOCHS', '30.0']).TRAIN.NUM_EPOCHS == 30
+
+
+def test_a_base_chain_that_includes_itself_is_named(tmp_path):
+    write(tmp_path / 'a.yaml', "BASE: ['b.yaml']\n")
+    write(tmp_path / 'b.yaml', "BASE: ['a.yaml']\n")
+    with pytest.raises(ConfigError, match=r'includes itself through BASE: .*a.yaml -> .*b.yaml -> .*a.yaml'):
+        get_config(str(tmp_path / 'a.yaml'))
+
+
+def test_a_checkpoint_description_is_the_base_and_a_contradicting_model_key_is_named():
+    described = {'MODEL.TRANS.BASE_DIMS': [8, 8, 8], 'MODEL.NUM_CLASSES': 10, 'DATA.CROP_PCT': 0.9}
+    config = build_config(described=described, described_by='ckpt.pdparams')
+    assert config.MODEL.TRANS.BASE_DIMS == [8, 8, 8] and config.DATA.CROP_PCT == 0.9
+    assert build_config(opts=['DATA.CROP_PCT', '0.875'], described=described).DATA.CROP_PCT == 0.875
+    with pytest.raises(ConfigError, match=r"MODEL.TRANS.BASE_DIMS=\[32, 32, 32\] contradicts the checkpoint "
+                                          r"'ckpt.pdparams'.*\[8, 8, 8\]"):
+        build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'), described=described, described_by='ckpt.pdparams')

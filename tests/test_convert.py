@@ -23,7 +23,7 @@ MICRO_SOURCES = ['pit_micro_naver.pth', 'pit_micro_timm.pth', 'pit_micro_timm08.
 def logits_of(pdparams, cfg=MICRO_CFG):
     """Eval logits on the fixture input of a fresh model loaded with plain paddle.load + set_state_dict."""
     model = build_pit(get_config(cfg))
-    missing, unexpected = model.set_state_dict(paddle.load(pdparams))
+    missing, unexpected = model.set_state_dict(paddle.load(pdparams)['model'])
     assert not missing and not unexpected
     model.eval()
     return model(paddle.to_tensor(np.load(os.path.join(FIXTURES, 'pit_micro.npz'))['input'])).numpy()
@@ -85,10 +85,21 @@ def test_failed_save_keeps_an_existing_output_and_leaves_no_temp_file(tmp_path, 
     dst = tmp_path / 'out.pdparams'
     dst.write_bytes(b'previous')
 
-    def broken_save(obj, path):
-        open(path, 'wb').write(b'partial')
-        raise OSError('disk full')
-    monkeypatch.setattr(convert_weights.paddle, 'save', broken_save)
+    def disk_full(fd):
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(os, 'fsync', disk_full)
     code = convert_weights.main(['-cfg', MICRO_CFG, '-src', os.path.join(FIXTURES, 'pit_micro_timm.pth'),
                                  '-dst', str(dst)])
     assert code == 2 and dst.read_bytes() == b'previous' and os.listdir(tmp_path) == ['out.pdparams']
+
+
+def test_converted_weights_describe_their_model_and_imagenet_classes(tmp_path):
+    from config import described_keys
+    from weights import read_paddle_file
+    assert convert_weights.main(['-cfg', MICRO_CFG, '-src', os.path.join(FIXTURES, 'pit_micro_timm.pth'),
+                                 '-dst', str(tmp_path / 'x')]) == 0
+    saved = read_paddle_file(str(tmp_path / 'x.pdparams'))
+    config = get_config(MICRO_CFG)
+    assert described_keys(saved)['MODEL.TRANS.BASE_DIMS'] == list(config.MODEL.TRANS.BASE_DIMS)
+    assert described_keys(saved)['DATA.CROP_PCT'] == config.DATA.CROP_PCT
+    assert saved['classes'] is None  # a 5-class model: no ImageNet names to attach

@@ -65,8 +65,8 @@ def test_uppercase_extensions_and_colour_modes_become_rgb(tmp_path):
     dataset = build_dataset(make_config(tmp_path, 'MODEL.NUM_CLASSES', '2'), 'train')
     assert dataset.classes == ['n00', 'n01'] and len(dataset) == 4
     for i in range(4):
-        assert dataset[i][0].shape == (3, 16, 16)
-    assert dataset.bad_images == 0
+        image, label, skipped = dataset[i]
+        assert image.shape == (3, 16, 16) and skipped == 0
 
 
 def test_errors_name_path_and_value(tmp_path, folder):
@@ -105,11 +105,13 @@ def test_train_replaces_and_counts_undecodable_files_across_workers(folder, tmp_
     config = make_config(root, 'DATA.NUM_WORKERS', '2', 'DATA.BATCH_SIZE', '4')
     dataset = build_dataset(config, 'train')
     loader = build_dataloader(config, dataset, 'train')
-    labels = np.concatenate([y.numpy() for _, y in loader])
+    assert sum(int(dataset[i][2]) for i in range(len(dataset))) == 2  # each bad file skipped once
+    loader.batch_sampler.set_epoch(0)
+    drawn = [index for batch in loader.batch_sampler for index, _ in batch]
+    batches = [(y.numpy(), skipped.numpy()) for _, y, skipped in loader]
+    labels = np.concatenate([y for y, _ in batches])
     assert len(labels) == len(dataset) // 4 * 4 and labels.min() >= 0
-    assert dataset.bad_images == 2
-    dataset.reset_bad_images()
-    assert dataset.bad_images == 0
+    assert sum(int(s.sum()) for _, s in batches) == sum(int(dataset[i][2]) for i in drawn)
 
 
 def test_eval_marks_undecodable_files_with_label_minus_one(folder, tmp_path):
@@ -154,5 +156,6 @@ def test_repeated_aug_sampler_repeats_each_index_on_different_ranks():
 def test_train_loader_batches_are_tensors_of_the_configured_shape(folder):
     config = make_config(folder)
     loader = build_dataloader(config, build_dataset(config, 'train'), 'train')
-    images, labels = next(iter(loader))
+    images, labels, skipped = next(iter(loader))
     assert images.shape == [8, 3, 16, 16] and labels.dtype == paddle.int64 and labels.shape == [8]
+    assert skipped.shape == [8] and int(skipped.sum()) == 0

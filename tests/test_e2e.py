@@ -1,7 +1,7 @@
 """End to end through the real entry points on real images (scikit-learn digits in ImageNet layout), on CPU.
 
-Covers: training to well above chance, eval output, 2-process paddle.distributed training and evaluation with the
-same Acc@1 as one process on an odd-sized val set, exact resume after SIGKILL, bad images in train and val.
+Covers: training to well above chance, eval output, exact resume after SIGKILL (one process; the two-process
+scripts are walked in test_journeys.py), bad images in train and val, a checkpoint of another variant.
 """
 import os
 import re
@@ -19,7 +19,7 @@ from tools.prepare_data import write_dataset
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
 
-TINY = ['DATA.IMAGE_SIZE', '32', 'DATA.CROP_PCT', '1.0', 'DATA.BATCH_SIZE', '32', 'DATA.NUM_WORKERS', '0',
+TINY = ['DATA.IMAGE_SIZE', '32', 'DATA.CROP_PCT', '1.0', 'DATA.BATCH_SIZE', '32',
         'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
         'MODEL.TRANS.BASE_DIMS', '[16, 16, 16]', 'MODEL.TRANS.DEPTH', '[1, 1, 1]', 'MODEL.TRANS.HEADS', '[2, 4, 8]',
         'MODEL.DROP_PATH', '0.0', 'TRAIN.WARMUP_EPOCHS', '0', 'TRAIN.BASE_LR', '0.002', 'TRAIN.LINEAR_SCALED_LR',
@@ -65,18 +65,6 @@ def test_single_process_training_learns_digits_well_above_chance(digits, tmp_pat
                     str(tmp_path / 'checkpoint-best'))
     assert eval_line(evaluated.stdout)[0] == pytest.approx(max(
         float(a) for a in re.findall(r'Eval model: Acc@1 ([\d.]+)', result.stdout)))
-
-
-def test_two_processes_train_and_evaluate_like_one(digits, tmp_path):
-    trained = run('main_multi_gpu.py', digits, str(tmp_path), '-ngpus', '2', opts=['TRAIN.NUM_EPOCHS', '2'])
-    log = open(tmp_path / 'log.txt').read()
-    assert '2 process(es)' in log and 'Epoch 2 done' in log, trained.stdout[-2000:]
-    ckpt = str(tmp_path / 'checkpoint-latest')
-    one = eval_line(run('main_single_gpu.py', digits, str(tmp_path / 'e1'), '-eval', '-pretrained', ckpt).stdout)
-    run('main_multi_gpu.py', digits, str(tmp_path / 'e2'), '-ngpus', '2', '-eval', '-pretrained', ckpt)
-    two = eval_line(open(tmp_path / 'e2' / 'log.txt').read())
-    assert one[2] == two[2] == 149
-    assert one[0] == two[0] and one[1] == two[1]
 
 
 def final_state(save):
@@ -138,7 +126,7 @@ def test_resume_with_checkpoint_of_another_variant_fails_in_one_line(digits, tmp
     assert other.returncode == 2
     assert other.stderr.strip().splitlines()[-1].startswith('error:')
     assert 'Traceback' not in other.stderr
-    assert 'shape' in other.stderr
+    assert 'MODEL.TRANS.BASE_DIMS=[16, 16, 16]' in other.stderr
 
 
 def test_resume_with_ema_and_teacher_reproduces_the_uninterrupted_run(tmp_path):

@@ -38,7 +38,7 @@ def converted_model(cfg, src, tmp_path):
     dst = str(tmp_path / 'converted.pdparams')
     assert convert_weights.main(['-cfg', cfg, '-src', src, '-dst', dst]) == 0
     model = build_pit(merge_opts(get_config(cfg), ['MODEL.DROP_PATH', '0.0']))
-    model.set_state_dict(paddle.load(dst))
+    model.set_state_dict(paddle.load(dst)['model'])
     return model
 
 

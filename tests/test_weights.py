@@ -1,6 +1,8 @@
 """weights.py: reading PyTorch/safetensors/Paddle files without torch, unwrapping, mapping onto the model."""
+import json
 import os
 import pickle
+import sys
 import zipfile
 
 import numpy as np
@@ -236,3 +238,62 @@ def test_non_strict_loads_what_fits_and_reports_a_new_classifier():
     state = read_checkpoint(fixture('pit_micro_timm.pth'))
     np.testing.assert_array_equal(model.norm.weight.numpy(), state['norm.weight'])
     assert 'head.weight' in str(report)
+
+
+def _safetensors_file(path, header, body=b''):
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, 'little') + raw + body)
+    return str(path)
+
+
+MALFORMED_HEADERS = {
+    'gap between tensors': ({'a': {'dtype': 'F32', 'shape': [1], 'data_offsets': [0, 4]},
+                             'b': {'dtype': 'F32', 'shape': [1], 'data_offsets': [8, 12]}}, 12),
+    'overlapping tensors': ({'a': {'dtype': 'F32', 'shape': [2], 'data_offsets': [0, 8]},
+                             'b': {'dtype': 'F32', 'shape': [1], 'data_offsets': [4, 8]}}, 8),
+    'size not shape x itemsize': ({'a': {'dtype': 'F32', 'shape': [3], 'data_offsets': [0, 8]}}, 8),
+    'unknown dtype': ({'a': {'dtype': 'Q7', 'shape': [1], 'data_offsets': [0, 1]}}, 1),
+    'negative dimension': ({'a': {'dtype': 'U8', 'shape': [-1], 'data_offsets': [0, 1]}}, 1),
+    'trailing bytes': ({'a': {'dtype': 'U8', 'shape': [1], 'data_offsets': [0, 1]}}, 5),
+    'metadata not strings': ({'__metadata__': {'k': 1}, 'a': {'dtype': 'U8', 'shape': [1], 'data_offsets': [0, 1]}}, 1),
+}
+
+
+@pytest.mark.parametrize('case', sorted(MALFORMED_HEADERS))
+def test_malformed_safetensors_headers_are_refused_by_the_package_and_by_the_parser(tmp_path, monkeypatch, case):
+    import safetensors.numpy
+    header, size = MALFORMED_HEADERS[case]
+    path = _safetensors_file(tmp_path / 'bad.safetensors', header, b'\0' * size)
+    with pytest.raises(Exception):
+        safetensors.numpy.load_file(path)
+    with pytest.raises(WeightsError, match=r"bad.safetensors': truncated or corrupt safetensors"):
+        read_checkpoint(path)
+    monkeypatch.setitem(sys.modules, 'safetensors.numpy', None)  # as where the package is not installed
+    with pytest.raises(WeightsError, match=r"bad.safetensors': truncated or corrupt safetensors"):
+        read_checkpoint(path)
+
+
+def test_a_hostile_paddle_file_is_refused_naming_the_global_without_running_it(tmp_path):
+    marker = tmp_path / 'pwned'
+    payload = b'cos\nsystem\n(S' + repr(f'touch {marker}').encode() + b'\ntR.'
+    (tmp_path / 'w.pdparams').write_bytes(payload)
+    with pytest.raises(WeightsError, match=r"w.pdparams': refusing to load global os\.system"):
+        read_checkpoint(str(tmp_path / 'w.pdparams'))
+    assert not marker.exists()
+
+
+def test_paddle_files_read_by_the_allow_list_equal_paddle_load(tmp_path):
+    from weights import read_paddle_file
+    layer = paddle.nn.Linear(3, 2)
+    optimizer = paddle.optimizer.AdamW(parameters=layer.parameters())
+    layer(paddle.ones([1, 3])).sum().backward()
+    optimizer.step()
+    obj = {'model': layer.state_dict(), 'optimizer': optimizer.state_dict(), 'epoch': 3, 'name': 'x',
+           'nested': [1.5, (2, None)], 'np': np.float64(0.25)}
+    paddle.save(obj, str(tmp_path / 'x.pdparams'))
+    ours, theirs = read_paddle_file(str(tmp_path / 'x.pdparams')), paddle.load(str(tmp_path / 'x.pdparams'))
+    assert ours['epoch'] == 3 and ours['nested'] == [1.5, (2, None)] and ours['np'] == 0.25
+    for part in ('model', 'optimizer'):
+        for key, value in theirs[part].items():
+            if hasattr(value, 'numpy'):
+                np.testing.assert_array_equal(ours[part][key], value.numpy(), err_msg=key)

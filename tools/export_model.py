@@ -1,12 +1,19 @@
 """Export a PiT to a static Paddle inference model, and run it through paddle.inference.
 
-    python tools/export_model.py -cfg configs/pit_ti.yaml -pretrained output/pit_ti_730 -save_path output/inference
-    python predict.py -cfg configs/pit_ti.yaml -infer_model output/inference -img_path images/
+    python tools/export_model.py -pretrained output/pit_ti_730 -save_path output/inference
+    python predict.py -infer_model output/inference -img_path images/
 
-writes output/inference.json (or .pdmodel) + output/inference.pdiparams with input `images` [N, 3, S, S] float32 and
-the logits as output (distilled models: the eval output, the mean of both heads). On CPU the predictor runs with
-oneDNN; on GPU `-use_trt` / `-precision fp16` switch TensorRT and half precision. `-onnx` also writes
-output/inference.onnx through paddle2onnx when it is installed (never installing anything itself).
+writes, for the prefix output/inference:
+    inference.json (or .pdmodel) + inference.pdiparams   input `images` [N, 3, S, S] float32, the logits as output
+                                                          (distilled models: the mean of both heads)
+    inference.yml                                         PaddleClas-style deploy config: PreProcess
+                                                          (ResizeImage, CropImage, NormalizeImage, ToCHWImage)
+                                                          and PostProcess Topk, read by PaddleClas and FastDeploy
+    inference_class_id_map.txt                            "index name" per class, named in inference.yml
+Weights of this repo (checkpoints, converted official weights) describe their model and preprocessing, so -cfg
+is optional. On CPU the predictor runs with oneDNN; on GPU `-use_trt` / `-precision fp16` switch TensorRT and
+half precision. `-onnx` also writes output/inference.onnx through paddle2onnx and onnx when they are installed
+(never installing anything itself): opset 13 (`-opset N`), input `images`, output `logits`, dynamic batch.
 """
 import warnings
 warnings.filterwarnings('ignore', message='No ccache found')  # paddle's import-time warning
@@ -64,6 +71,72 @@ def run_predictor(predictor, images):
     handle.copy_from_cpu(np.ascontiguousarray(images, dtype='float32'))
     predictor.run()
     return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+
+
+def deploy_config(config, class_map_file, topk=5):
+    """The PaddleClas inference config (dict) of config's eval transform and top-k output."""
+    from transforms import eval_resize_size
+    size = config.DATA.IMAGE_SIZE
+    return {
+        'Global': {'model_name': config.MODEL.NAME, 'model_type': config.MODEL.TYPE,
+                   'inference_model_dir': '.', 'batch_size': 1},
+        'PreProcess': {'transform_ops': [
+            {'ResizeImage': {'resize_short': eval_resize_size(size, config.DATA.CROP_PCT),
+                             'interpolation': config.DATA.INTERPOLATION, 'backend': 'pil'}},
+            {'CropImage': {'size': size}},
+            {'NormalizeImage': {'scale': 1.0 / 255.0, 'mean': list(config.DATA.IMAGENET_MEAN),
+                                'std': list(config.DATA.IMAGENET_STD), 'order': 'hwc', 'channel_num': 3}},
+            {'ToCHWImage': None},
+        ]},
+        'PostProcess': {'main_indicator': 'Topk',
+                        'Topk': {'topk': min(topk, config.MODEL.NUM_CLASSES), 'class_id_map_file': class_map_file}},
+    }
+
+
+def write_deploy_files(config, names, save_prefix):
+    """save_prefix.yml (PaddleClas PreProcess/PostProcess) and save_prefix_class_id_map.txt; returns the yml path.
+    The class map is named relative to the yml's folder, so the export folder can be moved as a whole."""
+    import yaml
+    class_map = save_prefix + '_class_id_map.txt'
+    with open(class_map, 'w', encoding='utf-8') as f:
+        f.writelines(f'{index} {name}\n' for index, name in enumerate(names))
+    yml = save_prefix + '.yml'
+    with open(yml, 'w', encoding='utf-8') as f:
+        yaml.safe_dump(deploy_config(config, os.path.basename(class_map)), f, sort_keys=False)
+    return yml
+
+
+def read_export_description(save_prefix):
+    """({dotted config key: value} of the export's preprocessing and class count, class names or None), read
+    from save_prefix.yml and its class map; ({}, None) for an export without them."""
+    import yaml
+    yml = save_prefix + '.yml'
+    if not os.path.isfile(yml):
+        return {}, None
+    with open(yml, encoding='utf-8') as f:
+        deploy = yaml.safe_load(f) or {}
+    ops = {name: args or {} for op in deploy.get('PreProcess', {}).get('transform_ops', []) for name, args in op.items()}
+    size = ops.get('CropImage', {}).get('size')
+    described = {}
+    if size:
+        described['DATA.IMAGE_SIZE'] = int(size)
+        resize = ops.get('ResizeImage', {})
+        if resize.get('resize_short'):
+            described['DATA.CROP_PCT'] = size / resize['resize_short']
+        if resize.get('interpolation'):
+            described['DATA.INTERPOLATION'] = resize['interpolation']
+    normalize = ops.get('NormalizeImage', {})
+    for key, name in (('mean', 'DATA.IMAGENET_MEAN'), ('std', 'DATA.IMAGENET_STD')):
+        if normalize.get(key):
+            described[name] = list(normalize[key])
+    names = None
+    class_map = deploy.get('PostProcess', {}).get('Topk', {}).get('class_id_map_file')
+    if class_map:
+        path = os.path.join(os.path.dirname(os.path.abspath(yml)), class_map)
+        with open(path, encoding='utf-8') as f:
+            names = [line.rstrip('\n').split(' ', 1)[1] for line in f if line.strip()]
+        described['MODEL.NUM_CLASSES'] = len(names)
+    return described, names
 
 
 DEFAULT_ONNX_OPSET = 13  # the lowest opset the checks ask for; every current ONNX runtime reads it
@@ -146,26 +219,34 @@ def run_onnx(session, images):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('-cfg', required=True)
+    parser.add_argument('-cfg', default=None, help='model config (optional for weights of this repo)')
     parser.add_argument('-pretrained', required=True, help='weights (.pdparams optional)')
     parser.add_argument('-save_path', default='output/inference', help='output prefix')
     parser.add_argument('-onnx', action='store_true', help='also export ONNX (needs paddle2onnx and onnx)')
     parser.add_argument('-opset', type=int, default=DEFAULT_ONNX_OPSET, help='ONNX opset of -onnx')
     parser.add_argument('-opts', nargs='+', default=[], help='config overrides KEY VALUE ...')
     args = parser.parse_args()
-    from config import ConfigError, get_config, merge_opts
+    from config import ConfigError, build_config, described_keys
+    from predict import class_names, read_weights_file
     from pit import build_pit
     from weights import WeightsError, load_pretrained
     try:
-        config = merge_opts(get_config(args.cfg), args.opts)
+        source, ckpt = read_weights_file(args.pretrained)
+        config = build_config(cfg=args.cfg, opts=args.opts, described=described_keys(ckpt), described_by=source,
+                              world_size=1)
         model = build_pit(config)
-        load_pretrained(model, args.pretrained)
+        load_pretrained(model, source, prefer_ema=config.MODEL.EMA_WEIGHTS)
+        names = class_names((ckpt or {}).get('classes'), config.MODEL.NUM_CLASSES)
+        export_inference_model(model, config.DATA.IMAGE_SIZE, args.save_path)
+        yml = write_deploy_files(config, names, args.save_path)
     except (ConfigError, WeightsError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
-    export_inference_model(model, config.DATA.IMAGE_SIZE, args.save_path)
+    except OSError as e:
+        print(f"error: cannot write the export '{args.save_path}': {e.strerror or e}", file=sys.stderr)
+        sys.exit(1)
     print(f'exported {config.MODEL.NAME} to {args.save_path} (input images: [N, 3, {config.DATA.IMAGE_SIZE}, '
-          f'{config.DATA.IMAGE_SIZE}])')
+          f'{config.DATA.IMAGE_SIZE}]), deploy config {yml}')
     if args.onnx:
         path = export_onnx(args.save_path, opset=args.opset)
         if path:

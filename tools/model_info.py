@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 import paddle.nn as nn  # noqa: E402
 
-from config import ConfigError, get_config, merge_opts  # noqa: E402
+from config import ConfigError, build_config  # noqa: E402
 from pit import Attention, build_pit  # noqa: E402
 
 LAYERNORM_MACS_PER_ELEMENT = 5  # fvcore: mean, variance, normalise (4) + affine (1)
@@ -78,7 +78,7 @@ def main(argv=None):
     parser.add_argument('-opts', nargs='+', default=[], help='config overrides KEY VALUE ...')
     args = parser.parse_args(argv)
     try:
-        config = merge_opts(get_config(args.cfg), args.opts)
+        config = build_config(args.cfg, args.opts)
     except ConfigError as e:
         print(f'model_info: error: {e}', file=sys.stderr)
         return 2

@@ -1,0 +1,74 @@
+"""Fine-tuning on one's own dataset: ImageNet-style (1000-class, PyTorch-layout) weights into a 10-class model."""
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import pytest
+
+from config import build_config
+from metrics import read_records
+from pit import build_pit
+from tools.prepare_data import write_dataset
+from torch_zip import save_torch_zip, to_timm_layout
+from weights import WeightsError, load_pretrained, read_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ['DATA.IMAGE_SIZE', '32', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
+         'MODEL.TRANS.BASE_DIMS', '[16, 16, 16]', 'MODEL.TRANS.DEPTH', '[1, 1, 1]', 'MODEL.TRANS.HEADS', '[2, 4, 8]']
+
+
+def imagenet_like_pth(path, *opts):
+    """A 1000-class PiT saved as timm saves it (timm >= 0.9 pooling keys, [out, in] Linear weights, .pth)."""
+    config = build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'), SMALL + list(opts))
+    paddle.seed(3)
+    model = build_pit(config)
+    linear = {f'{n}.weight' for n, layer in model.named_sublayers() if isinstance(layer, nn.Linear)}
+    save_torch_zip(to_timm_layout({k: v.numpy() for k, v in model.state_dict().items()}, linear), str(path))
+    return model
+
+
+def test_a_classifier_of_another_class_count_is_reinitialised_and_everything_else_loaded(tmp_path):
+    source = imagenet_like_pth(tmp_path / 'in1k.pth')
+    config = build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'), SMALL + ['MODEL.NUM_CLASSES', '10'])
+    paddle.seed(4)
+    model = build_pit(config)
+    head_init = model.head.weight.numpy().copy()
+    report = load_pretrained(model, str(tmp_path / 'in1k.pth'), finetune=True)
+    assert report.fit.reinitialised == ['head.weight', 'head.bias']
+    assert 'classifier re-initialised' in str(report) and '\n' not in str(report)
+    np.testing.assert_array_equal(model.head.weight.numpy(), head_init)
+    for name, value in source.state_dict().items():
+        if not name.startswith('head.'):
+            np.testing.assert_array_equal(model.state_dict()[name].numpy(), value.numpy(), err_msg=name)
+
+
+def test_any_other_misfit_stays_an_error_naming_the_keys(tmp_path):
+    imagenet_like_pth(tmp_path / 'in1k.pth', 'MODEL.TRANS.DEPTH', '[1, 2, 1]')
+    config = build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'), SMALL + ['MODEL.NUM_CLASSES', '10'])
+    with pytest.raises(WeightsError, match=r'unexpected \(\d+\): transformers\.1\.blocks\.1\.'):
+        load_pretrained(build_pit(config), str(tmp_path / 'in1k.pth'), finetune=True)
+
+
+@pytest.mark.slow
+def test_fine_tuning_a_1000_class_pytorch_checkpoint_on_10_classes_learns(tmp_path):
+    imagenet_like_pth(tmp_path / 'in1k.pth')
+    data = str(tmp_path / 'data')
+    write_dataset(data, source='digits', image_size=32, train_per_class=60, val_per_class=10)
+    save = str(tmp_path / 'finetune')
+    cmd = [sys.executable, 'main_single_gpu.py', '-cfg', 'configs/pit_ti.yaml', '-data_path', data, '-save_path', save,
+           '-pretrained', str(tmp_path / 'in1k.pth'), '-batch_size', '32',
+           '-opts', *SMALL, 'MODEL.NUM_CLASSES', '10', 'TRAIN.NUM_EPOCHS', '8', 'TRAIN.WARMUP_EPOCHS', '1',
+           'TRAIN.BASE_LR', '0.002', 'TRAIN.LINEAR_SCALED_LR', 'None', 'TRAIN.MODEL_EMA_DECAY', '0.99']
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = open(os.path.join(save, 'log.txt')).read()
+    loaded = re.findall(r"loaded \d+ tensors from .*in1k.pth.*classifier re-initialised for the new class count "
+                        r"\(fine-tuning\): head.weight, head.bias", log)
+    assert len(loaded) == 1, log[:3000]
+    records = read_records(save)
+    assert len(records) == 8 and records[-1]['train_loss'] < records[0]['train_loss']
+    assert max(r['val_acc1'] for r in records) > 0.3, records  # chance is 0.1
