@@ -75,20 +75,26 @@ def test_opset_is_configurable(exported, tmp_path, opset):
     assert [o.version for o in onnx.load(path).opset_import if o.domain in ('', 'ai.onnx')] == [opset]
 
 
-def run_predict(*args):
-    cmd = [sys.executable, os.path.join(ROOT, 'predict.py'), '-cfg', os.path.join(ROOT, 'configs', 'pit_ti.yaml'),
-           *args, '-opts', *TINY]
+def run_tool(script, *args, cfg=True):
+    cmd = [sys.executable, os.path.join(ROOT, *script.split('/')), *args]
+    if cfg:
+        cmd += ['-cfg', os.path.join(ROOT, 'configs', 'pit_ti.yaml'), '-opts', *TINY]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 
 @needs_onnx
 @pytest.mark.slow
-def test_predict_onnx_model_prints_the_same_topk_as_the_dygraph_model(tmp_path):
-    _, tmp, path = export_tiny('pit_ti', tmp_path)
+def test_predict_onnx_model_of_the_export_tool_needs_no_cfg_and_prints_the_dygraph_topk(tmp_path):
+    """export_model.py -onnx writes the ONNX file beside the export's inference.yml, which predict.py reads."""
     from PIL import Image
+    _, tmp, _ = export_tiny('pit_ti', tmp_path)
+    export = run_tool('tools/export_model.py', '-pretrained', str(tmp / 'tiny'), '-save_path',
+                      str(tmp / 'cli' / 'inference'), '-onnx')
+    assert export.returncode == 0, export.stderr
     Image.fromarray(np.random.RandomState(3).randint(0, 255, (48, 40, 3), dtype=np.uint8)).save(tmp_path / 'a.png')
-    outputs = [run_predict(flag, value, '-img_path', str(tmp_path / 'a.png'), '-topk', '3')
-               for flag, value in (('-pretrained', str(tmp / 'tiny')), ('-onnx_model', path))]
+    image = ['-img_path', str(tmp_path / 'a.png'), '-topk', '3']
+    outputs = [run_tool('predict.py', '-pretrained', str(tmp / 'tiny'), *image),
+               run_tool('predict.py', '-onnx_model', str(tmp / 'cli' / 'inference.onnx'), *image, cfg=False)]
     for result in outputs:
         assert result.returncode == 0, result.stderr
     dygraph, onnx_run = ([(int(i), float(p)) for i, p in re.findall(r'class_id: (\d+), prob: ([\d.]+)', r.stdout)]
@@ -98,7 +104,7 @@ def test_predict_onnx_model_prints_the_same_topk_as_the_dygraph_model(tmp_path):
 
 
 def test_predict_onnx_model_that_is_missing_fails_in_one_line_with_exit_2(tmp_path):
-    result = run_predict('-onnx_model', str(tmp_path / 'none.onnx'), '-img_path', str(tmp_path))
+    result = run_tool('predict.py', '-onnx_model', str(tmp_path / 'none.onnx'), '-img_path', str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: ONNX model '{tmp_path / 'none.onnx'}' not found " \
                                                       "(-onnx_model; tools/export_model.py -onnx writes one)"
