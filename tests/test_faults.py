@@ -206,3 +206,39 @@ def test_a_dead_dataloader_worker_ends_the_run_in_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 1 and len(err) == 1
     assert err[0].startswith('error: a DataLoader worker process died') and 'DATA.NUM_WORKERS' in err[0]
+
+
+def launcher_config(tmp_path, resume='auto'):
+    from config import build_config
+    return build_config(opts=['SAVE', str(tmp_path)] + (['MODEL.RESUME', resume] if resume else []))
+
+
+def test_a_failed_process_shows_its_traceback_with_its_rank_then_one_summary_line(tmp_path):
+    from main_multi_gpu import failure_summary
+    trace = 'Traceback (most recent call last):\n  File "engine.py", line 1\nKeyError: 3\n'
+    text, status = failure_summary(1, 1, trace, launcher_config(tmp_path), 4)
+    lines = text.splitlines()
+    assert lines[:3] == ['[rank 1] Traceback (most recent call last):', '[rank 1]   File "engine.py", line 1',
+                         '[rank 1] KeyError: 3']
+    assert lines[-1] == 'error: training process 1 of 4 failed: KeyError: 3' and status == 1
+
+
+def test_resuming_is_suggested_only_when_a_checkpoint_exists_and_the_failure_was_not_bad_input(tmp_path):
+    from main_multi_gpu import failure_summary
+    config = launcher_config(tmp_path)
+    assert 're-run' not in failure_summary(0, -9, None, config, 2)[0]  # nothing to resume from yet
+    (tmp_path / 'checkpoint-latest.pdparams').write_bytes(b'x')
+    killed, status = failure_summary(0, -9, None, config, 2)
+    assert 'killed by SIGKILL' in killed and 're-run the same command to continue' in killed and status == 1
+    bad_input, status = failure_summary(1, 2, None, config, 2)
+    assert 're-run' not in bad_input and 'its error is above' in bad_input and status == 2
+    other = failure_summary(0, -9, None, launcher_config(tmp_path, resume=None), 2)[0]
+    assert 'with -resume auto' in other
+
+
+def test_two_process_bad_input_fails_once_before_any_process_starts(tmp_path):
+    result = subprocess.run([sys.executable, 'main_multi_gpu.py', '-ngpus', '2', '-save_path', str(tmp_path),
+                             '-opts', 'TRAIN.NUM_EPOCHS', '2', 'TRAIN.WARMUP_EPOCHS', '5'],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 2 and result.stderr.count('error:') == 1
+    assert 'TRAIN.WARMUP_EPOCHS=5 must be in [0, NUM_EPOCHS' in result.stderr

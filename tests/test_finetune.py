@@ -21,6 +21,12 @@ SMALL = ['DATA.IMAGE_SIZE', '32', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.ST
          'MODEL.TRANS.BASE_DIMS', '[16, 16, 16]', 'MODEL.TRANS.DEPTH', '[1, 1, 1]', 'MODEL.TRANS.HEADS', '[2, 4, 8]']
 
 
+# the README's fine-tuning advice for a very small dataset: short schedule, no mixup/cutmix
+README_SMALL_DATASET = ['TRAIN.NUM_EPOCHS', '4', 'TRAIN.WARMUP_EPOCHS', '0', 'TRAIN.BASE_LR', '0.001',
+                        'TRAIN.LINEAR_SCALED_LR', 'None', 'TRAIN.MODEL_EMA_DECAY', '0.99', 'AUG.MIXUP', '0.0',
+                        'AUG.CUTMIX', '0.0']
+
+
 def imagenet_like_pth(path, *opts):
     """A 1000-class PiT saved as timm saves it (timm >= 0.9 pooling keys, [out, in] Linear weights, .pth)."""
     config = build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'), SMALL + list(opts))
@@ -53,16 +59,37 @@ def test_any_other_misfit_stays_an_error_naming_the_keys(tmp_path):
         load_pretrained(build_pit(config), str(tmp_path / 'in1k.pth'), finetune=True)
 
 
+def pretrain_imagenet_like(tmp_path):
+    """A 1000-class model that has learned something, saved as timm saves it: trained through
+    main_single_gpu.py on digits in the list layout (labels 0-9 of 1000 classes), then rewritten as a .pth."""
+    data = str(tmp_path / 'pretrain_data')
+    write_dataset(data, source='digits', layout='list', image_size=32, train_per_class=100, val_per_class=5, seed=1)
+    save = str(tmp_path / 'pretrain')
+    cmd = [sys.executable, 'main_single_gpu.py', '-cfg', 'configs/pit_ti.yaml', '-data_path', data, '-save_path', save,
+           '-batch_size', '32', '-opts', *SMALL, 'MODEL.NUM_CLASSES', '1000', 'TRAIN.NUM_EPOCHS', '6',
+           'TRAIN.WARMUP_EPOCHS', '0', 'TRAIN.BASE_LR', '0.002', 'TRAIN.LINEAR_SCALED_LR', 'None',
+           'TRAIN.LR_SCHEDULER.DEIT_LAG', 'False', 'AUG.MIXUP', '0.0', 'AUG.CUTMIX', '0.0', 'MODEL.DROP_PATH', '0.0',
+           'AUG.AUTO_AUGMENT', "''", 'AUG.RE_PROB', '0.0', 'AUG.HFLIP', '0.0', 'AUG.SCALE', '[0.35, 1.0]']
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'), SMALL)
+    model = build_pit(config)
+    load_pretrained(model, os.path.join(save, 'checkpoint-latest'))
+    linear = {f'{n}.weight' for n, layer in model.named_sublayers() if isinstance(layer, nn.Linear)}
+    path = str(tmp_path / 'in1k.pth')
+    save_torch_zip({'model': to_timm_layout({k: v.numpy() for k, v in model.state_dict().items()}, linear)}, path)
+    return path
+
+
 @pytest.mark.slow
 def test_fine_tuning_a_1000_class_pytorch_checkpoint_on_10_classes_learns(tmp_path):
-    imagenet_like_pth(tmp_path / 'in1k.pth')
+    pretrained = pretrain_imagenet_like(tmp_path)
     data = str(tmp_path / 'data')
-    write_dataset(data, source='digits', image_size=32, train_per_class=60, val_per_class=10)
+    write_dataset(data, source='digits', image_size=32, train_per_class=40, val_per_class=10, seed=2)
     save = str(tmp_path / 'finetune')
     cmd = [sys.executable, 'main_single_gpu.py', '-cfg', 'configs/pit_ti.yaml', '-data_path', data, '-save_path', save,
-           '-pretrained', str(tmp_path / 'in1k.pth'), '-batch_size', '32',
-           '-opts', *SMALL, 'MODEL.NUM_CLASSES', '10', 'TRAIN.NUM_EPOCHS', '8', 'TRAIN.WARMUP_EPOCHS', '1',
-           'TRAIN.BASE_LR', '0.002', 'TRAIN.LINEAR_SCALED_LR', 'None', 'TRAIN.MODEL_EMA_DECAY', '0.99']
+           '-pretrained', pretrained, '-batch_size', '32', '-opts', *SMALL, 'MODEL.NUM_CLASSES', '10',
+           *README_SMALL_DATASET]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     log = open(os.path.join(save, 'log.txt')).read()
@@ -70,5 +97,5 @@ def test_fine_tuning_a_1000_class_pytorch_checkpoint_on_10_classes_learns(tmp_pa
                         r"\(fine-tuning\): head.weight, head.bias", log)
     assert len(loaded) == 1, log[:3000]
     records = read_records(save)
-    assert len(records) == 8 and records[-1]['train_loss'] < records[0]['train_loss']
-    assert max(r['val_acc1'] for r in records) > 0.3, records  # chance is 0.1
+    assert len(records) == 4 and records[-1]['train_loss'] < records[0]['train_loss']
+    assert max(r['val_acc1'] for r in records) > 0.5, records  # chance is 0.1

@@ -208,3 +208,21 @@ def test_run_sh_as_two_ai_studio_tasks_continues_from_the_uploaded_checkpoint(di
     assert f'resumed from {uploaded}: {done} epoch(s) done' in log
     assert [r['epoch'] for r in read_records(output2)] == list(range(done + 1, 4))
     assert weights_of(os.path.join(output2, 'checkpoint-latest.pdparams'))['epoch'] == 3
+
+
+def test_visualdl_records_hold_every_epoch_with_the_epoch_as_step(straight_run):
+    from visualdl import LogReader
+    save = straight_run[0]
+    files = [f for f in os.listdir(os.path.join(save, 'vdl')) if f.startswith('vdlrecords')]
+    assert len(files) == 1
+    reader = LogReader(file_path=os.path.join(save, 'vdl', files[0]))
+    records = read_records(save)
+    for tag, key in [('train/loss', 'train_loss'), ('train/lr', 'lr'), ('val/acc1', 'val_acc1'),
+                     ('val/acc5', 'val_acc5'), ('val/loss', 'val_loss'), ('val_ema/acc1', 'ema_acc1'),
+                     ('val_ema/acc5', 'ema_acc5'), ('val_ema/loss', 'ema_loss')]:
+        points = reader.get_data('scalar', tag)
+        assert [p.id for p in points] == [1, 2, 3], tag
+        np.testing.assert_allclose([p.value for p in points], [r[key] for r in records], rtol=1e-6, err_msg=tag)
+    steps = [p.id for p in reader.get_data('scalar', 'train_step/loss')]  # REPORT_FREQ 50: each epoch's last step
+    assert steps == [steps[0] * epoch for epoch in (1, 2, 3)]
+    assert len(reader.get_data('scalar', 'train_step/lr')) == 3
