@@ -7,6 +7,8 @@ and `head_dist` of the DeiT-style distilled models. Parameter names follow the o
 Shapes: images [B, 3, H, W] -> patch embedding [B, C0, W0, W0] -> stages of transformer blocks over
 [class tokens; W_s*W_s patch tokens], with a depthwise-conv pooling (and a Linear on the class tokens)
 halving the grid and doubling the channels between stages -> LayerNorm on the class tokens -> heads.
+As a backbone, `PiTFeatures` (or `build_pit(config, features_only=True)`) gives the three stage outputs as maps
+[B, C_s, H_s, W_s] at any input size, declared by `feature_info` as timm declares them.
 """
 import math
 import re
@@ -227,8 +229,19 @@ class PoolingTransformer(nn.Layer):
                 self.pools.append(ConvHeadPooling(widths[s], widths[s + 1], stride=2))
 
         self.norm = LayerNorm(self.embed_dim, epsilon=1e-6)
+        self.reset_classifier(num_classes)
+        # timm's declaration of the stage outputs, values included: its `reduction` is (stride - 1) * 2**s
+        # (7/14/28 for stride 8). The maps' cells step by stride * 2**s input pixels (8/16/32), kept as `stride`.
+        self.feature_info = FeatureInfo(
+            dict(num_chs=widths[s], reduction=(stride - 1) * 2 ** s, module=f'transformers.{s}', stride=stride * 2 ** s)
+            for s in range(len(depth)))
+
+    def reset_classifier(self, num_classes):
+        """Replace the head (and head_dist) by new ones of num_classes outputs, PyTorch default init; 0: none
+        (forward then returns the normalised class token). Used to fine-tune on another label set."""
+        self.num_classes = num_classes
         self.head = _linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if distilled:
+        if self.distilled:
             self.head_dist = _linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def checkpoint_filter(self, state):
@@ -239,8 +252,9 @@ class PoolingTransformer(nn.Layer):
         """Structured names of parameters that must never be decayed (the optimizer also skips 1-D params)."""
         return {'pos_embed', 'cls_token'}
 
-    def forward_features(self, x):
-        """[B, 3, H, W] -> normalised class tokens [B, 1 or 2, C_last]."""
+    def forward_stages(self, x):
+        """[B, 3, H, W], any H, W -> (the stage outputs [B, C_s, H_s, W_s] for each stage s, the class tokens
+        [B, 1 or 2, C_last] before the final norm). pos_embed is resized (bicubic) to the patch grid of x."""
         x = self.patch_embed(x)
         pos_embed = self.pos_embed
         if pos_embed.shape[2:] != x.shape[2:]:
@@ -249,11 +263,17 @@ class PoolingTransformer(nn.Layer):
         # beside the conv's NHWC output (31 ms -> 1.7 ms for pit_ti at batch 32). Same values.
         x = self.pos_drop(x + pos_embed.expand([x.shape[0], -1, -1, -1]))
         cls_tokens = self.cls_token.expand([x.shape[0], -1, -1])
-        for stage, pool in enumerate(self.pools):
-            x, cls_tokens = self.transformers[stage](x, cls_tokens)
-            x, cls_tokens = pool(x, cls_tokens)
-        x, cls_tokens = self.transformers[-1](x, cls_tokens)
-        return self.norm(cls_tokens)
+        maps = []
+        for stage, transformer in enumerate(self.transformers):
+            if stage > 0:
+                x, cls_tokens = self.pools[stage - 1](x, cls_tokens)
+            x, cls_tokens = transformer(x, cls_tokens)
+            maps.append(x)
+        return maps, cls_tokens
+
+    def forward_features(self, x):
+        """[B, 3, H, W] -> normalised class tokens [B, 1 or 2, C_last]."""
+        return self.norm(self.forward_stages(x)[1])
 
     def forward(self, x):
         tokens = self.forward_features(x)
@@ -314,9 +334,46 @@ def checkpoint_filter_fn(state, model):
     return out, notes
 
 
-def build_pit(config):
-    """Build the PiT that config describes (MODEL.TRANS sizes, MODEL.DISTILL, dropouts, DATA.IMAGE_SIZE)."""
-    return PoolingTransformer(
+class FeatureInfo(list):
+    """Per-stage dicts (num_chs, reduction, module, stride) with timm's FeatureInfo accessors."""
+
+    def channels(self):
+        return [info['num_chs'] for info in self]
+
+    def reduction(self):
+        return [info['reduction'] for info in self]
+
+    def module_name(self):
+        return [info['module'] for info in self]
+
+
+class PiTFeatures(nn.Layer):
+    """PiT as a backbone: forward(x) gives the stage outputs [[B, C_s, H_s, W_s] for each stage] at any input
+    size. Holds the trunk of a PoolingTransformer (the same layers, parameters and parameter names, so its
+    weights load as they are), without the final norm and heads, which nothing here depends on."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.patch_embed = model.patch_embed
+        self.pos_embed = model.pos_embed
+        self.cls_token = model.cls_token
+        self.pos_drop = model.pos_drop
+        self.transformers = model.transformers
+        self.pools = model.pools
+        self.feature_info = model.feature_info
+
+    forward_stages = PoolingTransformer.forward_stages
+    no_weight_decay = PoolingTransformer.no_weight_decay
+    checkpoint_filter = PoolingTransformer.checkpoint_filter
+
+    def forward(self, x):
+        return self.forward_stages(x)[0]
+
+
+def build_pit(config, features_only=False):
+    """Build the PiT that config describes (MODEL.TRANS sizes, MODEL.DISTILL, dropouts, DATA.IMAGE_SIZE);
+    features_only: its PiTFeatures (stage maps, no classifier)."""
+    model = PoolingTransformer(
         image_size=config.DATA.IMAGE_SIZE,
         patch_size=config.MODEL.TRANS.PATCH_SIZE,
         stride=config.MODEL.TRANS.STRIDE,
@@ -330,3 +387,4 @@ def build_pit(config):
         attn_drop_rate=config.MODEL.ATTENTION_DROPOUT,
         drop_path_rate=config.MODEL.DROP_PATH,
     )
+    return PiTFeatures(model) if features_only else model

@@ -3,6 +3,7 @@
     python predict.py -pretrained output/pit_ti_730 -img_path images/cat.jpg
     python predict.py -pretrained output/train/checkpoint-best -img_path photos/ -topk 3
     python predict.py -infer_model output/inference -img_path a.jpg b.png
+    python predict.py -onnx_model output/inference.onnx -img_path a.jpg   # onnxruntime
 
 Checkpoints of this repo and converted official weights describe their model and preprocessing, so -cfg is
 optional (given, with -opts, it applies; a model key that contradicts the weights is an error). Preprocessing is
@@ -91,13 +92,14 @@ def get_arguments():
                         help='yaml config of the model (optional for weights and exports of this repo)')
     parser.add_argument('-pretrained', type=str, default=None, help='weights (.pdparams optional): converted or a checkpoint')
     parser.add_argument('-infer_model', type=str, default=None, help='exported model prefix (tools/export_model.py)')
+    parser.add_argument('-onnx_model', type=str, default=None, help='ONNX file (export_model.py -onnx); onnxruntime')
     parser.add_argument('-img_path', type=str, nargs='+', required=True, help='images and/or folders')
     parser.add_argument('-topk', type=int, default=5)
     parser.add_argument('-batch_size', type=int, default=16)
     parser.add_argument('-opts', nargs='+', default=None, metavar='KEY VALUE', help='override config keys')
     args = parser.parse_args()
-    if bool(args.pretrained) == bool(args.infer_model):
-        parser.error('give exactly one of -pretrained and -infer_model')
+    if sum(bool(m) for m in (args.pretrained, args.infer_model, args.onnx_model)) != 1:
+        parser.error('give exactly one of -pretrained, -infer_model and -onnx_model')
     return args
 
 
@@ -107,6 +109,10 @@ def build_classifier(args, config):
         from tools.export_model import create_predictor, run_predictor
         predictor = create_predictor(args.infer_model, threads=config.CPU_THREADS)
         return lambda batch: run_predictor(predictor, batch)
+    if args.onnx_model:
+        from tools.export_model import create_onnx_session, run_onnx
+        session = create_onnx_session(args.onnx_model, threads=config.CPU_THREADS)
+        return lambda batch: run_onnx(session, batch)
     import paddle
     from pit import build_pit
     from weights import load_pretrained
@@ -123,10 +129,11 @@ def build_classifier(args, config):
 def load_setup(args):
     """(config, class names or None) from -cfg/-opts and what the weights file or export describes."""
     from config import build_config, described_keys
-    if args.infer_model:
+    if args.infer_model or args.onnx_model:
         from tools.export_model import read_export_description
-        described, classes = read_export_description(args.infer_model)
-        source = args.infer_model
+        source = args.infer_model or args.onnx_model
+        # export_model.py -onnx writes PREFIX.onnx beside the export's PREFIX.yml
+        described, classes = read_export_description(args.infer_model or os.path.splitext(args.onnx_model)[0])
     else:
         source, ckpt = read_weights_file(args.pretrained)
         described, classes = described_keys(ckpt), (ckpt or {}).get('classes')
@@ -146,13 +153,13 @@ def main():
     try:
         config, classes = load_setup(args)
         if paddle.get_device() == 'cpu':
-            dygraph = not args.infer_model  # an exported model runs paddle.inference's own fused kernels
+            dygraph = args.pretrained is not None  # exported models run their runtime's own kernels
             configure_cpu(config.CPU_THREADS, kernels=dygraph and config.CPU_KERNELS)
             if dygraph and config.CPU_KERNELS and not cpu_kernels.in_use():
                 print(f'warning: {cpu_kernels.status()}', file=sys.stderr)
         classify = build_classifier(args, config)
         names = class_names(classes, config.MODEL.NUM_CLASSES)
-    except (ConfigError, WeightsError, FileNotFoundError) as e:
+    except (ConfigError, WeightsError, FileNotFoundError, ImportError) as e:  # ImportError: onnxruntime
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
     transform = build_transforms(config, 'val')

@@ -109,14 +109,3 @@ def test_export_tool_refuses_weights_of_another_variant_in_one_line(tiny_model, 
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith('error:')
     assert not os.listdir(tmp_path)
 
-
-def test_onnx_export_matches_paddle_or_is_skipped_with_a_reason(tiny_model):
-    pytest.importorskip('paddle2onnx', reason='paddle2onnx not installed: ONNX export is optional')
-    onnxruntime = pytest.importorskip('onnxruntime', reason='onnxruntime not installed: cannot check ONNX parity')
-    from tools.export_model import export_onnx
-    config, model, tmp = tiny_model
-    prefix = export_inference_model(model, 32, str(tmp / 'onnx_model'))
-    session = onnxruntime.InferenceSession(export_onnx(prefix))
-    x = np.random.RandomState(2).rand(2, 3, 32, 32).astype('float32')
-    out = session.run(None, {session.get_inputs()[0].name: x})[0]
-    np.testing.assert_allclose(out, model(paddle.to_tensor(x)).numpy(), atol=1e-4)

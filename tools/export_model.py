@@ -4,7 +4,7 @@
     python predict.py -infer_model output/inference -img_path images/
 
 writes, for the prefix output/inference:
-    inference.json (or .pdmodel) + inference.pdiparams   input `x` [N, 3, S, S] float32, the logits as output
+    inference.json (or .pdmodel) + inference.pdiparams   input `images` [N, 3, S, S] float32, the logits as output
                                                           (distilled models: the mean of both heads)
     inference.yml                                         PaddleClas-style deploy config: PreProcess
                                                           (ResizeImage, CropImage, NormalizeImage, ToCHWImage)
@@ -12,8 +12,8 @@ writes, for the prefix output/inference:
     inference_class_id_map.txt                            "index name" per class, named in inference.yml
 Weights of this repo (checkpoints, converted official weights) describe their model and preprocessing, so -cfg
 is optional. On CPU the predictor runs with oneDNN; on GPU `-use_trt` / `-precision fp16` switch TensorRT and
-half precision. `-onnx` also writes output/inference.onnx through paddle2onnx when it is installed (never
-installing anything itself).
+half precision. `-onnx` also writes output/inference.onnx through paddle2onnx and onnx when they are installed
+(never installing anything itself): opset 13 (`-opset N`), input `images`, output `logits`, dynamic batch.
 """
 import warnings
 warnings.filterwarnings('ignore', message='No ccache found')  # paddle's import-time warning
@@ -32,7 +32,7 @@ def export_inference_model(model, image_size, save_prefix):
     """paddle.jit.save of model.eval() with a dynamic batch; returns save_prefix."""
     model.eval()
     os.makedirs(os.path.dirname(os.path.abspath(save_prefix)), exist_ok=True)
-    spec = [paddle.static.InputSpec([None, 3, image_size, image_size], 'float32', name='x')]
+    spec = [paddle.static.InputSpec([None, 3, image_size, image_size], 'float32', name='images')]
     static_model = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
     paddle.jit.save(static_model, save_prefix)
     return save_prefix
@@ -139,16 +139,82 @@ def read_export_description(save_prefix):
     return described, names
 
 
-def export_onnx(save_prefix):
-    """save_prefix.onnx via paddle2onnx, without its optimizer step (that step would pip-install packages)."""
+DEFAULT_ONNX_OPSET = 13  # the lowest opset the checks ask for; every current ONNX runtime reads it
+ONNX_INPUT, ONNX_OUTPUT, ONNX_BATCH = 'images', 'logits', 'batch'
+
+
+def export_onnx(save_prefix, opset=DEFAULT_ONNX_OPSET):
+    """save_prefix.onnx from the exported model save_prefix via paddle2onnx at exactly this opset: input
+    `images` [batch, 3, S, S], output `logits` [batch, classes], the batch dimension named `batch`, and no node
+    or initializer that the output does not need. Returns the path, or None when paddle2onnx is missing."""
     try:
+        import onnx
         import paddle2onnx
     except ImportError:
-        print('paddle2onnx is not installed: skipping ONNX export (pip install paddle2onnx to enable it)')
+        print('paddle2onnx/onnx not installed: skipping ONNX export (pip install paddle2onnx onnx to enable it)')
         return None
+    # optimize_tool 'None': the default optimizer step would pip-install packages at run time
+    data = paddle2onnx.export(_model_file(save_prefix), save_prefix + '.pdiparams', None, opset_version=opset,
+                              auto_upgrade_opset=False, optimize_tool='None')
+    model = onnx.load_model_from_string(data)
+    graph = model.graph
+    _rename_value(graph, graph.input[0].name, ONNX_INPUT)
+    _rename_value(graph, graph.output[0].name, ONNX_OUTPUT)
+    for value in (graph.input[0], graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_param = ONNX_BATCH
+    _prune_unused(graph)
+    onnx.checker.check_model(model)
     onnx_path = save_prefix + '.onnx'
-    paddle2onnx.export(_model_file(save_prefix), save_prefix + '.pdiparams', onnx_path, optimize_tool='None')
+    onnx.save(model, onnx_path)
     return onnx_path
+
+
+def _rename_value(graph, old, new):
+    """Rename a graph value (paddle2onnx calls the output `fetch_name_0`) wherever it is produced or read."""
+    for value in list(graph.input) + list(graph.output):
+        if value.name == old:
+            value.name = new
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+
+
+def _prune_unused(graph):
+    """Drop the nodes no graph output depends on, then the initializers no node reads. paddle2onnx leaves
+    dead Constant nodes (140 for pit_ti at opset 13), which onnxruntime turns into initializers and warns about."""
+    needed = {value.name for value in graph.output}
+    kept = []
+    for node in reversed(graph.node):  # ONNX nodes are in topological order
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(node.input)
+            for attr in node.attribute:  # values read inside control-flow subgraphs
+                needed.update(name for sub in [attr.g, *attr.graphs] for inner in sub.node for name in inner.input)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    initializers = [init for init in graph.initializer if init.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+
+
+def create_onnx_session(onnx_path, threads=0):
+    """An onnxruntime CPU session of an ONNX file; raises FileNotFoundError / ImportError in one line."""
+    if not os.path.isfile(onnx_path):
+        raise FileNotFoundError(f"ONNX model '{onnx_path}' not found (-onnx_model; tools/export_model.py -onnx "
+                                'writes one)')
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError(f"onnxruntime is not installed: pip install onnxruntime to run '{onnx_path}'") from None
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads  # 0: onnxruntime's default, one per physical core
+    return onnxruntime.InferenceSession(onnx_path, options, providers=['CPUExecutionProvider'])
+
+
+def run_onnx(session, images):
+    """images float32 [N, 3, S, S] numpy -> logits numpy [N, classes] through an onnxruntime session."""
+    feed = {session.get_inputs()[0].name: np.ascontiguousarray(images, dtype='float32')}
+    return session.run([session.get_outputs()[0].name], feed)[0]
 
 
 def main():
@@ -156,7 +222,8 @@ def main():
     parser.add_argument('-cfg', default=None, help='model config (optional for weights of this repo)')
     parser.add_argument('-pretrained', required=True, help='weights (.pdparams optional)')
     parser.add_argument('-save_path', default='output/inference', help='output prefix')
-    parser.add_argument('-onnx', action='store_true', help='also export ONNX (needs paddle2onnx)')
+    parser.add_argument('-onnx', action='store_true', help='also export ONNX (needs paddle2onnx and onnx)')
+    parser.add_argument('-opset', type=int, default=DEFAULT_ONNX_OPSET, help='ONNX opset of -onnx')
     parser.add_argument('-opts', nargs='+', default=[], help='config overrides KEY VALUE ...')
     args = parser.parse_args()
     from config import ConfigError, build_config, described_keys
@@ -178,10 +245,10 @@ def main():
     except OSError as e:
         print(f"error: cannot write the export '{args.save_path}': {e.strerror or e}", file=sys.stderr)
         sys.exit(1)
-    print(f'exported {config.MODEL.NAME} to {args.save_path} (input x: [N, 3, {config.DATA.IMAGE_SIZE}, '
+    print(f'exported {config.MODEL.NAME} to {args.save_path} (input images: [N, 3, {config.DATA.IMAGE_SIZE}, '
           f'{config.DATA.IMAGE_SIZE}]), deploy config {yml}')
     if args.onnx:
-        path = export_onnx(args.save_path)
+        path = export_onnx(args.save_path, opset=args.opset)
         if path:
             print(f'exported ONNX to {path}')
 
