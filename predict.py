@@ -125,13 +125,12 @@ def main():
     from datasets import build_transforms
     import paddle
     import cpu_kernels
-    from utils import configure_cpu
     from weights import WeightsError
     try:
         config = finalize_config(merge_opts(get_config(args.cfg), args.opts or []))
         if paddle.get_device() == 'cpu':
             dygraph = not args.infer_model  # an exported model runs paddle.inference's own fused kernels
-            configure_cpu(config.CPU_THREADS, kernels=dygraph and config.CPU_KERNELS)
+            cpu_kernels.configure_cpu(config.CPU_THREADS, kernels=dygraph and config.CPU_KERNELS)
             if dygraph and config.CPU_KERNELS and not cpu_kernels.in_use():
                 print(f'warning: {cpu_kernels.status()}', file=sys.stderr)
         classify = build_classifier(args, config)

@@ -84,7 +84,7 @@ def run_phase(phase, args):
     import paddle
     from config import get_config, merge_opts, finalize_config
     from pit import build_pit
-    from utils import configure_cpu
+    from cpu_kernels import configure_cpu
     threads = args.threads if gpu_available() else configure_cpu(args.threads)
     config = finalize_config(merge_opts(get_config(args.cfg), ['DATA.BATCH_SIZE', str(args.batch_size)]))
     size, batch = config.DATA.IMAGE_SIZE, args.batch_size
