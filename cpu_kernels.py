@@ -173,7 +173,7 @@ def for_model(enabled=True):
 # ---------------------------------------------------------------- process set-up
 
 # Freed memory glibc keeps for reuse before it returns the rest to the system (keep_freed_memory).
-KEEP_FREED_MB = 512
+KEEP_FREED_MB = 2047
 
 
 def configure_cpu(num_threads=0, kernels=True):
