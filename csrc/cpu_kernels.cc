@@ -55,6 +55,17 @@ float softmax_row(const float* a, float* b, int64_t cols) {
   return row_max + std::log(sum);
 }
 
+// A new tensor shaped like `like` with element i = f(i), filled on all threads.
+template <typename F>
+paddle::Tensor map_elements(const paddle::Tensor& like, F f) {
+  auto out = paddle::empty_like(like);
+  float* y = out.data<float>();
+  const int64_t n = like.numel();
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) y[i] = f(i);
+  return out;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- softmax over the last axis
@@ -271,14 +282,9 @@ std::vector<paddle::Tensor> AddForward(const paddle::Tensor& x, const paddle::Te
   check_cpu_float(x, "pit_add input");
   check_cpu_float(y, "pit_add input");
   PD_CHECK(x.shape() == y.shape(), "pit_add inputs must have the same shape");
-  auto out = paddle::empty_like(x);
-  const int64_t n = x.numel();
   const float* a = x.data<float>();
   const float* b = y.data<float>();
-  float* z = out.data<float>();
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; ++i) z[i] = a[i] + b[i];
-  return {out};
+  return {map_elements(x, [a, b](int64_t i) { return a[i] + b[i]; })};
 }
 
 // Both gradients are the output's, shared as paddle's own add shares them.
@@ -297,31 +303,23 @@ PD_BUILD_GRAD_OP(pit_add)
 // ---------------------------------------------------------------- exact GELU
 
 // y = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); dy/dx = Phi(x) + x * phi(x).
+constexpr float kSqrtHalf = 0.70710678118654752f;
+
 std::vector<paddle::Tensor> GeluForward(const paddle::Tensor& x) {
   check_cpu_float(x, "pit_gelu input");
-  auto out = paddle::empty_like(x);
-  const int64_t n = x.numel();
   const float* in = x.data<float>();
-  float* y = out.data<float>();
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; ++i) y[i] = 0.5f * in[i] * (1.f + std::erf(in[i] * 0.70710678118654752f));
-  return {out};
+  return {map_elements(x, [in](int64_t i) { return 0.5f * in[i] * (1.f + std::erf(in[i] * kSqrtHalf)); })};
 }
 
 std::vector<paddle::Tensor> GeluBackward(const paddle::Tensor& x, const paddle::Tensor& grad_out) {
   check_cpu_float(grad_out, "pit_gelu gradient");
-  auto grad_x = paddle::empty_like(x);
-  const int64_t n = x.numel();
   const float* in = x.data<float>();
   const float* dy = grad_out.data<float>();
-  float* dx = grad_x.data<float>();
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    const float cdf = 0.5f * (1.f + std::erf(in[i] * 0.70710678118654752f));
+  return {map_elements(x, [in, dy](int64_t i) {
+    const float cdf = 0.5f * (1.f + std::erf(in[i] * kSqrtHalf));
     const float pdf = 0.39894228040143268f * std::exp(-0.5f * in[i] * in[i]);
-    dx[i] = dy[i] * (cdf + in[i] * pdf);
-  }
-  return {grad_x};
+    return dy[i] * (cdf + in[i] * pdf);
+  })};
 }
 
 PD_BUILD_OP(pit_gelu)
