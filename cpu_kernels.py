@@ -1,28 +1,34 @@
-"""Multi-threaded CPU kernels for dygraph (csrc/cpu_kernels.cc): softmax, LayerNorm, bias add and exact GELU.
-Built on first use.
+"""CPU set-up of the process and multi-threaded CPU kernels for dygraph (csrc/cpu_kernels.cc).
 
-Paddle's CPU kernels for these run on one thread; after the matmuls they were the largest costs of a PiT step
-on CPU. Forward+backward, 2 threads: softmax over the 32x2x730x730 attention weights 64 -> 34 ms (forward
-39 -> 11 ms), LayerNorm on [32, 730, 64] 14.5 -> 1.2 ms, bias add on [32, 730, 256] 25.7 -> 4.4 ms, GELU on it
-23.7 -> 8.4 ms. Values match paddle's kernels to float rounding (tests/test_cpu_kernels.py).
+`configure_cpu()` is the one call that makes a CPU process fast: threads, MKL's code path, plain transposes,
+malloc, and this extension. The kernels: a fused multi-head attention with its backward (no N x N matrix kept),
+softmax, LayerNorm, bias add, exact GELU and the residual add. Paddle's CPU kernels for all but the attention
+gemms run on one thread, and its attention keeps the N x N weights; these were the largest costs of a PiT step
+on CPU after the matmuls (docs/performance.md has the figures). Values match paddle's kernels to float rounding
+(tests/test_cpu_kernels.py).
 
-`load()` compiles the extension with the C++ compiler of this machine (about 10 s, once per machine and source
+`load()` compiles the extension with the C++ compiler of this machine (about 20 s, once per machine and source
 version; cached by paddle in ~/.cache/paddle_extensions or PADDLE_EXTENSION_DIR) and links paddle's own OpenMP
-runtime, so the kernels use the threads that utils.configure_cpu set. Where it cannot be built (no compiler,
-not Linux), `load()` returns False and `status()` says why; callers log that, and the model then uses paddle's
-kernels. GPU runs and exported models never use these kernels.
+runtime and MKL, so the kernels use the threads configure_cpu set. Where it cannot be built (no compiler, not
+Linux), `load()` returns False and `status()` says why.
+
+Which kernels a model runs is decided when it is built: `for_model()` gives the `Kernels` its layers keep (see
+its docstring for the rule). Each call then checks only its input tensor (float32, on the CPU, in dygraph), so
+GPU runs and exported graphs use paddle's ops.
 """
 import contextlib
+import ctypes
 import hashlib
 import io
 import logging
 import os
 import sys
+import warnings
 
 import paddle
 import paddle.nn.functional as F
 
-from utils import cpu_info
+# ---------------------------------------------------------------- the extension
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'cpu_kernels.cc')
 # -march=native: built on the machine that runs it (see _build_name). -ffast-math lets the
@@ -64,13 +70,14 @@ def load():
             fcntl.flock(lock, fcntl.LOCK_EX)  # one process builds; the others wait, then load its build
             with contextlib.redirect_stdout(quiet), _logging_disabled():
                 _ops = load_extension(name=name, sources=[SOURCE], extra_cxx_cflags=CFLAGS,
-                                      extra_ldflags=[f'-L{libs}', '-liomp5', f'-Wl,-rpath,{libs}'],
+                                      extra_ldflags=[f'-L{libs}', '-lmklml_intel', '-liomp5', f'-Wl,-rpath,{libs}'],
                                       build_directory=build_dir, verbose=False)
     except Exception as e:  # the compiler's, loader's or file system's own error, reported by status()
         reason = ' '.join(str(e).split())[:300] or type(e).__name__
         _status = f'CPU kernels: could not be built ({reason}); using paddle kernels, which are slower'
         return False
-    _status = f'CPU kernels: multi-threaded softmax, LayerNorm, bias add and GELU in use ({name})'
+    _status = (f'CPU kernels: fused attention and multi-threaded softmax, LayerNorm, bias add, GELU and '
+               f'residual add in use ({name})')
     return True
 
 
@@ -94,30 +101,139 @@ def status():
     return _status
 
 
-def usable(x):
-    """True where the kernels apply to x: loaded, dygraph, a float32 CPU tensor."""
-    return _ops is not None and paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.dtype == paddle.float32
+class Kernels:
+    """The kernels a model's layers run, fixed when the model is built (`for_model`).
+
+    With the extension's ops, each method runs its multi-threaded kernel where it applies (a float32 CPU tensor
+    in dygraph) and paddle's op elsewhere; without them (`PADDLE`), always paddle's op. `attention` has no
+    paddle twin here (pit.Attention holds the other formulations): call it only where `applies(qkv)`.
+    Shared, not copied, by deepcopy (the EMA model runs the same kernels).
+    """
+
+    def __init__(self, ops=None):
+        self._ops = ops
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __repr__(self):
+        return f"Kernels({'cpu_kernels' if self._ops is not None else 'paddle'})"
+
+    def applies(self, x):
+        """True where the extension's kernels run on x: they are loaded, dygraph, a float32 CPU tensor."""
+        return (self._ops is not None and paddle.in_dynamic_mode() and x.place.is_cpu_place()
+                and x.dtype == paddle.float32)
+
+    def softmax(self, x):
+        """Softmax over the last axis."""
+        return self._ops.pit_softmax(x) if self.applies(x) else F.softmax(x, axis=-1)
+
+    def linear(self, x, weight, bias):
+        """x @ weight + bias (weight [in, out], bias [out] or None); the bias add on the extension."""
+        if bias is not None and self.applies(x):
+            return self._ops.pit_bias_add(paddle.matmul(x, weight), bias)
+        return F.linear(x, weight, bias)
+
+    def gelu(self, x):
+        """Exact (erf) GELU."""
+        return self._ops.pit_gelu(x) if self.applies(x) else F.gelu(x)
+
+    def layer_norm(self, x, weight, bias, epsilon):
+        """LayerNorm over the last axis, with a weight and a bias."""
+        if self.applies(x) and weight is not None and bias is not None:
+            return self._ops.pit_layer_norm(x, weight, bias, epsilon)[0]
+        return F.layer_norm(x, x.shape[-1:], weight, bias, epsilon)
+
+    def add(self, x, y):
+        """x + y, same shapes (the residual add)."""
+        return self._ops.pit_add(x, y) if self.applies(x) and x.shape == y.shape else x + y
+
+    def attention(self, qkv, num_heads, scale):
+        """softmax(scale * q k^T) v per head, no dropout. qkv [B, N, 3C] laid out [B, N, 3, heads, head_dim]
+        (the qkv Linear's output) -> [B, N, C] laid out [B, N, heads, head_dim]. Needs applies(qkv)."""
+        return self._ops.pit_attention(qkv, num_heads, scale)[0]
 
 
-def softmax(x):
-    """Softmax over the last axis: the extension's kernel where usable, else paddle's."""
-    if usable(x):
-        return _ops.pit_softmax(x)
-    return F.softmax(x, axis=-1)
+PADDLE = Kernels()
 
 
-def add_bias(x, bias):
-    """x + bias over the last axis of a float32 CPU tensor (needs usable(x))."""
-    return _ops.pit_bias_add(x, bias)
+def for_model(enabled=True):
+    """The Kernels a model being built keeps. The rule: with enabled, where paddle's current device is the CPU,
+    the extension is loaded now (built once per machine) and used; if it cannot be, a RuntimeWarning says why
+    and the model runs paddle's kernels (so a model never stays slow unnoticed). On a GPU device, or with
+    enabled False, paddle's kernels. A model built with them keeps them: to change, build it again."""
+    if not enabled or not paddle.get_device().startswith('cpu'):
+        return PADDLE
+    if not load():
+        warnings.warn(status(), RuntimeWarning, stacklevel=2)
+        return PADDLE
+    return Kernels(_ops)
 
 
-def gelu(x):
-    """Exact (erf) GELU: the extension's kernel where usable, else paddle's."""
-    if usable(x):
-        return _ops.pit_gelu(x)
-    return F.gelu(x)
+# ---------------------------------------------------------------- process set-up
+
+# Freed memory glibc keeps for reuse before it returns the rest to the system (keep_freed_memory).
+KEEP_FREED_MB = 2047
 
 
-def layer_norm(x, weight, bias, epsilon):
-    """LayerNorm over the last axis of a float32 CPU tensor, with a weight and a bias (needs usable(x))."""
-    return _ops.pit_layer_norm(x, weight, bias, epsilon)[0]
+def configure_cpu(num_threads=0, kernels=True):
+    """Make paddle's CPU kernels fast; call it before the first CPU matmul. Returns the thread count used.
+
+    None of this changes the values the model computes (beyond the float rounding of a different gemm path):
+    - num_threads threads (0: the cores divided by the processes on this node); paddle sets OMP_NUM_THREADS=1 at
+      import when it is unset, so CPU runs would otherwise use one core.
+    - MKL_DEBUG_CPU_TYPE=5 on AMD CPUs: the MKL paddle ships otherwise takes its generic path on non-Intel CPUs
+      (read at the first MKL call). Left alone when the user set it, and never set on Intel CPUs, where it
+      would force AVX2 over AVX-512.
+    - No stride kernels: with them, transpose and split return strided views that the next CPU kernel copies
+      element by element; plain transposes are several times faster.
+    - glibc keeps up to KEEP_FREED_MB of freed memory (see keep_freed_memory).
+    - kernels: build/load this extension now, so that status() can be logged before the model is built.
+    """
+    local_processes = int(os.environ.get('PADDLE_LOCAL_SIZE', os.environ.get('PADDLE_TRAINERS_NUM', '1')))
+    num_threads = num_threads or max(1, (os.cpu_count() or 1) // max(local_processes, 1))
+    os.environ['OMP_NUM_THREADS'] = str(num_threads)
+    paddle.base.core.set_num_threads(num_threads)
+    if cpu_vendor() == 'AuthenticAMD':
+        os.environ.setdefault('MKL_DEBUG_CPU_TYPE', '5')
+    paddle.set_flags({'FLAGS_use_stride_kernel': False})
+    keep_freed_memory()
+    if kernels:
+        load()
+    return num_threads
+
+
+def keep_freed_memory(limit_mb=KEEP_FREED_MB):
+    """Tell glibc's malloc to serve large blocks from its heap and keep up to limit_mb of freed memory.
+
+    Paddle's CPU allocator mallocs and frees every tensor; glibc serves blocks over 32 MB with fresh mmaps and
+    unmaps them on free, so each large activation is page-faulted and zeroed by the kernel again on every step.
+    From the heap, freed blocks are reused; beyond limit_mb of free memory at the heap's top, glibc returns it
+    to the system (its trim threshold), so an idle process does not sit at its peak. Returns False where this
+    is not glibc.
+    """
+    if not sys.platform.startswith('linux'):
+        return False
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, int(limit_mb) << 20))
+    except (OSError, AttributeError):
+        return False
+
+
+def cpu_info(field, cpuinfo='/proc/cpuinfo'):
+    """The value of the first CPU's `field` line in /proc/cpuinfo (e.g. 'vendor_id', 'flags'), or ''."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.split(':', 1)[0].strip() == field:
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return ''
+
+
+def cpu_vendor(cpuinfo='/proc/cpuinfo'):
+    """The vendor_id of the first CPU (e.g. 'GenuineIntel', 'AuthenticAMD'), or '' where it cannot be read."""
+    return cpu_info('vendor_id', cpuinfo)

@@ -28,7 +28,7 @@ from mixup import build_mixup
 from model_ema import ModelEma
 from optim import build_lr_scheduler, build_optimizer
 from pit import build_pit
-from utils import configure_cpu, epoch_seed, get_rank, get_world_size, seed_everything, setup_logger
+from utils import epoch_seed, get_rank, get_world_size, seed_everything, setup_logger
 from weights import WeightsError, load_pretrained, read_paddle_file, resolve_weights_path
 
 
@@ -119,7 +119,7 @@ def setup_process(config):
     if int(os.environ.get('PADDLE_TRAINERS_NUM', '1')) > 1:
         init_process_group()
     if not use_gpu:
-        configure_cpu(config.CPU_THREADS, kernels=config.CPU_KERNELS)
+        cpu_kernels.configure_cpu(config.CPU_THREADS, kernels=config.CPU_KERNELS)
     finalize_config(config, get_world_size())
     prepare_save_dir(config.SAVE)
     logger = setup_logger(config.SAVE, get_rank())

@@ -10,6 +10,7 @@ halving the grid and doubling the channels between stages -> LayerNorm on the cl
 As a backbone, `PiTFeatures` (or `build_pit(config, features_only=True)`) gives the three stage outputs as maps
 [B, C_s, H_s, W_s] at any input size, declared by `feature_info` as timm declares them.
 """
+import importlib.util
 import math
 import re
 
@@ -17,8 +18,13 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-import cpu_kernels
+from cpu_kernels import PADDLE, for_model
 from droppath import DropPath
+
+# Where paddle has paddle.nn.functional.sdpa, its scaled_dot_product_attention picks flash, memory-efficient or
+# plain attention by what the device and dtype support; releases without it call flash attention directly,
+# which fails on pre-Ampere GPUs and in fp32.
+SDPA_PICKS_BACKEND = importlib.util.find_spec('paddle.nn.functional.sdpa') is not None
 
 
 def _torch_default_uniform(fan_in):
@@ -28,35 +34,43 @@ def _torch_default_uniform(fan_in):
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters and names) whose bias add runs cpu_kernels' multi-threaded kernel on CPU in
-    dygraph: paddle's add, and above all its backward (the bias gradient), run on one thread there."""
+    """nn.Linear (same parameters and names) that runs its bias add on `kernels` (cpu_kernels.Kernels): on
+    CPU, paddle's add, and above all its backward (the bias gradient), run on one thread."""
+
+    def __init__(self, in_features, out_features, kernels=PADDLE, **kwargs):
+        super().__init__(in_features, out_features, **kwargs)
+        self.kernels = kernels
 
     def forward(self, x):
-        if self.bias is not None and cpu_kernels.usable(x):
-            return cpu_kernels.add_bias(paddle.matmul(x, self.weight), self.bias)
-        return super().forward(x)
+        return self.kernels.linear(x, self.weight, self.bias)
 
 
 class GELU(nn.GELU):
-    """Exact GELU that runs cpu_kernels' multi-threaded kernel on CPU in dygraph."""
+    """Exact GELU on `kernels` (cpu_kernels.Kernels)."""
+
+    def __init__(self, kernels=PADDLE):
+        super().__init__()
+        self.kernels = kernels
 
     def forward(self, x):
-        return cpu_kernels.gelu(x)
+        return self.kernels.gelu(x)
 
 
 class LayerNorm(nn.LayerNorm):
-    """nn.LayerNorm (same parameters and names) that runs cpu_kernels' multi-threaded kernel on CPU in dygraph."""
+    """nn.LayerNorm (same parameters and names) on `kernels` (cpu_kernels.Kernels)."""
+
+    def __init__(self, normalized_shape, epsilon=1e-5, kernels=PADDLE):
+        super().__init__(normalized_shape, epsilon=epsilon)
+        self.kernels = kernels
 
     def forward(self, x):
-        if cpu_kernels.usable(x) and self.weight is not None and self.bias is not None:
-            return cpu_kernels.layer_norm(x, self.weight, self.bias, self._epsilon)
-        return super().forward(x)
+        return self.kernels.layer_norm(x, self.weight, self.bias, self._epsilon)
 
 
-def _linear(in_features, out_features):
+def _linear(in_features, out_features, kernels=PADDLE):
     """Linear with PyTorch's default init, as the official code keeps it (Paddle's default is Xavier)."""
     init = _torch_default_uniform(in_features)
-    return Linear(in_features, out_features, weight_attr=paddle.ParamAttr(initializer=init),
+    return Linear(in_features, out_features, kernels, weight_attr=paddle.ParamAttr(initializer=init),
                   bias_attr=paddle.ParamAttr(initializer=init))
 
 
@@ -75,11 +89,11 @@ def _trunc_normal(std=0.02):
 class Mlp(nn.Layer):
     """fc1 -> exact GELU -> dropout -> fc2 -> dropout."""
 
-    def __init__(self, dim, hidden_dim, drop=0.0):
+    def __init__(self, dim, hidden_dim, drop=0.0, kernels=PADDLE):
         super().__init__()
-        self.fc1 = _linear(dim, hidden_dim)
-        self.act = GELU()
-        self.fc2 = _linear(hidden_dim, dim)
+        self.fc1 = _linear(dim, hidden_dim, kernels)
+        self.act = GELU(kernels)
+        self.fc2 = _linear(hidden_dim, dim, kernels)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x):
@@ -87,35 +101,55 @@ class Mlp(nn.Layer):
 
 
 class Attention(nn.Layer):
-    """Multi-head self-attention with a qkv bias; [B, N, C] -> [B, N, C]."""
+    """Multi-head self-attention with a qkv bias; [B, N, C] -> [B, N, C].
 
-    def __init__(self, dim, num_heads, attn_drop=0.0, proj_drop=0.0):
+    Dygraph on CPU (float32): the fused kernel of `kernels` (cpu_kernels.Kernels) when it has one, except in
+    training with attention dropout, which the fused kernel does not draw: that takes `_attend`. On GPU:
+    paddle's scaled_dot_product_attention (flash or memory-efficient attention where the GPU and dtype allow).
+    Traced for export: `_attend_fusable`, the pattern paddle.inference fuses.
+    """
+
+    def __init__(self, dim, num_heads, attn_drop=0.0, proj_drop=0.0, kernels=PADDLE):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
-        self.qkv = _linear(dim, dim * 3)
+        self.qkv = _linear(dim, dim * 3, kernels)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = _linear(dim, dim)
+        self.proj = _linear(dim, dim, kernels)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.kernels = kernels
 
     def forward(self, x):
         B, N, C = x.shape
         qkv = self.qkv(x)
-        if paddle.in_dynamic_mode():
-            x = self._attend(qkv, B, N)
-        else:
+        drops_weights = self.training and self.attn_drop.p > 0
+        if not paddle.in_dynamic_mode():
             x = self._attend_fusable(qkv, B, N)
+        elif self.kernels.applies(qkv) and not drops_weights:
+            x = self.kernels.attention(qkv, self.num_heads, self.scale)
+        elif qkv.place.is_gpu_place() and SDPA_PICKS_BACKEND:
+            x = self._attend_sdpa(qkv, B, N)
+        else:
+            x = self._attend(qkv, B, N)
         return self.proj_drop(self.proj(x.reshape([B, N, C])))
 
+    def _attend_sdpa(self, qkv, B, N):
+        """paddle's scaled_dot_product_attention ([B, N, heads, head_dim] layout, scale head_dim^-0.5, dropout
+        on the attention weights in training). Returns [B, N, heads, head_dim]."""
+        q, k, v = paddle.split(qkv.reshape([B, N, 3, self.num_heads, self.head_dim]), 3, axis=2)
+        shape = [B, N, self.num_heads, self.head_dim]
+        return F.scaled_dot_product_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape),
+                                              dropout_p=self.attn_drop.p, training=self.training)
+
     def _attend(self, qkv, B, N):
-        """Dygraph form. [B, N, 3C] -> [B, 3 * heads, N, head_dim] -> q, k, v [B, heads, N, head_dim]: one
+        """Plain dygraph form. [B, N, 3C] -> [B, 3 * heads, N, head_dim] -> q, k, v [B, heads, N, head_dim]: one
         transpose, and a split (whose backward is a concat) rather than three slices (each of whose backward
         writes a full zero tensor). Returns [B, N, heads, head_dim]."""
         qkv = qkv.reshape([B, N, 3 * self.num_heads, self.head_dim]).transpose([0, 2, 1, 3])
         q, k, v = paddle.split(qkv, 3, axis=1)
         attn = paddle.matmul(q * self.scale, k, transpose_y=True)
-        attn = self.attn_drop(cpu_kernels.softmax(attn))
+        attn = self.attn_drop(self.kernels.softmax(attn))
         return paddle.matmul(attn, v).transpose([0, 2, 1, 3])
 
     def _attend_fusable(self, qkv, B, N):
@@ -134,26 +168,27 @@ class Attention(nn.Layer):
 class Block(nn.Layer):
     """Pre-norm transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
 
-    def __init__(self, dim, num_heads, mlp_ratio, drop=0.0, attn_drop=0.0, drop_path=0.0):
+    def __init__(self, dim, num_heads, mlp_ratio, drop=0.0, attn_drop=0.0, drop_path=0.0, kernels=PADDLE):
         super().__init__()
-        self.norm1 = LayerNorm(dim, epsilon=1e-6)
-        self.attn = Attention(dim, num_heads, attn_drop=attn_drop, proj_drop=drop)
+        self.norm1 = LayerNorm(dim, epsilon=1e-6, kernels=kernels)
+        self.attn = Attention(dim, num_heads, attn_drop=attn_drop, proj_drop=drop, kernels=kernels)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = LayerNorm(dim, epsilon=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.norm2 = LayerNorm(dim, epsilon=1e-6, kernels=kernels)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop, kernels=kernels)
+        self.kernels = kernels
 
     def forward(self, x):
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = self.kernels.add(x, self.drop_path(self.attn(self.norm1(x))))
+        return self.kernels.add(x, self.drop_path(self.mlp(self.norm2(x))))
 
 
 class Transformer(nn.Layer):
     """One stage: flattens the grid [B, C, H, W] behind the class tokens [B, T, C], runs the blocks, splits back."""
 
-    def __init__(self, dim, depth, num_heads, mlp_ratio, drop, attn_drop, drop_path_rates):
+    def __init__(self, dim, depth, num_heads, mlp_ratio, drop, attn_drop, drop_path_rates, kernels=PADDLE):
         super().__init__()
         self.blocks = nn.LayerList([
-            Block(dim, num_heads, mlp_ratio, drop=drop, attn_drop=attn_drop, drop_path=rate)
+            Block(dim, num_heads, mlp_ratio, drop=drop, attn_drop=attn_drop, drop_path=rate, kernels=kernels)
             for rate in drop_path_rates])
 
     def forward(self, x, cls_tokens):
@@ -170,10 +205,10 @@ class Transformer(nn.Layer):
 class ConvHeadPooling(nn.Layer):
     """Between stages: depthwise conv (k 3, s 2, p 1, groups C_in, C_out = 2 C_in) on the grid, Linear on tokens."""
 
-    def __init__(self, in_dim, out_dim, stride=2):
+    def __init__(self, in_dim, out_dim, stride=2, kernels=PADDLE):
         super().__init__()
         self.conv = _conv(in_dim, out_dim, stride + 1, stride=stride, padding=stride // 2, groups=in_dim)
-        self.fc = _linear(in_dim, out_dim)
+        self.fc = _linear(in_dim, out_dim, kernels)
 
     def forward(self, x, cls_tokens):
         return self.conv(x), self.fc(cls_tokens)
@@ -197,12 +232,15 @@ class PoolingTransformer(nn.Layer):
         image_size: input side; the pos_embed grid is floor((image_size - patch_size) / stride + 1).
         base_dims, depth, heads: per stage; the stage width is base_dims[s] * heads[s].
         drop_path_rate: block i of N (counted over all stages) drops with drop_path_rate * i / N.
+        cpu_kernels: run cpu_kernels' fused attention and multi-threaded kernels on CPU; decided now, by
+            cpu_kernels.for_model (built on CPU, the model loads them, or warns why it cannot).
     """
 
     def __init__(self, image_size=224, patch_size=16, stride=8, base_dims=(32, 32, 32), depth=(2, 6, 4),
                  heads=(2, 4, 8), mlp_ratio=4.0, num_classes=1000, in_chans=3, distilled=False,
-                 drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0):
+                 drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0, cpu_kernels=True):
         super().__init__()
+        kernels = self.kernels = for_model(cpu_kernels)
         self.distilled = distilled
         self.num_classes = num_classes
         self.patch_size = patch_size
@@ -224,11 +262,11 @@ class PoolingTransformer(nn.Layer):
         for s in range(len(depth)):
             start = sum(depth[:s])
             self.transformers.append(Transformer(widths[s], depth[s], heads[s], mlp_ratio, drop_rate,
-                                                 attn_drop_rate, rates[start:start + depth[s]]))
+                                                 attn_drop_rate, rates[start:start + depth[s]], kernels))
             if s < len(depth) - 1:
-                self.pools.append(ConvHeadPooling(widths[s], widths[s + 1], stride=2))
+                self.pools.append(ConvHeadPooling(widths[s], widths[s + 1], stride=2, kernels=kernels))
 
-        self.norm = LayerNorm(self.embed_dim, epsilon=1e-6)
+        self.norm = LayerNorm(self.embed_dim, epsilon=1e-6, kernels=kernels)
         self.reset_classifier(num_classes)
         # timm's declaration of the stage outputs, values included: its `reduction` is (stride - 1) * 2**s
         # (7/14/28 for stride 8). The maps' cells step by stride * 2**s input pixels (8/16/32), kept as `stride`.
@@ -240,9 +278,9 @@ class PoolingTransformer(nn.Layer):
         """Replace the head (and head_dist) by new ones of num_classes outputs, PyTorch default init; 0: none
         (forward then returns the normalised class token). Used to fine-tune on another label set."""
         self.num_classes = num_classes
-        self.head = _linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = _linear(self.embed_dim, num_classes, self.kernels) if num_classes > 0 else nn.Identity()
         if self.distilled:
-            self.head_dist = _linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+            self.head_dist = _linear(self.embed_dim, num_classes, self.kernels) if num_classes > 0 else nn.Identity()
 
     def checkpoint_filter(self, state):
         """Map an official (naver-ai, timm) or own state dict onto this model; see checkpoint_filter_fn."""
@@ -371,8 +409,8 @@ class PiTFeatures(nn.Layer):
 
 
 def build_pit(config, features_only=False):
-    """Build the PiT that config describes (MODEL.TRANS sizes, MODEL.DISTILL, dropouts, DATA.IMAGE_SIZE);
-    features_only: its PiTFeatures (stage maps, no classifier)."""
+    """Build the PiT that config describes (MODEL.TRANS sizes, MODEL.DISTILL, dropouts, DATA.IMAGE_SIZE,
+    CPU_KERNELS); features_only: its PiTFeatures (stage maps, no classifier)."""
     model = PoolingTransformer(
         image_size=config.DATA.IMAGE_SIZE,
         patch_size=config.MODEL.TRANS.PATCH_SIZE,
@@ -386,5 +424,6 @@ def build_pit(config, features_only=False):
         drop_rate=config.MODEL.DROPOUT,
         attn_drop_rate=config.MODEL.ATTENTION_DROPOUT,
         drop_path_rate=config.MODEL.DROP_PATH,
+        cpu_kernels=config.CPU_KERNELS,
     )
     return PiTFeatures(model) if features_only else model

@@ -148,13 +148,12 @@ def main():
     from datasets import build_transforms
     import paddle
     import cpu_kernels
-    from utils import configure_cpu
     from weights import WeightsError
     try:
         config, classes = load_setup(args)
         if paddle.get_device() == 'cpu':
             dygraph = args.pretrained is not None  # exported models run their runtime's own kernels
-            configure_cpu(config.CPU_THREADS, kernels=dygraph and config.CPU_KERNELS)
+            cpu_kernels.configure_cpu(config.CPU_THREADS, kernels=dygraph and config.CPU_KERNELS)
             if dygraph and config.CPU_KERNELS and not cpu_kernels.in_use():
                 print(f'warning: {cpu_kernels.status()}', file=sys.stderr)
         classify = build_classifier(args, config)

@@ -9,6 +9,6 @@ os.environ.setdefault('OMP_NUM_THREADS', str(os.cpu_count() or 1))
 
 # Tests run the model under the same CPU settings as training, evaluation and prediction (threads, MKL path,
 # copying transposes, malloc, cpu_kernels), so parity and gradient tests check the configuration users get.
-import utils  # noqa: E402
+import cpu_kernels  # noqa: E402
 
-utils.configure_cpu()
+cpu_kernels.configure_cpu()

@@ -1,4 +1,4 @@
-"""tools/benchmark.py runs every phase on a tiny config and writes its figures as JSON."""
+"""tools/benchmark.py runs every phase on a tiny config (with -opts overrides) and writes its figures as JSON."""
 import json
 import os
 import subprocess
@@ -17,10 +17,12 @@ def test_benchmark_prints_and_writes_all_phases(tmp_path):
                    '    DEPTH: [1, 1, 1]\n')
     out = tmp_path / 'bench.json'
     result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'benchmark.py'), '-cfg', str(cfg),
-                             '-batch_size', '4', '-repeats', '1', '-json', str(out), '-markdown', '-no_reference'],
+                             '-batch_size', '4', '-repeats', '1', '-json', str(out), '-markdown', '-no_reference',
+                             '-threads', '1', '-opts', 'MODEL.NUM_CLASSES', '7'],
                             capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(out.read_text())
-    assert set(figures['ours']) == {'dygraph_infer', 'exported_infer', 'train_step', 'data_per_worker'}
+    assert set(figures['ours']) == {'dygraph_infer', 'exported_infer', 'train_step', 'latency_b1', 'data_per_worker'}
     assert all(f['img_per_s'] > 0 and f['peak_mb'] > 0 for f in figures['ours'].values())
-    assert figures['params'] > 0 and '| train_step |' in result.stdout
+    assert figures['params'] > 0 and '| train_step |' in result.stdout and '1 threads' in result.stdout
+    assert figures['threads'] == 1 and all(f['threads'] == 1 for f in figures['ours'].values())

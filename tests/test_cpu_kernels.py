@@ -1,6 +1,7 @@
-"""cpu_kernels: the multi-threaded CPU softmax, LayerNorm, bias add and GELU compute paddle's values
-and gradients, the model uses them on CPU in dygraph, and a failed build is reported (not silent), paddle's
-kernels being used instead."""
+"""cpu_kernels: the fused attention and the multi-threaded CPU softmax, LayerNorm, bias add, GELU and residual add
+compute paddle's values and gradients; the model picks its kernels when it is built and uses them on CPU in
+dygraph only; and a failed build is reported (not silent), paddle's kernels being used instead."""
+import copy
 import os
 import subprocess
 import sys
@@ -11,10 +12,15 @@ import paddle.nn.functional as F
 import pytest
 
 import cpu_kernels
-from pit import LayerNorm
+from pit import Attention, LayerNorm, PoolingTransformer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 linux_only = pytest.mark.skipif(not sys.platform.startswith('linux'), reason='cpu_kernels are built on Linux only')
+
+
+@pytest.fixture(scope='module')
+def kernels():
+    return cpu_kernels.for_model()
 
 
 def values_and_grads(fn, inputs, upstream):
@@ -24,82 +30,160 @@ def values_and_grads(fn, inputs, upstream):
     return [out.numpy()] + [leaf.grad.numpy() for leaf in leaves]
 
 
+def assert_same(fn, reference_fn, inputs, upstream, rtol, atol):
+    for got, want in zip(values_and_grads(fn, inputs, upstream), values_and_grads(reference_fn, inputs, upstream)):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+
+
 @linux_only
-def test_kernels_are_built_and_in_use_on_linux():
+def test_kernels_are_built_and_in_use_on_linux(kernels):
     assert cpu_kernels.load(), cpu_kernels.status()
     assert cpu_kernels.in_use() and 'in use' in cpu_kernels.status()
-    assert cpu_kernels.usable(paddle.ones([2, 3]))
-    assert not cpu_kernels.usable(paddle.ones([2, 3], dtype='float64'))
+    assert kernels.applies(paddle.ones([2, 3]))
+    assert not kernels.applies(paddle.ones([2, 3], dtype='float64'))
+    assert not cpu_kernels.PADDLE.applies(paddle.ones([2, 3]))
 
 
 @linux_only
 @pytest.mark.parametrize('shape', [[3, 1], [5, 7], [2, 3, 17, 33]])
-def test_softmax_matches_paddle_values_and_gradients(shape):
+def test_softmax_matches_paddle_values_and_gradients(kernels, shape):
     rng = np.random.RandomState(0)
     x = (rng.randn(*shape) * 4).astype('float32')
-    upstream = rng.randn(*shape).astype('float32')
-    ours = values_and_grads(cpu_kernels.softmax, [x], upstream)
-    reference = values_and_grads(lambda t: F.softmax(t, axis=-1), [x], upstream)
-    for got, want in zip(ours, reference):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    assert_same(kernels.softmax, lambda t: F.softmax(t, axis=-1), [x], rng.randn(*shape).astype('float32'),
+                rtol=1e-5, atol=1e-7)
 
 
 @linux_only
 @pytest.mark.parametrize('shape', [[5, 3], [2, 40, 130]])
-def test_bias_add_and_gelu_match_paddle_values_and_gradients(shape):
+def test_linear_gelu_and_residual_add_match_paddle_values_and_gradients(kernels, shape):
     rng = np.random.RandomState(2)
-    x = (rng.randn(*shape) * 3).astype('float32')
-    bias = rng.randn(shape[-1]).astype('float32')
+    x, y = (rng.randn(*shape) * 3).astype('float32'), rng.randn(*shape).astype('float32')
+    weight, bias = rng.randn(shape[-1], shape[-1]).astype('float32'), rng.randn(shape[-1]).astype('float32')
     upstream = rng.randn(*shape).astype('float32')
-    checks = [(cpu_kernels.add_bias, lambda a, b: a + b, [x, bias]), (cpu_kernels.gelu, F.gelu, [x])]
-    for ours_fn, paddle_fn, inputs in checks:
-        ours = values_and_grads(ours_fn, inputs, upstream)
-        reference = values_and_grads(paddle_fn, inputs, upstream)
-        for got, want in zip(ours, reference):
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    checks = [(kernels.linear, F.linear, [x, weight, bias]), (kernels.gelu, F.gelu, [x]),
+              (kernels.add, lambda a, b: a + b, [x, y])]
+    for ours, paddle_fn, inputs in checks:
+        assert_same(ours, paddle_fn, inputs, upstream, rtol=1e-5, atol=1e-4)
 
 
 @linux_only
-def test_softmax_keeps_a_nan_in_its_row():
-    out = cpu_kernels.softmax(paddle.to_tensor([[1.0, float('nan'), 2.0], [1.0, 2.0, 3.0]])).numpy()
+def test_softmax_keeps_a_nan_in_its_row(kernels):
+    out = kernels.softmax(paddle.to_tensor([[1.0, float('nan'), 2.0], [1.0, 2.0, 3.0]])).numpy()
     assert np.isnan(out[0]).all() and np.isfinite(out[1]).all()
 
 
 @linux_only
 @pytest.mark.parametrize('shape', [[4, 8], [3, 130, 24]])
-def test_layer_norm_matches_paddle_values_and_gradients(shape):
+def test_layer_norm_matches_paddle_values_and_gradients(kernels, shape):
     rng = np.random.RandomState(1)
     x = (rng.randn(*shape) * 3 + 1).astype('float32')
     weight, bias = rng.randn(shape[-1]).astype('float32'), rng.randn(shape[-1]).astype('float32')
-    upstream = rng.randn(*shape).astype('float32')
-    ours = values_and_grads(lambda a, w, b: cpu_kernels.layer_norm(a, w, b, 1e-6), [x, weight, bias], upstream)
-    reference = values_and_grads(lambda a, w, b: F.layer_norm(a, shape[-1:], w, b, 1e-6), [x, weight, bias],
-                                 upstream)
-    for got, want in zip(ours, reference):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert_same(lambda a, w, b: kernels.layer_norm(a, w, b, 1e-6),
+                lambda a, w, b: F.layer_norm(a, shape[-1:], w, b, 1e-6), [x, weight, bias],
+                rng.randn(*shape).astype('float32'), rtol=1e-4, atol=1e-5)
+
+
+def plain_attention(qkv, num_heads):
+    """softmax(q k^T / sqrt(head_dim)) v as matmul + softmax + matmul; [B, N, 3C] -> [B, N, C]."""
+    B, N, C3 = qkv.shape
+    head_dim = C3 // 3 // num_heads
+    q, k, v = qkv.reshape([B, N, 3, num_heads, head_dim]).transpose([2, 0, 3, 1, 4])
+    weights = F.softmax(paddle.matmul(q * head_dim ** -0.5, k, transpose_y=True), axis=-1)
+    return paddle.matmul(weights, v).transpose([0, 2, 1, 3]).reshape([B, N, C3 // 3])
 
 
 @linux_only
-def test_model_layer_norm_uses_the_kernel_on_cpu_and_paddle_under_static_export():
-    norm = LayerNorm(6, epsilon=1e-6)
+@pytest.mark.parametrize('batch, tokens, heads, head_dim', [(2, 1, 2, 8), (2, 7, 2, 4), (3, 130, 3, 16),
+                                                            (1, 197, 4, 32)])
+def test_fused_attention_matches_the_plain_formulation_values_and_gradients(kernels, batch, tokens, heads,
+                                                                            head_dim):
+    rng = np.random.RandomState(3)
+    qkv = (rng.randn(batch, tokens, 3 * heads * head_dim) * 2).astype('float32')
+    upstream = rng.randn(batch, tokens, heads * head_dim).astype('float32')
+    assert_same(lambda t: kernels.attention(t, heads, head_dim ** -0.5), lambda t: plain_attention(t, heads),
+                [qkv], upstream, rtol=1e-4, atol=2e-5)
+
+
+class CountingKernels(cpu_kernels.Kernels):
+    """The extension's kernels, counting fused attention calls."""
+
+    def __init__(self, ops):
+        super().__init__(ops)
+        self.attention_calls = 0
+
+    def attention(self, qkv, num_heads, scale):
+        self.attention_calls += 1
+        return super().attention(qkv, num_heads, scale)
+
+
+@linux_only
+def test_attention_dropout_in_training_falls_back_to_the_plain_path_which_drops_weights(kernels):
+    counting = CountingKernels(kernels._ops)
+    layer = Attention(16, 2, attn_drop=0.5, kernels=counting)
+    x = paddle.randn([2, 9, 16])
+    layer.train()
+    train_out = layer(x)
+    assert counting.attention_calls == 0
+    paddle.seed(7)
+    dropped = layer(x).numpy()
+    paddle.seed(7)
+    qkv = layer.qkv(x)
+    plain = layer.proj(layer._attend(qkv, 2, 9).reshape([2, 9, 16])).numpy()
+    np.testing.assert_allclose(dropped, plain, rtol=1e-6, atol=1e-6)
+    layer.eval()
+    with paddle.no_grad():
+        eval_out = layer(x).numpy()
+    assert counting.attention_calls == 1 and not np.allclose(train_out.numpy(), eval_out)
+
+
+@linux_only
+def test_sdpa_form_used_on_gpu_computes_the_fused_values(kernels):
+    layer = Attention(24, 3, kernels=kernels).eval()
+    qkv = layer.qkv(paddle.randn([2, 11, 24]))
+    sdpa = layer._attend_sdpa(qkv, 2, 11).reshape([2, 11, 24])
+    np.testing.assert_allclose(sdpa.numpy(), kernels.attention(qkv, 3, layer.scale).numpy(), rtol=1e-5, atol=1e-6)
+
+
+@linux_only
+def test_model_layers_use_the_kernels_on_cpu_and_paddle_ops_under_static_export(kernels):
+    norm = LayerNorm(6, epsilon=1e-6, kernels=kernels)
     x = paddle.randn([2, 6])
     np.testing.assert_allclose(norm(x).numpy(), F.layer_norm(x, [6], norm.weight, norm.bias, 1e-6).numpy(),
                                rtol=1e-5, atol=1e-6)
-    static = paddle.jit.to_static(norm, input_spec=[paddle.static.InputSpec([None, 6], 'float32')], full_graph=True)
+    layer = Attention(16, 2, kernels=kernels).eval()
+    static = paddle.jit.to_static(layer, input_spec=[paddle.static.InputSpec([None, 9, 16], 'float32')],
+                                  full_graph=True)
     program = str(static.forward.concrete_program.main_program)
-    assert 'layer_norm' in program and 'pit_layer_norm' not in program
+    assert 'softmax' in program and 'pit_' not in program
+
+
+@linux_only
+def test_the_model_keeps_the_kernels_it_was_built_with():
+    small = dict(image_size=32, patch_size=4, stride=2, base_dims=[8, 8, 8], depth=[1, 1, 1], num_classes=10)
+    fast, plain = PoolingTransformer(**small), PoolingTransformer(cpu_kernels=False, **small)
+    assert fast.kernels.applies(paddle.ones([1])) and plain.kernels is cpu_kernels.PADDLE
+    block = fast.transformers[0].blocks[0]
+    assert block.attn.kernels is fast.kernels and block.mlp.fc1.kernels is fast.kernels
+    assert copy.deepcopy(fast).kernels is fast.kernels
+    plain.set_state_dict(fast.state_dict())
+    x = paddle.randn([2, 3, 32, 32])
+    np.testing.assert_allclose(fast.eval()(x).numpy(), plain.eval()(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
 BROKEN_BUILD = r'''
-import sys
+import sys, warnings
 sys.path.insert(0, sys.argv[1])
 import paddle
 import cpu_kernels
 cpu_kernels.SOURCE = sys.argv[2]
-assert cpu_kernels.load() is False
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    kernels = cpu_kernels.for_model()
+assert kernels is cpu_kernels.PADDLE and cpu_kernels.load() is False
 print(cpu_kernels.status())
+print(caught[0].category.__name__, str(caught[0].message) == cpu_kernels.status())
 x = paddle.to_tensor([[0.0, 1.0]])
-print(cpu_kernels.usable(x), float(cpu_kernels.softmax(x).sum()))
+print(kernels.applies(x), float(kernels.softmax(x).sum()))
 '''
 
 
@@ -111,6 +195,7 @@ def test_a_failed_build_is_reported_and_paddle_kernels_are_used(tmp_path):
     out = subprocess.run([sys.executable, '-c', BROKEN_BUILD, ROOT, str(source)], capture_output=True, text=True,
                          env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    status, fallback = out.stdout.strip().splitlines()[-2:]
+    status, warning, fallback = out.stdout.strip().splitlines()[-3:]
     assert status.startswith('CPU kernels: could not be built (') and 'using paddle kernels' in status
+    assert warning == 'RuntimeWarning True'
     assert fallback == 'False 1.0'

@@ -19,7 +19,7 @@ import paddle.nn.functional as F
 sys.path.insert(0, sys.argv[1])
 from config import get_config, merge_opts
 from pit import build_pit
-from utils import configure_cpu
+from cpu_kernels import configure_cpu
 
 TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE',
         '2', 'MODEL.TRANS.BASE_DIMS', '[8, 8, 8]', 'MODEL.TRANS.DEPTH', '[1, 1, 1]', 'MODEL.DROP_PATH', '0.0']

@@ -1,17 +1,19 @@
-"""Speed of a PiT config: dygraph inference, exported inference (paddle.inference), a training step, and the
-train data pipeline per worker; with the reference timm/PyTorch model side by side when available.
+"""Speed of a PiT config: dygraph inference, exported inference (paddle.inference), a training step, batch-1
+dygraph latency and the train data pipeline per worker, with peak memory; with the reference timm/PyTorch model
+side by side when available. Any of the configs/*.yaml, with -opts KEY VALUE ... overrides.
 
     python tools/benchmark.py -cfg configs/pit_ti.yaml -batch_size 32 -json output/bench.json -markdown
-    PIT_REFERENCE_PYTHON=/path/to/python-with-torch-and-timm python tools/benchmark.py -cfg configs/pit_ti.yaml
+    PIT_REFERENCE_PYTHON=/path/to/python-with-torch-and-timm python tools/benchmark.py -cfg configs/pit_s.yaml
+    python tools/benchmark.py -cfg configs/pit_b.yaml -threads 2 -phases train_step -opts MODEL.DROP_PATH 0.0
 
 Where a GPU exists, everything runs on it, train_step_amp adds a training step under auto_cast (AMP_DTYPE), and
 the reference runs on CUDA (ratios are printed only when both sides ran on the same kind of device).
 
 Each figure is the median images/s over `-repeats` timed runs after warmup, measured in its own subprocess so
-that its peak memory (max RSS on CPU, max allocated on GPU) is its own. Threads default to all cores (paddle
-would otherwise use one). The reference runs through tools/benchmark_reference.py under PIT_REFERENCE_PYTHON
-(or this python, if it has torch and timm) with the same threads, batch, input size and drop path; ratios are
-ours/reference.
+that its peak memory (max RSS on CPU, max allocated on GPU) is its own; latency_b1 runs one image at a time
+(ms per image = 1000 / img/s). Threads default to all cores (paddle would otherwise use one). The reference
+runs through tools/benchmark_reference.py under PIT_REFERENCE_PYTHON (or this python, if it has torch and timm)
+with the same threads, batch, input size and drop path, one process per phase too; ratios are ours/reference.
 """
 import argparse
 import json
@@ -28,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 
-PHASES = ['dygraph_infer', 'exported_infer', 'train_step', 'data_per_worker']
+PHASES = ['dygraph_infer', 'exported_infer', 'train_step', 'latency_b1', 'data_per_worker']
 GPU_PHASES = ['train_step_amp']  # measured only where a GPU exists: a training step under auto_cast (AMP_DTYPE)
 
 
@@ -82,12 +84,12 @@ def run_phase(phase, args):
     """Measure one phase in this process; returns a dict of figures."""
     import numpy as np
     import paddle
-    from config import get_config, merge_opts, finalize_config
+    from config import build_config
     from pit import build_pit
-    from utils import configure_cpu
+    from cpu_kernels import configure_cpu
     threads = args.threads if gpu_available() else configure_cpu(args.threads)
-    config = finalize_config(merge_opts(get_config(args.cfg), ['DATA.BATCH_SIZE', str(args.batch_size)]))
-    size, batch = config.DATA.IMAGE_SIZE, args.batch_size
+    config = build_config(args.cfg, args.opts + ['DATA.BATCH_SIZE', str(args.batch_size)], world_size=1)
+    size, batch = config.DATA.IMAGE_SIZE, 1 if phase == 'latency_b1' else args.batch_size
     paddle.seed(0)
     if phase == 'data_per_worker':
         from datasets import load_rgb
@@ -105,7 +107,7 @@ def run_phase(phase, args):
         return {'img_per_s': rate, 'runs': rates, 'threads': 1}
     model = build_pit(config)
     x = paddle.to_tensor(np.random.RandomState(0).rand(batch, 3, size, size).astype('float32'))
-    if phase == 'dygraph_infer':
+    if phase in ('dygraph_infer', 'latency_b1'):
         model.eval()
 
         def infer():
@@ -154,15 +156,21 @@ def run_reference(args, variant, phase):
     return json.loads(out.stdout.strip().splitlines()[-1]), None
 
 
+def ratio(ours, ref, key):
+    return f"{ours[key] / ref[key]:.2f}x" if ours.get(key) and ref.get(key) else '-'
+
+
 def markdown(result):
     lines = [f"| {result['model']} batch {result['batch_size']}, {result['threads']} threads | ours img/s | "
-             f"peak MB | reference img/s | ours / reference |", '|---|---|---|---|---|']
+             f"ours peak MB | reference img/s | reference peak MB | speed ours / reference | "
+             f"peak ours / reference |", '|---|---|---|---|---|---|---|']
+    nan = float('nan')
     for phase in [p for p in PHASES + GPU_PHASES if p in result['ours'] or p in PHASES]:
         ours = result['ours'].get(phase, {})
         ref = (result.get('reference') or {}).get(phase, {})
-        ratio = f"{ours['img_per_s'] / ref['img_per_s']:.2f}x" if ours.get('img_per_s') and ref.get('img_per_s') else '-'
-        lines.append(f"| {phase} | {ours.get('img_per_s', float('nan')):.1f} | {ours.get('peak_mb', float('nan')):.0f} | "
-                     f"{ref.get('img_per_s', float('nan')):.1f} | {ratio} |")
+        lines.append(f"| {phase} | {ours.get('img_per_s', nan):.1f} | {ours.get('peak_mb', nan):.0f} | "
+                     f"{ref.get('img_per_s', nan):.1f} | {ref.get('peak_mb', nan):.0f} | "
+                     f"{ratio(ours, ref, 'img_per_s')} | {ratio(ours, ref, 'peak_mb')} |")
     return '\n'.join(lines)
 
 
@@ -177,6 +185,7 @@ def main():
     parser.add_argument('-json', default=None, help='also write the figures here')
     parser.add_argument('-markdown', action='store_true', help='print a markdown table')
     parser.add_argument('-no_reference', action='store_true')
+    parser.add_argument('-opts', nargs='+', default=[], help='config overrides: KEY VALUE ...')
     parser.add_argument('-phase', default=None, help=argparse.SUPPRESS)  # internal: measure one phase
     parser.add_argument('-tmp', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -187,13 +196,13 @@ def main():
         print(json.dumps(figures))
         return
     import paddle
-    from config import get_config
+    from config import build_config
     from model_info import count_macs, count_params
     on_gpu = gpu_available()
     if args.phases is None:
         args.phases = PHASES + (GPU_PHASES if on_gpu else [])
     from pit import build_pit
-    config = get_config(args.cfg)
+    config = build_config(args.cfg, args.opts)
     args.image_size, args.amp_dtype = config.DATA.IMAGE_SIZE, config.AMP_DTYPE
     args.drop_path = config.MODEL.DROP_PATH
     model = build_pit(config)
@@ -213,6 +222,7 @@ def main():
         for phase in args.phases:
             cmd = [sys.executable, os.path.abspath(__file__), '-cfg', args.cfg, '-batch_size', str(args.batch_size),
                    '-threads', str(args.threads), '-repeats', str(args.repeats), '-phase', phase, '-tmp', tmp]
+            cmd += ['-opts'] + args.opts if args.opts else []
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode != 0:
                 print(f'  {phase}: failed: {out.stderr.strip().splitlines()[-1]}')
@@ -233,8 +243,9 @@ def main():
                 continue
             ref = result['reference'][phase] = reference.get(phase)
             if ref:
-                print(f"  {phase:16s} reference {ref['img_per_s']:8.1f} img/s  "
-                      f"ours/reference {ours['img_per_s'] / ref['img_per_s']:.2f}x")
+                ref['peak_mb'] = reference.get('peak_mb')
+                print(f"  {phase:16s} reference {ref['img_per_s']:8.1f} img/s  peak {ref['peak_mb']:.0f} MB  "
+                      f"ours/reference {ratio(ours, ref, 'img_per_s')}, peak {ratio(ours, ref, 'peak_mb')}")
     if args.markdown:
         print(markdown(result))
     if args.json:

@@ -2,7 +2,7 @@
 
 Run by tools/benchmark.py under a python with torch and timm (PIT_REFERENCE_PYTHON); prints one JSON line.
 Phases mirror ours: dygraph_infer (eager, no_grad), exported_infer (the same eager model: the target compares
-our exported model with the reference's eager one), train_step (forward, backward, AdamW step with the recipe's
+our exported model with the reference's eager one), latency_b1 (eager, one image at a time), train_step (forward, backward, AdamW step with the recipe's
 settings), data_per_worker (PIL decode + timm.create_transform of the recipe, on the JPEGs benchmark.py wrote).
 """
 import argparse
@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import random
+import resource
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -17,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark import timed  # noqa: E402  (stdlib-only at import, like this script)
 
 
-PHASES = ['dygraph_infer', 'exported_infer', 'train_step', 'train_step_amp', 'data_per_worker']
+PHASES = ['dygraph_infer', 'exported_infer', 'latency_b1', 'train_step', 'train_step_amp', 'data_per_worker']
 
 
 def figures(timing):
@@ -57,6 +58,13 @@ def main():
     for phase in ('dygraph_infer', 'exported_infer'):  # the reference's exported figure is its eager one
         if phase in args.phases:
             result[phase] = figures(timed(infer, args.batch_size, args.repeats))
+    if 'latency_b1' in args.phases:
+        one = x[:1]
+
+        def infer_one():
+            with torch.no_grad():
+                model(one).cpu()
+        result['latency_b1'] = figures(timed(infer_one, 1, args.repeats))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05, eps=1e-8)
     y = torch.arange(args.batch_size, device=device) % 1000
@@ -95,6 +103,9 @@ def main():
                     pass
             state['i'] += 1
         result['data_per_worker'] = figures(timed(load_one, 1, args.repeats))
+    # of this process's phases, measured as ours is: max RSS on CPU, max allocated on GPU
+    result['peak_mb'] = (torch.cuda.max_memory_allocated() if device == 'cuda' else
+                         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 20
     print(json.dumps(result))
 
 

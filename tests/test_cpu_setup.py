@@ -1,3 +1,4 @@
+"""configure_cpu, the one-call CPU set-up of a process (cpu_kernels): threads, MKL path, transposes, malloc."""
 import json
 import os
 import subprocess
@@ -5,16 +6,16 @@ import sys
 
 import pytest
 
-from utils import cpu_info, cpu_vendor, keep_freed_memory
+from cpu_kernels import cpu_info, cpu_vendor, keep_freed_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROBE = r'''
 import json, os, sys
 import paddle
-import utils
-utils.cpu_vendor = lambda: sys.argv[1]
-threads = utils.configure_cpu(int(sys.argv[2]))
+import cpu_kernels
+cpu_kernels.cpu_vendor = lambda: sys.argv[1]
+threads = cpu_kernels.configure_cpu(int(sys.argv[2]), kernels=False)
 print(json.dumps({'threads': threads, 'omp': os.environ.get('OMP_NUM_THREADS'),
                   'mkl': os.environ.get('MKL_DEBUG_CPU_TYPE'),
                   'stride': paddle.get_flags(['FLAGS_use_stride_kernel'])['FLAGS_use_stride_kernel']}))
@@ -52,3 +53,9 @@ def test_configure_cpu_sets_threads_mkl_on_amd_only_and_plain_transposes():
     assert intel == {'threads': 1, 'omp': '1', 'mkl': None, 'stride': False}
     # A user's own MKL setting wins.
     assert configure_in_subprocess('AuthenticAMD', 1, {'MKL_DEBUG_CPU_TYPE': '2'})['mkl'] == '2'
+
+
+def test_utils_configure_cpu_is_the_cpu_kernels_one():
+    import cpu_kernels
+    import utils
+    assert utils.configure_cpu is cpu_kernels.configure_cpu
