@@ -68,7 +68,7 @@ def load():
         os.makedirs(build_dir, exist_ok=True)
         with open(os.path.join(build_dir, '.lock'), 'w') as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one process builds; the others wait, then load its build
-            with contextlib.redirect_stdout(quiet), _logging_disabled():
+            with contextlib.redirect_stdout(quiet), _logging_disabled(), _single_threaded_children():
                 _ops = load_extension(name=name, sources=[SOURCE], extra_cxx_cflags=CFLAGS,
                                       extra_ldflags=[f'-L{libs}', '-lmklml_intel', '-liomp5', f'-Wl,-rpath,{libs}'],
                                       build_directory=build_dir, verbose=False)
@@ -90,6 +90,21 @@ def _logging_disabled():
         yield
     finally:
         logging.disable(previous)
+
+
+@contextlib.contextmanager
+def _single_threaded_children():
+    """The build runs a python that imports paddle, which prints an OMP_NUM_THREADS banner when that variable
+    (set by configure_cpu for this process) is above 1: the build's processes get 1."""
+    previous = os.environ.get('OMP_NUM_THREADS')
+    os.environ['OMP_NUM_THREADS'] = '1'
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop('OMP_NUM_THREADS', None)
+        else:
+            os.environ['OMP_NUM_THREADS'] = previous
 
 
 def in_use():

@@ -29,6 +29,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
+import quiet  # noqa: E402,F401  (before paddle, here and in each phase's process)
 
 PHASES = ['dygraph_infer', 'exported_infer', 'train_step', 'latency_b1', 'data_per_worker']
 GPU_PHASES = ['train_step_amp']  # measured only where a GPU exists: a training step under auto_cast (AMP_DTYPE)

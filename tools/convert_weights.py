@@ -15,6 +15,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import quiet  # noqa: E402,F401  (before paddle)
 
 from checkpoint import CheckpointError, FORMAT_VERSION, atomic_save  # noqa: E402
 from config import ConfigError, build_config, describe  # noqa: E402

@@ -15,14 +15,12 @@ is optional. On CPU the predictor runs with oneDNN; on GPU `-use_trt` / `-precis
 half precision. `-onnx` also writes output/inference.onnx through paddle2onnx and onnx when they are installed
 (never installing anything itself): opset 13 (`-opset N`), input `images`, output `logits`, dynamic batch.
 """
-import warnings
-warnings.filterwarnings('ignore', message='No ccache found')  # paddle's import-time warning
-
 import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import quiet  # noqa: E402,F401  (before paddle)
 
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
