@@ -36,8 +36,12 @@ logger = logging.getLogger('pit')
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable, not a training checkpoint, or cannot be written; the message
-    names the file."""
+    """A checkpoint that is missing, unreadable or not a training checkpoint; the message names the file."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint that cannot be written (disk full, read-only folder): the run fails, the files on disk are
+    intact; the message names the file."""
 
 
 # ---------------------------------------------------------------- writing
@@ -55,7 +59,7 @@ def _write_bytes(payload, path):
         os.replace(tmp, path)
         _fsync_folder(folder)
     except OSError as e:
-        raise CheckpointError(f"cannot write checkpoint '{path}': {e.strerror or e}; the files already in "
+        raise CheckpointWriteError(f"cannot write checkpoint '{path}': {e.strerror or e}; the files already in "
                               f"'{folder}' are intact") from e
     finally:
         if os.path.exists(tmp):

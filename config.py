@@ -3,9 +3,9 @@
 Every key is defined once below with a one-line comment and is read by the code it names
 (tests/test_config.py enforces that). Typical use:
 
-    config = get_config('configs/pit_ti.yaml')          # defaults + yaml (+ its BASE chain)
-    config = update_config(config, args)                # seed flags and -opts KEY VALUE ...
-    config = finalize_config(config, world_size=4)      # derived values (scaled LR), then frozen
+    config = build_config(args=args)                    # defaults, -cfg (+ its BASE chain), flags, -opts, checked
+    config = build_config('configs/pit_ti.yaml', opts, world_size=4)  # ... then derived values, frozen
+    config = build_config(described=described_keys(ckpt), described_by=path)  # a checkpoint's model as the base
 """
 import os
 import re
@@ -279,15 +279,6 @@ def _flag_opts(args):
     return opts
 
 
-def update_config(config, args):
-    """Apply a parsed argparse namespace: -cfg, the seed flags, -eval, -amp, -ema, then -opts (applied last)."""
-    if getattr(args, 'cfg', None):
-        config = get_config(args.cfg)
-    merge_opts(config, _flag_opts(args), source='the command line')
-    merge_opts(config, list(getattr(args, 'opts', None) or []))
-    return config
-
-
 def build_config(cfg=None, opts=(), args=None, described=None, described_by=None, world_size=None):
     """The one config path of every entry point: defaults, then what a checkpoint describes (its model and
     preprocessing), then -cfg (and its BASE chain), the command-line flags of args, then -opts; every value
@@ -306,10 +297,10 @@ def build_config(cfg=None, opts=(), args=None, described=None, described_by=None
         merge_opts(config, _flag_opts(args), touched, source='the command line')
         opts = list(opts) + list(getattr(args, 'opts', None) or [])
     merge_opts(config, list(opts), touched)
-    for key in sorted(touched & set(MODEL_KEYS)) if described else []:
-        if key in described and _same(get_key(config, key), described[key]) is False:
-            raise ConfigError(f'config key {key}={get_key(config, key)!r} contradicts the checkpoint '
-                              f"'{described_by}', which holds a model with {key}={described[key]!r}")
+    key = contradicting_key(config, described or {}, sorted(touched & set(MODEL_KEYS)))
+    if key:
+        raise ConfigError(f'config key {key}={get_key(config, key)!r} contradicts the checkpoint '
+                          f"'{described_by}', which holds a model with {key}={described[key]!r}")
     if world_size is None:
         check_config(config)
         return config
@@ -324,10 +315,13 @@ def _as_opts(flat):
     return opts
 
 
-def _same(a, b):
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return list(a) == list(b)
-    return a == b
+def contradicting_key(config, described, keys):
+    """The first of keys whose config value differs from what a checkpoint describes (lists and tuples
+    compare by items), or None."""
+    def plain(value):
+        return list(value) if isinstance(value, (list, tuple)) else value
+    return next((key for key in keys if key in described and plain(get_key(config, key)) != plain(described[key])),
+                None)
 
 
 def describe(config):

@@ -66,9 +66,10 @@ def train_one_epoch(state, criterion, loader, epoch, config, mixup_fn=None, reco
     state.model_ddp.train()
     accum, steps = config.TRAIN.ACCUM_ITER, len(loader)
     sums, start = MetricSums('loss', 'acc1', 'skipped'), time.time()
+    skipped_total = 0  # a tensor after the first batch: read once at the end, not one device sync per step
     state.optimizer.clear_grad()
     for step, (images, labels, skipped) in enumerate(loader):
-        sums.add('skipped', float(skipped.sum()), 0)
+        skipped_total = skipped_total + skipped.sum()
         if config.TRAIN.LR_SCHEDULER.PER_STEP:
             state.lr_scheduler.step_to(epoch, step)
         targets = labels
@@ -94,6 +95,7 @@ def train_one_epoch(state, criterion, loader, epoch, config, mixup_fn=None, reco
             if records is not None:
                 records.step(epoch * steps + step + 1, loss=loss_value, lr=state.optimizer.get_lr())
     seconds = time.time() - start
+    sums.add('skipped', float(skipped_total), 0)
     sums.synchronize()
     return {'loss': sums.avg('loss'), 'acc1': sums.avg('acc1'), 'images': sums.count('loss'),
             'skipped': int(sums.total('skipped')), 'seconds': seconds}

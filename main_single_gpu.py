@@ -9,17 +9,19 @@ needs no -cfg; a given -cfg/-opts still applies, and one that contradicts the ch
 """
 import quiet  # noqa: F401  (first: quiets paddle's import in this and every child process)
 
-import os
 import argparse
 import contextlib
 import io
+import os
 import sys
+
 import paddle
 import paddle.distributed as dist
 
 import checkpoint
 import cpu_kernels
-from config import ConfigError, build_config, described_keys, finalize_config, get_key, MODEL_KEYS
+from config import (MODEL_KEYS, ConfigError, build_config, contradicting_key, described_keys, finalize_config,
+                    get_key)
 from datasets import DatasetError, build_dataloader, build_dataset
 from engine import NonFiniteLossError, TrainState, evaluate, train_one_epoch
 from losses import build_criterion
@@ -80,6 +82,8 @@ def load_config(args):
             described = described_keys(read_paddle_file(path)) if path.endswith('.pdparams') else {}
             if described:
                 config = build_config(args=args, described=described, described_by=path)
+            if config.MODEL.RESUME == 'auto' and not config.MODEL.PRETRAINED:  # found once, not again in main
+                config.MODEL.RESUME = path
         return config
     except (ConfigError, WeightsError, checkpoint.CheckpointError) as e:
         fail(e)
@@ -313,15 +317,10 @@ def resume(config, state, logger):
 def check_same_model(config, ckpt, path):
     """A checkpoint of another model is an error naming the first differing key (before any tensor moves)."""
     described = described_keys(ckpt)
-    for key in MODEL_KEYS:
-        if key in described and key != 'MODEL.NAME' and list(_as_list(get_key(config, key))) != list(
-                _as_list(described[key])):
-            raise checkpoint.CheckpointError(f"'{path}' holds a model with {key}={described[key]!r}, but this run "
-                                             f'has {key}={get_key(config, key)!r}')
-
-
-def _as_list(value):
-    return value if isinstance(value, (list, tuple)) else [value]
+    key = contradicting_key(config, described, [k for k in MODEL_KEYS if k != 'MODEL.NAME'])
+    if key:
+        raise checkpoint.CheckpointError(f"'{path}' holds a model with {key}={described[key]!r}, but this run "
+                                         f'has {key}={get_key(config, key)!r}')
 
 
 def changed_keys_note(config, ckpt):
@@ -388,10 +387,10 @@ def run(main_fn, args):
     config = load_config(args)
     try:
         main_fn(config)
-    except (ConfigError, WeightsError, checkpoint.CheckpointError, DatasetError, FileNotFoundError) as e:
-        fail(e, 1 if isinstance(e, checkpoint.CheckpointError) and 'cannot write' in str(e) else 2)
-    except (NonFiniteLossError, BadImagesError) as e:  # the run itself failed
+    except (NonFiniteLossError, BadImagesError, checkpoint.CheckpointWriteError) as e:  # the run itself failed
         fail(e, 1)
+    except (ConfigError, WeightsError, checkpoint.CheckpointError, DatasetError, FileNotFoundError) as e:
+        fail(e)
     except OSError as e:  # disk full, permissions, a vanished file system: the environment, not the code
         fail(f'{e.strerror or e}' + (f" ('{e.filename}')" if e.filename else ''), 1)
     except SystemError as e:
