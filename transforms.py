@@ -128,8 +128,11 @@ class ToNormalizedArray:
 
 
 def eval_resize_size(image_size, crop_pct):
-    """Short side before the center crop: floor(image_size / crop_pct) (224 -> 256 at 0.875, 248 at 0.9)."""
-    return int(math.floor(image_size / crop_pct))
+    """Short side before the center crop: floor(image_size / crop_pct) (224 -> 256 at 0.875, 248 at 0.9).
+
+    A crop_pct written as size / short side (an export's inference.yml read back) divides back to
+    short side - 1e-14 or so: the tolerance keeps floor from losing a pixel to that rounding."""
+    return int(math.floor(image_size / crop_pct + 1e-9))
 
 
 def build_transforms(config, mode):

@@ -21,6 +21,12 @@ def test_eval_resize_is_floor_of_size_over_crop_pct(crop_pct, expected):
     assert eval_resize_size(224, crop_pct) == expected
 
 
+def test_a_crop_pct_written_as_size_over_short_side_gives_that_short_side_back():
+    for size in range(16, 400, 7):
+        for short in range(size, 2 * size):
+            assert eval_resize_size(size, size / short) == short, (size, short)
+
+
 def test_eval_transform_resizes_short_side_then_center_crops():
     config = merge_opts(get_config(), ['DATA.CROP_PCT', '0.875'])
     gradient = np.tile(np.arange(500, dtype=np.float64) * 255 / 499, (375, 1)).astype(np.uint8)
