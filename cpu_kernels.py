@@ -2,7 +2,8 @@
 
 `configure_cpu()` is the one call that makes a CPU process fast: threads, MKL's code path, plain transposes,
 malloc, and this extension. The kernels: a fused multi-head attention with its backward (no N x N matrix kept),
-softmax, LayerNorm, bias add, exact GELU and the residual add. Paddle's CPU kernels for all but the attention
+softmax, LayerNorm, bias add, exact GELU, the residual add (with the drop path's per-sample scale), the patch
+embedding's conv and the pooling's depthwise conv. Paddle's CPU kernels for all but the attention
 gemms run on one thread, and its attention keeps the N x N weights; these were the largest costs of a PiT step
 on CPU after the matmuls (docs/performance.md has the figures). Values match paddle's kernels to float rounding
 (tests/test_cpu_kernels.py).
@@ -76,8 +77,8 @@ def load():
         reason = ' '.join(str(e).split())[:300] or type(e).__name__
         _status = f'CPU kernels: could not be built ({reason}); using paddle kernels, which are slower'
         return False
-    _status = (f'CPU kernels: fused attention and multi-threaded softmax, LayerNorm, bias add, GELU and '
-               f'residual add in use ({name})')
+    _status = (f'CPU kernels: fused attention and multi-threaded softmax, LayerNorm, bias add, GELU, residual '
+               f'add and convolutions in use ({name})')
     return True
 
 
@@ -159,9 +160,34 @@ class Kernels:
             return self._ops.pit_layer_norm(x, weight, bias, epsilon)[0]
         return F.layer_norm(x, x.shape[-1:], weight, bias, epsilon)
 
-    def add(self, x, y):
-        """x + y, same shapes (the residual add)."""
-        return self._ops.pit_add(x, y) if self.applies(x) and x.shape == y.shape else x + y
+    def add(self, x, y, scale=None):
+        """x + y, same shapes (the residual add); with scale ([B], one factor per sample: a drop path's
+        0 or 1 / keep_prob), x + y * scale[b], in one pass."""
+        if self.applies(x) and x.shape == y.shape:
+            return self._ops.pit_add(x, y) if scale is None else self._ops.pit_add_scaled(x, y, scale)
+        return x + y if scale is None else x + y * scale.reshape([-1] + [1] * (y.ndim - 1))
+
+    def conv2d(self, x, weight, bias, stride, padding, groups):
+        """F.conv2d (NCHW, square kernel and stride, dilation 1, with a bias). On the extension: a depthwise
+        conv (groups = in_channels), and a dense conv with padding 0 on an input that needs no gradient (the
+        patch embedding of images); other convs run paddle's."""
+        if bias is not None and self.applies(x) and x.ndim == 4:
+            if groups == x.shape[1] and weight.shape[0] % groups == 0:
+                return self._ops.pit_depthwise_conv(x, weight, bias, stride, padding)
+            if groups == 1 and padding == 0 and x.stop_gradient:
+                return self._ops.pit_patch_conv(x, weight, bias, stride)
+        return F.conv2d(x, weight, bias, stride=stride, padding=padding, groups=groups)
+
+    def adamp_step(self, param, grad, moment1, moment2, beta1_pow, beta2_pow, lr, beta1, beta2, epsilon,
+                   weight_decay, delta, wd_ratio, nesterov, channel_axis):
+        """One AdamP step of param in place (optim.AdamP's update; channel_axis -1: no projection), on all
+        threads, where applies(param): returns True then, else False (the caller runs its own ops)."""
+        if not (self.applies(param) and grad.dtype == paddle.float32 and grad.place.is_cpu_place()):
+            return False
+        # detach(): the same memory, written in place (paddle refuses in-place ops on a trainable leaf)
+        self._ops.pit_adamp(param.detach(), moment1, moment2, beta1_pow, beta2_pow, grad, float(lr), beta1, beta2, epsilon,
+                            float(weight_decay), delta, wd_ratio, bool(nesterov), int(channel_axis))
+        return True
 
     def attention(self, qkv, num_heads, scale):
         """softmax(scale * q k^T) v per head, no dropout. qkv [B, N, 3C] laid out [B, N, 3, heads, head_dim]

@@ -27,5 +27,14 @@ class DropPath(nn.Layer):
     def forward(self, x):
         return drop_path(x, self.drop_prob, self.training)
 
+    def sample_scale(self, x):
+        """The per-sample factor forward(x) multiplies x by, as a [B] tensor (0 for a dropped sample,
+        1 / keep_prob for a kept one; the same random draw as forward), or None where forward is the identity.
+        For kernels that fuse the drop path into the residual add: x + branch * scale[b]."""
+        if self.drop_prob == 0.0 or not self.training:
+            return None
+        keep_prob = 1.0 - self.drop_prob
+        return paddle.floor(keep_prob + paddle.rand([x.shape[0]], dtype=x.dtype)) / keep_prob
+
     def extra_repr(self):
         return f'drop_prob={self.drop_prob}'

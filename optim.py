@@ -21,6 +21,7 @@ import paddle
 from paddle.optimizer.lr import LRScheduler
 
 from config import ConfigError
+from cpu_kernels import PADDLE
 from utils import unwrap_model
 
 
@@ -62,7 +63,8 @@ def build_optimizer(config, model, lr_scheduler):
     if name == 'AdamP':
         return AdamP(beta1=beta1, beta2=beta2, epsilon=config.TRAIN.OPTIMIZER.EPS,
                      delta=config.TRAIN.OPTIMIZER.DELTA, wd_ratio=config.TRAIN.OPTIMIZER.WD_RATIO,
-                     nesterov=config.TRAIN.OPTIMIZER.NESTEROV, **common)
+                     nesterov=config.TRAIN.OPTIMIZER.NESTEROV,
+                     kernels=getattr(unwrap_model(model), 'kernels', PADDLE), **common)
     if name == 'SGD':
         return SGD(momentum=config.TRAIN.OPTIMIZER.MOMENTUM, nesterov=config.TRAIN.OPTIMIZER.NESTEROV, **common)
     raise ConfigError(f"config key TRAIN.OPTIMIZER.NAME={name!r} is not one of ['AdamW', 'AdamP', 'SGD']")
@@ -123,15 +125,17 @@ class AdamP(_FlatOptimizer):
     Layout: the channel view keeps axis 0 (conv [out, in, kh, kw], as in PyTorch), except for 2-D weights,
     which Paddle's Linear stores as [in, out]: there the output channel is axis 1, so the views (and so the
     updates) equal those of the PyTorch reference on the same model. Both views are computed and selected on
-    the device, so no step waits for the host.
+    the device, so no step waits for the host. With `kernels` (cpu_kernels.Kernels; build_optimizer passes the
+    model's), a float32 CPU parameter takes one fused multi-threaded step (pit_adamp) instead of these ops.
     """
 
     def __init__(self, learning_rate, parameters, beta1=0.9, beta2=0.999, epsilon=1e-8, weight_decay=0.0,
-                 delta=0.1, wd_ratio=0.1, nesterov=False, apply_decay_param_fun=None, grad_clip=None):
+                 delta=0.1, wd_ratio=0.1, nesterov=False, apply_decay_param_fun=None, grad_clip=None, kernels=PADDLE):
         super().__init__(learning_rate, parameters, weight_decay, apply_decay_param_fun, grad_clip)
         self.type = 'adamp'
         self._beta1, self._beta2, self._epsilon = float(beta1), float(beta2), float(epsilon)
         self._delta, self._wd_ratio, self._nesterov = float(delta), float(wd_ratio), bool(nesterov)
+        self._kernels = kernels  # cpu_kernels.Kernels: its fused step where it applies (CPU float32, dygraph)
 
     def _create_accumulators(self, block, parameters):
         for p in parameters:
@@ -145,6 +149,11 @@ class AdamP(_FlatOptimizer):
         exp_avg_sq = self._get_accumulator('moment2', param)
         beta1_pow = self._get_accumulator('beta1_pow_acc', param)
         beta2_pow = self._get_accumulator('beta2_pow_acc', param)
+        channel_axis = -1 if param.ndim <= 1 else 1 if param.ndim == 2 else 0  # see _projection
+        if self._kernels.adamp_step(param, grad, exp_avg, exp_avg_sq, beta1_pow, beta2_pow, self.get_lr(), beta1,
+                                    beta2, self._epsilon, self._weight_decay_of(param), self._delta,
+                                    self._wd_ratio, self._nesterov, channel_axis):
+            return
         # in place, few kernels: lerp(a, b, w) = a + w * (b - a) = (1 - w) * a + w * b
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.lerp_(grad * grad, 1 - beta2)

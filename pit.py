@@ -74,11 +74,26 @@ def _linear(in_features, out_features, kernels=PADDLE):
                   bias_attr=paddle.ParamAttr(initializer=init))
 
 
-def _conv(in_channels, out_channels, kernel_size, stride, padding, groups=1):
-    """nn.Conv2D with PyTorch's default init (fan_in = in_channels / groups * k * k)."""
+class Conv2D(nn.Conv2D):
+    """nn.Conv2D (same parameters and names) on `kernels` (cpu_kernels.Kernels): paddle's CPU conv runs its
+    im2col, and its depthwise conv altogether, on one thread."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, groups=1, kernels=PADDLE,
+                 **kwargs):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
+                         **kwargs)
+        self.kernels = kernels
+        self.square = (int(stride), int(padding), int(groups))  # ints: one value for both axes
+
+    def forward(self, x):
+        return self.kernels.conv2d(x, self.weight, self.bias, *self.square)
+
+
+def _conv(in_channels, out_channels, kernel_size, stride, padding, groups=1, kernels=PADDLE):
+    """Conv2D with PyTorch's default init (fan_in = in_channels / groups * k * k)."""
     init = _torch_default_uniform(in_channels // groups * kernel_size * kernel_size)
-    return nn.Conv2D(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
-                     weight_attr=paddle.ParamAttr(initializer=init), bias_attr=paddle.ParamAttr(initializer=init))
+    return Conv2D(in_channels, out_channels, kernel_size, stride, padding, groups, kernels,
+                  weight_attr=paddle.ParamAttr(initializer=init), bias_attr=paddle.ParamAttr(initializer=init))
 
 
 def _trunc_normal(std=0.02):
@@ -178,8 +193,10 @@ class Block(nn.Layer):
         self.kernels = kernels
 
     def forward(self, x):
-        x = self.kernels.add(x, self.drop_path(self.attn(self.norm1(x))))
-        return self.kernels.add(x, self.drop_path(self.mlp(self.norm2(x))))
+        branch = self.attn(self.norm1(x))
+        x = self.kernels.add(x, branch, self.drop_path.sample_scale(branch))  # the drop path fused into the add
+        branch = self.mlp(self.norm2(x))
+        return self.kernels.add(x, branch, self.drop_path.sample_scale(branch))
 
 
 class Transformer(nn.Layer):
@@ -207,7 +224,8 @@ class ConvHeadPooling(nn.Layer):
 
     def __init__(self, in_dim, out_dim, stride=2, kernels=PADDLE):
         super().__init__()
-        self.conv = _conv(in_dim, out_dim, stride + 1, stride=stride, padding=stride // 2, groups=in_dim)
+        self.conv = _conv(in_dim, out_dim, stride + 1, stride=stride, padding=stride // 2, groups=in_dim,
+                          kernels=kernels)
         self.fc = _linear(in_dim, out_dim, kernels)
 
     def forward(self, x, cls_tokens):
@@ -217,9 +235,9 @@ class ConvHeadPooling(nn.Layer):
 class ConvEmbedding(nn.Layer):
     """Overlapping patch embedding: conv with kernel = patch size, the given stride, padding 0."""
 
-    def __init__(self, in_channels, out_channels, patch_size, stride):
+    def __init__(self, in_channels, out_channels, patch_size, stride, kernels=PADDLE):
         super().__init__()
-        self.conv = _conv(in_channels, out_channels, patch_size, stride=stride, padding=0)
+        self.conv = _conv(in_channels, out_channels, patch_size, stride=stride, padding=0, kernels=kernels)
 
     def forward(self, x):
         return self.conv(x)
@@ -250,7 +268,7 @@ class PoolingTransformer(nn.Layer):
         grid = (image_size - patch_size) // stride + 1
         num_tokens = 2 if distilled else 1
 
-        self.patch_embed = ConvEmbedding(in_chans, widths[0], patch_size, stride)
+        self.patch_embed = ConvEmbedding(in_chans, widths[0], patch_size, stride, kernels)
         self.pos_embed = self.create_parameter([1, widths[0], grid, grid], default_initializer=_trunc_normal())
         self.cls_token = self.create_parameter([1, num_tokens, widths[0]], default_initializer=_trunc_normal())
         self.pos_drop = nn.Dropout(drop_rate)

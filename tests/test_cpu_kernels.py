@@ -1,5 +1,6 @@
-"""cpu_kernels: the fused attention and the multi-threaded CPU softmax, LayerNorm, bias add, GELU and residual add
-compute paddle's values and gradients; the model picks its kernels when it is built and uses them on CPU in
+"""cpu_kernels: the fused attention and the multi-threaded CPU softmax, LayerNorm, bias add, GELU, residual add
+(with a drop path's scale), patch and depthwise convolutions and AdamP step (tests/test_optim.py) compute paddle's
+values and gradients; the model picks its kernels when it is built and uses them on CPU in
 dygraph only; and a failed build is reported (not silent), paddle's kernels being used instead."""
 import copy
 import os
@@ -64,6 +65,71 @@ def test_linear_gelu_and_residual_add_match_paddle_values_and_gradients(kernels,
               (kernels.add, lambda a, b: a + b, [x, y])]
     for ours, paddle_fn, inputs in checks:
         assert_same(ours, paddle_fn, inputs, upstream, rtol=1e-5, atol=1e-4)
+
+
+@linux_only
+def test_residual_add_with_a_drop_path_scale_matches_the_unfused_form(kernels):
+    rng = np.random.RandomState(5)
+    x, y = rng.randn(4, 7, 6).astype('float32'), rng.randn(4, 7, 6).astype('float32')
+    scale = paddle.to_tensor([0.0, 1.25, 1.25, 0.0])
+    assert_same(lambda a, b: kernels.add(a, b, scale), lambda a, b: a + b * scale.reshape([-1, 1, 1]), [x, y],
+                rng.randn(4, 7, 6).astype('float32'), rtol=1e-6, atol=1e-6)
+
+
+@linux_only
+def test_drop_path_fused_into_the_add_draws_what_the_drop_path_layer_draws(kernels):
+    from droppath import DropPath
+    layer = DropPath(0.5).train()
+    y = paddle.to_tensor(np.random.RandomState(6).randn(16, 3, 4).astype('float32'))
+    paddle.seed(7)
+    unfused = layer(y)
+    paddle.seed(7)
+    fused = kernels.add(paddle.zeros_like(y), y, layer.sample_scale(y))
+    np.testing.assert_allclose(fused.numpy(), unfused.numpy(), rtol=1e-6, atol=1e-7)
+    kept = (np.abs(unfused.numpy()).reshape(16, -1).sum(1) > 0)
+    assert 0 < kept.sum() < 16, 'the draw should drop some samples and keep others'
+    assert layer.eval().sample_scale(y) is None and DropPath(0.0).train().sample_scale(y) is None
+
+
+@linux_only
+@pytest.mark.parametrize('batch, channels, size, multiplier, kernel, stride, padding', [
+    (3, 4, 27, 2, 3, 2, 1), (2, 5, 14, 2, 3, 2, 1), (2, 3, 7, 1, 3, 1, 1), (1, 2, 9, 3, 5, 2, 2)])
+def test_depthwise_conv_matches_paddle_values_and_gradients(kernels, batch, channels, size, multiplier, kernel,
+                                                            stride, padding):
+    rng = np.random.RandomState(3)
+    x = rng.randn(batch, channels, size, size).astype('float32')
+    weight = rng.randn(channels * multiplier, 1, kernel, kernel).astype('float32')
+    bias = rng.randn(channels * multiplier).astype('float32')
+    out = (size + 2 * padding - kernel) // stride + 1
+    assert_same(lambda *t: kernels.conv2d(*t, stride, padding, channels),
+                lambda a, w, b: F.conv2d(a, w, b, stride=stride, padding=padding, groups=channels), [x, weight, bias],
+                rng.randn(batch, channels * multiplier, out, out).astype('float32'), rtol=1e-5, atol=1e-4)
+
+
+@linux_only
+@pytest.mark.parametrize('batch, channels, size, width, kernel, stride', [
+    (3, 3, 40, 8, 16, 8), (1, 3, 48, 16, 16, 8), (9, 2, 20, 5, 4, 4)])
+def test_patch_conv_matches_paddle_values_and_parameter_gradients(kernels, batch, channels, size, width, kernel,
+                                                                  stride):
+    rng = np.random.RandomState(4)
+    images = paddle.to_tensor(rng.randn(batch, channels, size, size).astype('float32'))  # no gradient, as images
+    weight = rng.randn(width, channels, kernel, kernel).astype('float32')
+    bias = rng.randn(width).astype('float32')
+    out = (size - kernel) // stride + 1
+    assert_same(lambda w, b: kernels.conv2d(images, w, b, stride, 0, 1),
+                lambda w, b: F.conv2d(images, w, b, stride=stride), [weight, bias],
+                rng.randn(batch, width, out, out).astype('float32'), rtol=1e-5, atol=1e-3)
+
+
+@linux_only
+def test_a_conv_input_that_needs_its_gradient_gets_it(kernels):
+    """The patch conv kernel gives no input gradient: such inputs (a backbone fed features, saliency maps)
+    take paddle's conv."""
+    rng = np.random.RandomState(8)
+    x, weight, bias = (rng.randn(2, 3, 24, 24).astype('float32'), rng.randn(4, 3, 8, 8).astype('float32'),
+                       rng.randn(4).astype('float32'))
+    assert_same(lambda *t: kernels.conv2d(*t, 4, 0, 1), lambda a, w, b: F.conv2d(a, w, b, stride=4),
+                [x, weight, bias], rng.randn(2, 4, 5, 5).astype('float32'), rtol=1e-5, atol=1e-3)
 
 
 @linux_only
@@ -164,10 +230,28 @@ def test_the_model_keeps_the_kernels_it_was_built_with():
     assert fast.kernels.applies(paddle.ones([1])) and plain.kernels is cpu_kernels.PADDLE
     block = fast.transformers[0].blocks[0]
     assert block.attn.kernels is fast.kernels and block.mlp.fc1.kernels is fast.kernels
+    assert fast.patch_embed.conv.kernels is fast.kernels and fast.pools[0].conv.kernels is fast.kernels
     assert copy.deepcopy(fast).kernels is fast.kernels
     plain.set_state_dict(fast.state_dict())
     x = paddle.randn([2, 3, 32, 32])
     np.testing.assert_allclose(fast.eval()(x).numpy(), plain.eval()(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@linux_only
+def test_a_training_step_on_the_kernels_equals_paddles_ops_with_drop_path():
+    small = dict(image_size=32, patch_size=8, stride=4, base_dims=[8, 8, 8], depth=[2, 1, 1], heads=[1, 2, 2],
+                 num_classes=10, drop_path_rate=0.5)
+    fast, plain = PoolingTransformer(**small), PoolingTransformer(cpu_kernels=False, **small)
+    plain.set_state_dict(fast.state_dict())
+    x = paddle.to_tensor(np.random.RandomState(9).randn(6, 3, 32, 32).astype('float32'))
+    grads = []
+    for model in (fast, plain):
+        paddle.seed(11)  # the same drop-path draws on both sides
+        loss = F.cross_entropy(model.train()(x), paddle.arange(6) % 10)
+        loss.backward()
+        grads.append({n: p.grad.numpy() for n, p in model.named_parameters()})
+    for name in grads[1]:
+        np.testing.assert_allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 BROKEN_BUILD = r'''

@@ -5,6 +5,8 @@ import numpy as np
 import paddle
 import pytest
 
+import cpu_kernels
+
 from config import get_config, merge_opts
 from optim import SGD, AdamP, build_optimizer, param_groups
 from pit import build_pit
@@ -115,8 +117,9 @@ def crafted_grad(p, kind, rng):
     return g.reshape(p.shape)
 
 
+@pytest.mark.parametrize('fused', [False, True], ids=['paddle_ops', 'cpu_kernel'])
 @pytest.mark.parametrize('nesterov', [True, False])
-def test_adamp_matches_the_published_update_step_by_step(nesterov):
+def test_adamp_matches_the_published_update_step_by_step(nesterov, fused):
     rng = np.random.RandomState(0)
     with paddle.utils.unique_name.guard():
         linear, conv = paddle.nn.Linear(6, 4), paddle.nn.Conv2D(2, 4, 3)
@@ -125,8 +128,11 @@ def test_adamp_matches_the_published_update_step_by_step(nesterov):
     kinds = {'linear.weight': ['channel', 'layer', 'none', 'channel'],
              'conv.weight': ['layer', 'none', 'channel', 'layer'], 'conv.bias': ['none'] * 4}
     decayed = {linear.weight.name, conv.weight.name}
+    kernels = cpu_kernels.for_model() if fused else cpu_kernels.PADDLE
+    if fused and not kernels.applies(linear.weight):
+        pytest.skip(cpu_kernels.status())
     optimizer = AdamP(LR, list(params.values()), weight_decay=WD, wd_ratio=0.01, nesterov=nesterov,
-                      apply_decay_param_fun=decayed.__contains__)
+                      apply_decay_param_fun=decayed.__contains__, kernels=kernels)
     ref = {k: to_torch[k](p.numpy().astype(np.float64)) for k, p in params.items()}
     states = {k: {'step': 0, 'm': np.zeros_like(v), 'v': np.zeros_like(v)} for k, v in ref.items()}
     for step in range(4):

@@ -150,7 +150,8 @@ def run_reference(args, variant, phase):
     script = os.path.join(ROOT, 'tools', 'benchmark_reference.py')
     cmd = [python, script, '-model', variant, '-batch_size', str(args.batch_size), '-threads', str(args.threads),
            '-repeats', str(args.repeats), '-image_size', str(args.image_size), '-tmp', args.tmp,
-           '-amp_dtype', args.amp_dtype, '-drop_path', str(args.drop_path), '-phases', phase]
+           '-amp_dtype', args.amp_dtype, '-drop_path', str(args.drop_path), '-phases', phase,
+           '-optimizer', json.dumps(args.optimizer)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         return None, out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'failed'
@@ -206,15 +207,20 @@ def main():
     config = build_config(args.cfg, args.opts)
     args.image_size, args.amp_dtype = config.DATA.IMAGE_SIZE, config.AMP_DTYPE
     args.drop_path = config.MODEL.DROP_PATH
+    opt = config.TRAIN.OPTIMIZER  # the reference's training step runs the same optimizer, same settings
+    args.optimizer = dict(name=opt.NAME, lr=config.TRAIN.BASE_LR, weight_decay=config.TRAIN.WEIGHT_DECAY,
+                          betas=list(opt.BETAS), eps=opt.EPS, delta=opt.DELTA, wd_ratio=opt.WD_RATIO,
+                          nesterov=opt.NESTEROV, momentum=opt.MOMENTUM)
     model = build_pit(config)
     variant = config.MODEL.NAME
     result = {'model': variant, 'batch_size': args.batch_size, 'image_size': args.image_size,
               'threads': args.threads, 'params': count_params(model),
               'gmacs': count_macs(model, args.image_size)['total'] / 1e9, 'paddle': paddle.__version__,
               'machine': f'{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or "cpu"}',
-              'device': 'gpu' if on_gpu else 'cpu', 'date': time.strftime('%Y-%m-%d'), 'ours': {}}
+              'device': 'gpu' if on_gpu else 'cpu', 'date': time.strftime('%Y-%m-%d'),
+              'optimizer': args.optimizer['name'], 'ours': {}}
     print(f"{variant}: {result['params'] / 1e6:.2f}M params, {result['gmacs']:.2f} GMACs, batch {args.batch_size}, "
-          f"{args.threads} threads")
+          f"{args.threads} threads, training step with {args.optimizer['name']}")
     reference_error = None if not args.no_reference else 'not asked for'
     result['reference'] = {}
     with tempfile.TemporaryDirectory() as tmp:

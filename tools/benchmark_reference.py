@@ -2,8 +2,9 @@
 
 Run by tools/benchmark.py under a python with torch and timm (PIT_REFERENCE_PYTHON); prints one JSON line.
 Phases mirror ours: dygraph_infer (eager, no_grad), exported_infer (the same eager model: the target compares
-our exported model with the reference's eager one), latency_b1 (eager, one image at a time), train_step (forward, backward, AdamW step with the recipe's
-settings), data_per_worker (PIL decode + timm.create_transform of the recipe, on the JPEGs benchmark.py wrote).
+our exported model with the reference's eager one), latency_b1 (eager, one image at a time), train_step (forward,
+backward and a step of the config's optimizer: torch's AdamW or SGD, timm's AdamP, with the config's settings),
+data_per_worker (PIL decode + timm.create_transform of the recipe, on the JPEGs benchmark.py wrote).
 """
 import argparse
 import glob
@@ -26,6 +27,23 @@ def figures(timing):
     return {'img_per_s': rate, 'runs': rates}
 
 
+def build_optimizer(params, spec):
+    """The optimizer our side runs, in PyTorch: torch's AdamW or SGD, timm's AdamP (clovaai's update)."""
+    import torch
+    lr, wd = spec.get('lr', 5e-4), spec.get('weight_decay', 0.05)
+    betas, eps = tuple(spec.get('betas', (0.9, 0.999))), spec.get('eps', 1e-8)
+    if spec['name'] == 'AdamW':
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=wd)
+    if spec['name'] == 'AdamP':
+        from timm.optim import AdamP
+        return AdamP(params, lr=lr, betas=betas, eps=eps, weight_decay=wd, delta=spec.get('delta', 0.1),
+                     wd_ratio=spec.get('wd_ratio', 0.1), nesterov=spec.get('nesterov', False))
+    if spec['name'] == 'SGD':
+        return torch.optim.SGD(params, lr=lr, momentum=spec.get('momentum', 0.9), weight_decay=wd,
+                               nesterov=spec.get('nesterov', False))
+    sys.exit(f"no reference optimizer for {spec['name']!r}")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('-model', required=True)
@@ -37,6 +55,9 @@ def main():
     parser.add_argument('-amp_dtype', default='float16', choices=['float16', 'bfloat16'])
     parser.add_argument('-drop_path', type=float, default=0.0, help="the config's MODEL.DROP_PATH (training step)")
     parser.add_argument('-phases', nargs='+', default=PHASES, choices=PHASES)
+    parser.add_argument('-optimizer', default='{"name": "AdamW"}',
+                        help='JSON: name (AdamW, AdamP or SGD), lr, weight_decay, betas, eps, delta, wd_ratio, '
+                             'nesterov, momentum (the config\'s TRAIN.OPTIMIZER, as benchmark.py passes it)')
     args = parser.parse_args()
     import timm
     import torch
@@ -66,7 +87,7 @@ def main():
                 model(one).cpu()
         result['latency_b1'] = figures(timed(infer_one, 1, args.repeats))
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05, eps=1e-8)
+    optimizer = build_optimizer(model.parameters(), json.loads(args.optimizer))
     y = torch.arange(args.batch_size, device=device) % 1000
 
     def train_step(amp_dtype=None):
