@@ -119,7 +119,7 @@ _C.AMP = False  # automatic mixed precision on GPU (auto_cast + a GradScaler kep
 _C.AMP_DTYPE = 'float16'  # 'float16' or 'bfloat16'
 _C.DEVICE = 'auto'  # 'auto' (GPU if available), 'gpu' or 'cpu'
 _C.CPU_THREADS = 0  # threads per process on CPU; 0: all cores divided by processes on this node
-_C.CPU_KERNELS = True  # on CPU: build and use cpu_kernels (multi-threaded softmax, LayerNorm, bias add, GELU)
+_C.CPU_KERNELS = True  # on CPU: build and use cpu_kernels (fused attention, multi-threaded convs, norms, AdamP...)
 _C.NGPUS = -1  # processes for main_multi_gpu.py; -1: all visible GPUs (CPU: 2)
 _C.VISUALDL = True  # also write VisualDL scalars to SAVE/vdl when visualdl is installed (SAVE/metrics.jsonl always)
 

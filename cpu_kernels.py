@@ -150,6 +150,12 @@ class Kernels:
             return self._ops.pit_bias_add(paddle.matmul(x, weight), bias)
         return F.linear(x, weight, bias)
 
+    def linear_gelu(self, x, weight, bias):
+        """gelu(x @ weight + bias), exact GELU; the bias add and the GELU in one pass on the extension."""
+        if bias is not None and self.applies(x):
+            return self._ops.pit_bias_gelu(paddle.matmul(x, weight), bias)
+        return F.gelu(F.linear(x, weight, bias))
+
     def gelu(self, x):
         """Exact (erf) GELU."""
         return self._ops.pit_gelu(x) if self.applies(x) else F.gelu(x)

@@ -35,25 +35,21 @@ def _torch_default_uniform(fan_in):
 
 class Linear(nn.Linear):
     """nn.Linear (same parameters and names) that runs its bias add on `kernels` (cpu_kernels.Kernels): on
-    CPU, paddle's add, and above all its backward (the bias gradient), run on one thread."""
+    CPU, paddle's add, and above all its backward (the bias gradient), run on one thread. With gelu, the
+    layer's output is gelu(x @ weight + bias) (exact GELU), the bias add and the GELU in one kernel."""
 
-    def __init__(self, in_features, out_features, kernels=PADDLE, **kwargs):
+    def __init__(self, in_features, out_features, kernels=PADDLE, gelu=False, **kwargs):
         super().__init__(in_features, out_features, **kwargs)
         self.kernels = kernels
+        self.gelu = gelu
 
     def forward(self, x):
+        if self.gelu:
+            return self.kernels.linear_gelu(x, self.weight, self.bias)
         return self.kernels.linear(x, self.weight, self.bias)
 
-
-class GELU(nn.GELU):
-    """Exact GELU on `kernels` (cpu_kernels.Kernels)."""
-
-    def __init__(self, kernels=PADDLE):
-        super().__init__()
-        self.kernels = kernels
-
-    def forward(self, x):
-        return self.kernels.gelu(x)
+    def extra_repr(self):
+        return super().extra_repr() + (', activation=gelu' if self.gelu else '')
 
 
 class LayerNorm(nn.LayerNorm):
@@ -67,10 +63,10 @@ class LayerNorm(nn.LayerNorm):
         return self.kernels.layer_norm(x, self.weight, self.bias, self._epsilon)
 
 
-def _linear(in_features, out_features, kernels=PADDLE):
+def _linear(in_features, out_features, kernels=PADDLE, gelu=False):
     """Linear with PyTorch's default init, as the official code keeps it (Paddle's default is Xavier)."""
     init = _torch_default_uniform(in_features)
-    return Linear(in_features, out_features, kernels, weight_attr=paddle.ParamAttr(initializer=init),
+    return Linear(in_features, out_features, kernels, gelu, weight_attr=paddle.ParamAttr(initializer=init),
                   bias_attr=paddle.ParamAttr(initializer=init))
 
 
@@ -102,12 +98,14 @@ def _trunc_normal(std=0.02):
 
 
 class Mlp(nn.Layer):
-    """fc1 -> exact GELU -> dropout -> fc2 -> dropout."""
+    """fc1 -> exact GELU -> dropout -> fc2 -> dropout. fc1 applies the GELU itself (one kernel on CPU), so its
+    output (and a forward hook's view of it) is the activation; `act` stays, as the identity, where the
+    official model has its GELU."""
 
     def __init__(self, dim, hidden_dim, drop=0.0, kernels=PADDLE):
         super().__init__()
-        self.fc1 = _linear(dim, hidden_dim, kernels)
-        self.act = GELU(kernels)
+        self.fc1 = _linear(dim, hidden_dim, kernels, gelu=True)
+        self.act = nn.Identity()
         self.fc2 = _linear(hidden_dim, dim, kernels)
         self.drop = nn.Dropout(drop)
 

@@ -389,6 +389,70 @@ PD_BUILD_GRAD_OP(pit_gelu)
     .Outputs({paddle::Grad("X")})
     .SetKernelFn(PD_KERNEL(GeluBackward));
 
+// GELU of a Linear's output plus its bias, y = gelu(h + bias) (the MLP's fc1 and activation): one pass instead of
+// the bias add's and GELU's, in both directions. The backward recomputes h + bias and sums the bias gradient
+// per chunk of rows (sum_chunks), as BiasAddBackward does.
+std::vector<paddle::Tensor> BiasGeluForward(const paddle::Tensor& h, const paddle::Tensor& bias) {
+  check_cpu_float(h, "pit_bias_gelu input");
+  check_cpu_float(bias, "pit_bias_gelu bias");
+  const int64_t cols = h.shape().back();
+  const int64_t rows = rows_of(h);
+  PD_CHECK(bias.numel() == cols, "pit_bias_gelu bias must have ", cols, " elements");
+  auto out = paddle::empty_like(h);
+  const float* in = h.data<float>();
+  const float* b = bias.data<float>();
+  float* y = out.data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) {
+      const float x = in[r * cols + c] + b[c];
+      y[r * cols + c] = 0.5f * x * (1.f + std::erf(x * kSqrtHalf));
+    }
+  }
+  return {out};
+}
+
+std::vector<paddle::Tensor> BiasGeluBackward(const paddle::Tensor& h, const paddle::Tensor& bias,
+                                             const paddle::Tensor& grad_out) {
+  check_cpu_float(grad_out, "pit_bias_gelu gradient");
+  const int64_t cols = h.shape().back();
+  const int64_t rows = rows_of(h);
+  auto grad_h = paddle::empty_like(h);
+  const float* in = h.data<float>();
+  const float* b = bias.data<float>();
+  const float* dy = grad_out.data<float>();
+  float* dh = grad_h.data<float>();
+  std::vector<float> partial(kChunks * cols, 0.f);
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < kChunks; ++k) {
+    float* p = partial.data() + k * cols;
+    for (int64_t r = chunk_begin(rows, k); r < chunk_begin(rows, k + 1); ++r) {
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) {
+        const float x = in[r * cols + c] + b[c];
+        const float cdf = 0.5f * (1.f + std::erf(x * kSqrtHalf));
+        const float pdf = 0.39894228040143268f * std::exp(-0.5f * x * x);
+        const float d = dy[r * cols + c] * (cdf + x * pdf);
+        dh[r * cols + c] = d;
+        p[c] += d;
+      }
+    }
+  }
+  return {grad_h, sum_chunks(partial, cols)};
+}
+
+PD_BUILD_OP(pit_bias_gelu)
+    .Inputs({"H", "Bias"})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(BiasGeluForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(BiasAddInferShape));
+
+PD_BUILD_GRAD_OP(pit_bias_gelu)
+    .Inputs({"H", "Bias", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("H"), paddle::Grad("Bias")})
+    .SetKernelFn(PD_KERNEL(BiasGeluBackward));
+
 // ---------------------------------------------------------------- fused multi-head self-attention
 
 // softmax(scale * q k^T) v for every head, read straight from the qkv Linear's output [B, N, 3, heads, head_dim]

@@ -62,6 +62,7 @@ def test_linear_gelu_and_residual_add_match_paddle_values_and_gradients(kernels,
     weight, bias = rng.randn(shape[-1], shape[-1]).astype('float32'), rng.randn(shape[-1]).astype('float32')
     upstream = rng.randn(*shape).astype('float32')
     checks = [(kernels.linear, F.linear, [x, weight, bias]), (kernels.gelu, F.gelu, [x]),
+              (kernels.linear_gelu, lambda *t: F.gelu(F.linear(*t)), [x, weight, bias]),
               (kernels.add, lambda a, b: a + b, [x, y])]
     for ours, paddle_fn, inputs in checks:
         assert_same(ours, paddle_fn, inputs, upstream, rtol=1e-5, atol=1e-4)
