@@ -145,9 +145,10 @@ class Kernels:
         return self._ops.pit_softmax(x) if self.applies(x) else F.softmax(x, axis=-1)
 
     def linear(self, x, weight, bias):
-        """x @ weight + bias (weight [in, out], bias [out] or None); the bias add on the extension."""
+        """x @ weight + bias (weight [in, out], bias [out] or None); on the extension, the bias is written first
+        and the gemm adds to it (no separate pass), and its gradient is summed on all threads."""
         if bias is not None and self.applies(x):
-            return self._ops.pit_bias_add(paddle.matmul(x, weight), bias)
+            return self._ops.pit_linear(x, weight, bias)
         return F.linear(x, weight, bias)
 
     def linear_gelu(self, x, weight, bias):
@@ -172,6 +173,10 @@ class Kernels:
         if self.applies(x) and x.shape == y.shape:
             return self._ops.pit_add(x, y) if scale is None else self._ops.pit_add_scaled(x, y, scale)
         return x + y if scale is None else x + y * scale.reshape([-1] + [1] * (y.ndim - 1))
+
+    def swap_last2(self, x):
+        """[B, A, C] -> [B, C, A] (a stage's map <-> its tokens)."""
+        return self._ops.pit_swap_last2(x) if self.applies(x) and x.ndim == 3 else x.transpose([0, 2, 1])
 
     def conv2d(self, x, weight, bias, stride, padding, groups):
         """F.conv2d (NCHW, square kernel and stride, dilation 1, with a bias). On the extension: a depthwise

@@ -153,7 +153,7 @@ class Attention(nn.Layer):
         q, k, v = paddle.split(qkv.reshape([B, N, 3, self.num_heads, self.head_dim]), 3, axis=2)
         shape = [B, N, self.num_heads, self.head_dim]
         return F.scaled_dot_product_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape),
-                                              dropout_p=self.attn_drop.p, training=self.training)
+                                              dropout_p=self.attn_drop.p, training=self.training, scale=self.scale)
 
     def _attend(self, qkv, B, N):
         """Plain dygraph form. [B, N, 3C] -> [B, 3 * heads, N, head_dim] -> q, k, v [B, heads, N, head_dim]: one
@@ -165,14 +165,28 @@ class Attention(nn.Layer):
         attn = self.attn_drop(self.kernels.softmax(attn))
         return paddle.matmul(attn, v).transpose([0, 2, 1, 3])
 
+    def fold_query_scale(self):
+        """Multiply the q part of the qkv Linear (weight columns and bias) by the attention scale and set the
+        scale to 1: the same attention, one multiply fewer per call. For the copy of a model that is traced for
+        export (tools/export_model.py), whose fused attention pattern would otherwise keep a multiply of the
+        whole qkv tensor. Changes the parameters: not for a model that is trained or saved afterwards."""
+        dim = self.num_heads * self.head_dim
+        factor = paddle.concat([paddle.full([dim], self.scale), paddle.ones([2 * dim])]).astype(self.qkv.weight.dtype)
+        with paddle.no_grad():
+            self.qkv.weight.set_value(self.qkv.weight * factor)
+            self.qkv.bias.set_value(self.qkv.bias * factor)
+        self.scale = 1.0
+
     def _attend_fusable(self, qkv, B, N):
         """The same values in the op pattern that paddle.inference's self_attention_fuse_pass turns into one
         fused CPU attention kernel (oneDNN, AVX-512): q is scaled before the [B, N, 3, heads, head_dim] ->
-        [3, B, heads, N, head_dim] transpose (k and v times 1.0, exact), k is transposed explicitly, and softmax
-        follows the first matmul directly. Used when the model is traced for export."""
+        [3, B, heads, N, head_dim] transpose (k and v times 1.0, exact; nothing after fold_query_scale), k is
+        transposed explicitly, and softmax follows the first matmul directly. Used when the model is traced for
+        export."""
         dim = self.num_heads * self.head_dim
-        scale = paddle.concat([paddle.full([dim], self.scale, qkv.dtype), paddle.ones([2 * dim], qkv.dtype)])
-        qkv = (qkv * scale).reshape([B, N, 3, self.num_heads, self.head_dim]).transpose([2, 0, 3, 1, 4])
+        if self.scale != 1.0:
+            qkv = qkv * paddle.concat([paddle.full([dim], self.scale, qkv.dtype), paddle.ones([2 * dim], qkv.dtype)])
+        qkv = qkv.reshape([B, N, 3, self.num_heads, self.head_dim]).transpose([2, 0, 3, 1, 4])
         q, k, v = qkv[0], qkv[1], qkv[2]
         attn = self.attn_drop(F.softmax(paddle.matmul(q, k.transpose([0, 1, 3, 2])), axis=-1))
         return paddle.matmul(attn, v).transpose([0, 2, 1, 3])
@@ -205,15 +219,16 @@ class Transformer(nn.Layer):
         self.blocks = nn.LayerList([
             Block(dim, num_heads, mlp_ratio, drop=drop, attn_drop=attn_drop, drop_path=rate, kernels=kernels)
             for rate in drop_path_rates])
+        self.kernels = kernels
 
     def forward(self, x, cls_tokens):
         B, C, H, W = x.shape
         num_tokens = cls_tokens.shape[1]
-        x = paddle.concat([cls_tokens, x.flatten(2).transpose([0, 2, 1])], axis=1)
+        x = paddle.concat([cls_tokens, self.kernels.swap_last2(x.flatten(2))], axis=1)
         for block in self.blocks:
             x = block(x)
         cls_tokens = x[:, :num_tokens]
-        x = x[:, num_tokens:].transpose([0, 2, 1]).reshape([B, C, H, W])
+        x = self.kernels.swap_last2(x[:, num_tokens:]).reshape([B, C, H, W])
         return x, cls_tokens
 
 

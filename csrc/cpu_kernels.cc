@@ -225,57 +225,11 @@ PD_BUILD_GRAD_OP(pit_layer_norm)
     .Outputs({paddle::Grad("X"), paddle::Grad("Weight"), paddle::Grad("Bias")})
     .SetKernelFn(PD_KERNEL(LayerNormBackward));
 
-// ---------------------------------------------------------------- bias add over the last axis
+// ---------------------------------------------------------------- shape functions
 
-std::vector<paddle::Tensor> BiasAddForward(const paddle::Tensor& x, const paddle::Tensor& bias) {
-  check_cpu_float(x, "pit_bias_add input");
-  const int64_t cols = x.shape().back();
-  const int64_t rows = rows_of(x);
-  PD_CHECK(bias.numel() == cols, "pit_bias_add bias must have ", cols, " elements");
-  auto out = paddle::empty_like(x);
-  const float* in = x.data<float>();
-  const float* b = bias.data<float>();
-  float* y = out.data<float>();
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-#pragma omp simd
-    for (int64_t c = 0; c < cols; ++c) y[r * cols + c] = in[r * cols + c] + b[c];
-  }
-  return {out};
-}
-
-// dx = dy; dbias = sum of dy over rows (sum_chunks).
-std::vector<paddle::Tensor> BiasAddBackward(const paddle::Tensor& grad_out) {
-  const int64_t cols = grad_out.shape().back();
-  const int64_t rows = rows_of(grad_out);
-  const float* dy = grad_out.data<float>();
-  std::vector<float> partial(kChunks * cols, 0.f);
-#pragma omp parallel for schedule(static)
-  for (int64_t k = 0; k < kChunks; ++k) {
-    float* p = partial.data() + k * cols;
-    for (int64_t r = chunk_begin(rows, k); r < chunk_begin(rows, k + 1); ++r) {
-#pragma omp simd
-      for (int64_t c = 0; c < cols; ++c) p[c] += dy[r * cols + c];
-    }
-  }
-  return {grad_out, sum_chunks(partial, cols)};
-}
-
-std::vector<std::vector<int64_t>> BiasAddInferShape(const std::vector<int64_t>& x_shape,
-                                                    const std::vector<int64_t>&) {
+std::vector<std::vector<int64_t>> SameShapeAsFirst(const std::vector<int64_t>& x_shape, const std::vector<int64_t>&) {
   return {x_shape};
 }
-
-PD_BUILD_OP(pit_bias_add)
-    .Inputs({"X", "Bias"})
-    .Outputs({"Out"})
-    .SetKernelFn(PD_KERNEL(BiasAddForward))
-    .SetInferShapeFn(PD_INFER_SHAPE(BiasAddInferShape));
-
-PD_BUILD_GRAD_OP(pit_bias_add)
-    .Inputs({paddle::Grad("Out")})
-    .Outputs({paddle::Grad("X"), paddle::Grad("Bias")})
-    .SetKernelFn(PD_KERNEL(BiasAddBackward));
 
 // ---------------------------------------------------------------- residual add
 
@@ -391,7 +345,7 @@ PD_BUILD_GRAD_OP(pit_gelu)
 
 // GELU of a Linear's output plus its bias, y = gelu(h + bias) (the MLP's fc1 and activation): one pass instead of
 // the bias add's and GELU's, in both directions. The backward recomputes h + bias and sums the bias gradient
-// per chunk of rows (sum_chunks), as BiasAddBackward does.
+// per chunk of rows (sum_chunks), as LinearBackward does.
 std::vector<paddle::Tensor> BiasGeluForward(const paddle::Tensor& h, const paddle::Tensor& bias) {
   check_cpu_float(h, "pit_bias_gelu input");
   check_cpu_float(bias, "pit_bias_gelu bias");
@@ -446,7 +400,7 @@ PD_BUILD_OP(pit_bias_gelu)
     .Inputs({"H", "Bias"})
     .Outputs({"Out"})
     .SetKernelFn(PD_KERNEL(BiasGeluForward))
-    .SetInferShapeFn(PD_INFER_SHAPE(BiasAddInferShape));
+    .SetInferShapeFn(PD_INFER_SHAPE(SameShapeAsFirst));
 
 PD_BUILD_GRAD_OP(pit_bias_gelu)
     .Inputs({"H", "Bias", paddle::Grad("Out")})
@@ -458,8 +412,8 @@ PD_BUILD_GRAD_OP(pit_bias_gelu)
 // softmax(scale * q k^T) v for every head, read straight from the qkv Linear's output [B, N, 3, heads, head_dim]
 // and written as [B, N, heads, head_dim] = [B, N, C], so no transpose runs on either side. Each task is one
 // block of kQueryRows queries of one (batch, head): its [rows, N] scores live in a per-thread buffer and are
-// turned into probabilities in place (the whole row fits, so the softmax is exact in one pass: no running
-// rescale of the output as in a key-tiled flash attention). No [N, N] matrix is kept: the forward saves the
+// exponentiated in place (the whole row fits, so the softmax is exact in one pass: no running rescale of the
+// output as in a key-tiled flash attention); the output rows, not the probabilities, are divided by the sums. No [N, N] matrix is kept: the forward saves the
 // log-sum-exp of each row, from which the backward recomputes the probabilities.
 // The gemms are MKL's cblas_sgemm (paddle's libmklml_intel, linked by cpu_kernels.py), one thread each: the
 // parallelism is over tasks, which keeps each thread's operands in its own cache.
@@ -510,6 +464,21 @@ struct SequentialGemms {
   ~SequentialGemms() { MKL_Set_Num_Threads_Local(previous); }
 };
 
+// row = exp(row - max(row)) in place, the unnormalised probabilities; *inv_sum = 1 / their sum. Returns the
+// row's log-sum-exp.
+float exp_row(float* row, int64_t cols, float* inv_sum) {
+  float row_max = row[0];
+  for (int64_t c = 1; c < cols; ++c) row_max = std::fmax(row_max, row[c]);
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t c = 0; c < cols; ++c) {
+    row[c] = std::exp(row[c] - row_max);
+    sum += row[c];
+  }
+  *inv_sum = 1.f / sum;
+  return row_max + std::log(sum);
+}
+
 // p[r, :] = exp(p[r, :] - lse[r]) for rows r < rows of a [rows, cols] buffer.
 void exp_shifted(float* p, const float* lse, int64_t rows, int64_t cols) {
   for (int64_t r = 0; r < rows; ++r) {
@@ -535,7 +504,7 @@ std::vector<paddle::Tensor> AttentionForward(const paddle::Tensor& qkv, int num_
 #pragma omp parallel
   {
     SequentialGemms sequential;
-    std::vector<float> scores(kQueryRows * n);
+    std::vector<float> scores(kQueryRows * n), inv_sum(kQueryRows);
     float* p = scores.data();
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < s.batch * s.heads * blocks; ++task) {
@@ -544,9 +513,13 @@ std::vector<paddle::Tensor> AttentionForward(const paddle::Tensor& qkv, int num_
       const float* q = in + s.qkv_offset(b, h, 0) + first * ld;
       gemm(false, true, rows, n, s.head_dim, scale, q, ld, in + s.qkv_offset(b, h, 1), ld, 0.f, p, n);
       float* row_lse = l + (b * s.heads + h) * n + first;
-      for (int64_t r = 0; r < rows; ++r) row_lse[r] = softmax_row(p + r * n, p + r * n, n);
-      gemm(false, false, rows, s.head_dim, n, 1.f, p, n, in + s.qkv_offset(b, h, 2), ld, 0.f,
-           o + s.out_offset(b, h) + first * s.width, s.width);
+      for (int64_t r = 0; r < rows; ++r) row_lse[r] = exp_row(p + r * n, n, &inv_sum[r]);
+      float* orow = o + s.out_offset(b, h) + first * s.width;
+      gemm(false, false, rows, s.head_dim, n, 1.f, p, n, in + s.qkv_offset(b, h, 2), ld, 0.f, orow, s.width);
+      for (int64_t r = 0; r < rows; ++r) {  // normalise the head_dim outputs, not the N probabilities
+#pragma omp simd
+        for (int64_t c = 0; c < s.head_dim; ++c) orow[r * s.width + c] *= inv_sum[r];
+      }
     }
   }
   return {out, lse};
@@ -1065,3 +1038,116 @@ PD_BUILD_OP(pit_adamp)
     .Attrs({"lr: float", "beta1: float", "beta2: float", "epsilon: float", "weight_decay: float", "delta: float",
             "wd_ratio: float", "nesterov: bool", "channel_axis: int"})
     .SetKernelFn(PD_KERNEL(AdamPStep));
+
+// ---------------------------------------------------------------- Linear
+
+// y = x @ weight + bias, weight [in, out] (paddle's layout), x [..., in]: the bias is written first and MKL's gemm
+// (all threads) adds the product to it, so no separate pass adds the bias. Backward: dX = dY W^T, dW = X^T dY
+// (MKL gemms), dBias = column sums of dY (sum_chunks).
+std::vector<paddle::Tensor> LinearForward(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                          const paddle::Tensor& bias) {
+  check_cpu_float(x, "pit_linear input");
+  check_cpu_float(weight, "pit_linear weight");
+  check_cpu_float(bias, "pit_linear bias");
+  const int64_t in = x.shape().back(), rows = rows_of(x);
+  PD_CHECK(weight.shape().size() == 2 && weight.shape()[0] == in, "pit_linear weight must be [", in, ", out]");
+  const int64_t out_features = weight.shape()[1];
+  PD_CHECK(bias.numel() == out_features, "pit_linear bias must have ", out_features, " elements");
+  std::vector<int64_t> shape = x.shape();
+  shape.back() = out_features;
+  auto out = paddle::empty(shape, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float* b = bias.data<float>();
+  float* y = out.data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) std::copy(b, b + out_features, y + r * out_features);
+  gemm(false, false, rows, out_features, in, 1.f, x.data<float>(), in, weight.data<float>(), out_features, 1.f, y,
+       out_features);
+  return {out};
+}
+
+std::vector<paddle::Tensor> LinearBackward(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                           const paddle::Tensor& grad_out) {
+  check_cpu_float(grad_out, "pit_linear gradient");
+  const int64_t in = x.shape().back(), rows = rows_of(x), out_features = weight.shape()[1];
+  auto grad_x = paddle::empty_like(x);
+  auto grad_w = paddle::empty_like(weight);
+  const float* dy = grad_out.data<float>();
+  gemm(false, true, rows, in, out_features, 1.f, dy, out_features, weight.data<float>(), out_features, 0.f,
+       grad_x.data<float>(), in);
+  gemm(true, false, in, out_features, rows, 1.f, x.data<float>(), in, dy, out_features, 0.f, grad_w.data<float>(),
+       out_features);
+  std::vector<float> partial(kChunks * out_features, 0.f);
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < kChunks; ++k) {
+    float* p = partial.data() + k * out_features;
+    for (int64_t r = chunk_begin(rows, k); r < chunk_begin(rows, k + 1); ++r) {
+#pragma omp simd
+      for (int64_t c = 0; c < out_features; ++c) p[c] += dy[r * out_features + c];
+    }
+  }
+  return {grad_x, grad_w, sum_chunks(partial, out_features)};
+}
+
+std::vector<std::vector<int64_t>> LinearInferShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
+                                                   const std::vector<int64_t>&) {
+  std::vector<int64_t> shape = x;
+  shape.back() = w[1];
+  return {shape};
+}
+
+PD_BUILD_OP(pit_linear)
+    .Inputs({"X", "Weight", "Bias"})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(LinearForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(LinearInferShape));
+
+PD_BUILD_GRAD_OP(pit_linear)
+    .Inputs({"X", "Weight", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("X"), paddle::Grad("Weight"), paddle::Grad("Bias")})
+    .SetKernelFn(PD_KERNEL(LinearBackward));
+
+// ---------------------------------------------------------------- [B, A, C] -> [B, C, A]
+
+// The transposes between a stage's map [B, C, H * W] and its tokens [B, H * W, C], on all threads, in tiles
+// that stay in cache. Its gradient is the same transpose of the output's gradient.
+namespace {
+
+paddle::Tensor swap_last_two(const paddle::Tensor& x) {
+  check_cpu_float(x, "pit_swap_last2 input");
+  PD_CHECK(x.shape().size() == 3, "pit_swap_last2 input must be [B, A, C]");
+  const int64_t batch = x.shape()[0], rows = x.shape()[1], cols = x.shape()[2];
+  auto out = paddle::empty({batch, cols, rows}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float* in = x.data<float>();
+  float* y = out.data<float>();
+  constexpr int64_t kTile = 32;
+  const int64_t row_tiles = (rows + kTile - 1) / kTile, col_tiles = (cols + kTile - 1) / kTile;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t tile = 0; tile < row_tiles * col_tiles; ++tile) {
+      const int64_t r0 = tile / col_tiles * kTile, c0 = tile % col_tiles * kTile;
+      const float* src = in + b * rows * cols;
+      float* dst = y + b * rows * cols;
+      for (int64_t c = c0; c < std::min(c0 + kTile, cols); ++c)
+        for (int64_t r = r0; r < std::min(r0 + kTile, rows); ++r) dst[c * rows + r] = src[r * cols + c];
+    }
+  return out;
+}
+
+}  // namespace
+
+std::vector<paddle::Tensor> SwapForward(const paddle::Tensor& x) { return {swap_last_two(x)}; }
+
+std::vector<paddle::Tensor> SwapBackward(const paddle::Tensor& grad_out) { return {swap_last_two(grad_out)}; }
+
+std::vector<std::vector<int64_t>> SwapInferShape(const std::vector<int64_t>& x) { return {{x[0], x[2], x[1]}}; }
+
+PD_BUILD_OP(pit_swap_last2)
+    .Inputs({"X"})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(SwapForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(SwapInferShape));
+
+PD_BUILD_GRAD_OP(pit_swap_last2)
+    .Inputs({paddle::Grad("Out")})
+    .Outputs({paddle::Grad("X")})
+    .SetKernelFn(PD_KERNEL(SwapBackward));

@@ -26,3 +26,5 @@ def test_benchmark_prints_and_writes_all_phases(tmp_path):
     assert all(f['img_per_s'] > 0 and f['peak_mb'] > 0 for f in figures['ours'].values())
     assert figures['params'] > 0 and '| train_step |' in result.stdout and '1 threads' in result.stdout
     assert figures['threads'] == 1 and all(f['threads'] == 1 for f in figures['ours'].values())
+    # the training step runs the config's optimizer (the reference is asked for the same one)
+    assert figures['optimizer'] == 'AdamP' and 'training step with AdamP' in result.stdout

@@ -69,6 +69,14 @@ def test_linear_gelu_and_residual_add_match_paddle_values_and_gradients(kernels,
 
 
 @linux_only
+@pytest.mark.parametrize('shape', [[2, 3, 5], [3, 197, 64], [1, 40, 33]])
+def test_token_map_transpose_matches_paddle_values_and_gradients(kernels, shape):
+    rng = np.random.RandomState(10)
+    assert_same(kernels.swap_last2, lambda t: t.transpose([0, 2, 1]), [rng.randn(*shape).astype('float32')],
+                rng.randn(shape[0], shape[2], shape[1]).astype('float32'), rtol=0, atol=0)
+
+
+@linux_only
 def test_residual_add_with_a_drop_path_scale_matches_the_unfused_form(kernels):
     rng = np.random.RandomState(5)
     x, y = rng.randn(4, 7, 6).astype('float32'), rng.randn(4, 7, 6).astype('float32')
@@ -201,6 +209,15 @@ def test_attention_dropout_in_training_falls_back_to_the_plain_path_which_drops_
     with paddle.no_grad():
         eval_out = layer(x).numpy()
     assert counting.attention_calls == 1 and not np.allclose(train_out.numpy(), eval_out)
+
+
+def test_folding_the_query_scale_into_the_qkv_weights_keeps_the_attention():
+    layer = Attention(24, 3).eval()
+    x = paddle.randn([2, 11, 24])
+    want = layer(x).numpy()
+    layer.fold_query_scale()
+    assert layer.scale == 1.0
+    np.testing.assert_allclose(layer(x).numpy(), want, rtol=1e-5, atol=1e-6)
 
 
 @linux_only

@@ -90,7 +90,10 @@ def test_predict_prints_topk_for_a_folder_and_reports_the_broken_file(tiny_model
 
 def test_exported_model_matches_dynamic_logits_and_predict_top1(tiny_model):
     config, model, tmp = tiny_model
+    before = {k: v.numpy().copy() for k, v in model.state_dict().items()}
     prefix = export_inference_model(model, 32, str(tmp / 'inference'))
+    # the traced copy has the attention scale folded into its qkv weights; the model itself is left as it was
+    assert all(np.array_equal(v.numpy(), before[k]) for k, v in model.state_dict().items())
     x = np.random.RandomState(1).rand(4, 3, 32, 32).astype('float32')
     logits = run_predictor(create_predictor(prefix), x)
     np.testing.assert_allclose(logits, model(paddle.to_tensor(x)).numpy(), atol=1e-4)

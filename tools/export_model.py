@@ -16,6 +16,7 @@ half precision. `-onnx` also writes output/inference.onnx through paddle2onnx an
 (never installing anything itself): opset 13 (`-opset N`), input `images`, output `logits`, dynamic batch.
 """
 import argparse
+import copy
 import os
 import sys
 
@@ -27,8 +28,14 @@ import paddle  # noqa: E402
 
 
 def export_inference_model(model, image_size, save_prefix):
-    """paddle.jit.save of model.eval() with a dynamic batch; returns save_prefix."""
-    model.eval()
+    """paddle.jit.save of model in eval mode with a dynamic batch; returns save_prefix. A copy is traced, with
+    the attention scale folded into the qkv weights (pit.Attention.fold_query_scale): the exported
+    .pdiparams hold those folded weights (same outputs); model itself is left as it was."""
+    from pit import Attention
+    model = copy.deepcopy(model).eval()
+    for layer in model.sublayers():
+        if isinstance(layer, Attention):
+            layer.fold_query_scale()
     os.makedirs(os.path.dirname(os.path.abspath(save_prefix)), exist_ok=True)
     spec = [paddle.static.InputSpec([None, 3, image_size, image_size], 'float32', name='images')]
     static_model = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
