@@ -18,12 +18,13 @@ def test_benchmark_prints_and_writes_all_phases(tmp_path):
     out = tmp_path / 'bench.json'
     result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'benchmark.py'), '-cfg', str(cfg),
                              '-batch_size', '4', '-repeats', '1', '-json', str(out), '-markdown', '-no_reference',
-                             '-threads', '1', '-opts', 'MODEL.NUM_CLASSES', '7'],
+                             '-threads', '1', '-rounds', '2', '-opts', 'MODEL.NUM_CLASSES', '7'],
                             capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(out.read_text())
     assert set(figures['ours']) == {'dygraph_infer', 'exported_infer', 'train_step', 'latency_b1', 'data_per_worker'}
     assert all(f['img_per_s'] > 0 and f['peak_mb'] > 0 for f in figures['ours'].values())
+    assert all(len(f['rounds']) == 2 for f in figures['ours'].values())  # -rounds: processes per phase
     assert figures['params'] > 0 and '| train_step |' in result.stdout and '1 threads' in result.stdout
     assert figures['threads'] == 1 and all(f['threads'] == 1 for f in figures['ours'].values())
     # the training step runs the config's optimizer (the reference is asked for the same one)

@@ -10,8 +10,9 @@ Where a GPU exists, everything runs on it, train_step_amp adds a training step u
 the reference runs on CUDA (ratios are printed only when both sides ran on the same kind of device).
 
 Each figure is the median images/s over `-repeats` timed runs after warmup, measured in its own subprocess so
-that its peak memory (max RSS on CPU, max allocated on GPU) is its own; latency_b1 runs one image at a time
-(ms per image = 1000 / img/s). Threads default to all cores (paddle would otherwise use one). The reference
+that its peak memory (max RSS on CPU, max allocated on GPU) is its own; `-rounds R` runs R such processes per
+phase, ours and the reference in turn, and gives the medians over rounds and the median of the pairs' ratios.
+latency_b1 runs one image at a time (ms per image = 1000 / img/s). Threads default to all cores (paddle would otherwise use one). The reference
 runs through tools/benchmark_reference.py under PIT_REFERENCE_PYTHON (or this python, if it has torch and timm)
 with the same threads, batch, input size and drop path, one process per phase too; ratios are ours/reference.
 """
@@ -158,6 +159,14 @@ def run_reference(args, variant, phase):
     return json.loads(out.stdout.strip().splitlines()[-1]), None
 
 
+def summary(runs):
+    """One phase's figures over rounds: the median img/s and peak, and each round's figures under 'rounds'."""
+    figures = dict(runs[-1])
+    figures.update(img_per_s=statistics.median(r['img_per_s'] for r in runs),
+                   peak_mb=statistics.median(r['peak_mb'] for r in runs), rounds=runs)
+    return figures
+
+
 def ratio(ours, ref, key):
     return f"{ours[key] / ref[key]:.2f}x" if ours.get(key) and ref.get(key) else '-'
 
@@ -170,9 +179,11 @@ def markdown(result):
     for phase in [p for p in PHASES + GPU_PHASES if p in result['ours'] or p in PHASES]:
         ours = result['ours'].get(phase, {})
         ref = (result.get('reference') or {}).get(phase, {})
+        pairs = result.get('pair_ratios', {}).get(phase)  # the median of the pairs' ratios, where pairs ran
+        speed, peak = ((f"{pairs['img_per_s']:.2f}x", f"{pairs['peak_mb']:.2f}x") if pairs else
+                       (ratio(ours, ref, 'img_per_s'), ratio(ours, ref, 'peak_mb')))
         lines.append(f"| {phase} | {ours.get('img_per_s', nan):.1f} | {ours.get('peak_mb', nan):.0f} | "
-                     f"{ref.get('img_per_s', nan):.1f} | {ref.get('peak_mb', nan):.0f} | "
-                     f"{ratio(ours, ref, 'img_per_s')} | {ratio(ours, ref, 'peak_mb')} |")
+                     f"{ref.get('img_per_s', nan):.1f} | {ref.get('peak_mb', nan):.0f} | {speed} | {peak} |")
     return '\n'.join(lines)
 
 
@@ -182,6 +193,9 @@ def main():
     parser.add_argument('-batch_size', type=int, default=32)
     parser.add_argument('-threads', type=int, default=0, help='0: all cores')
     parser.add_argument('-repeats', type=int, default=5)
+    parser.add_argument('-rounds', type=int, default=1,
+                        help='alternate ours / the reference this many times per phase (processes in turn); the '
+                             'ratio is the median of the pairs')
     parser.add_argument('-phases', nargs='+', default=None, choices=PHASES + GPU_PHASES,
                         help='default: all (train_step_amp only where a GPU exists)')
     parser.add_argument('-json', default=None, help='also write the figures here')
@@ -225,34 +239,51 @@ def main():
     result['reference'] = {}
     with tempfile.TemporaryDirectory() as tmp:
         args.tmp = tmp
-        # Each phase: ours, then the reference right after it, so that both see the same load on a shared machine.
+        # Each phase: ours, then the reference right after it, so that both see the same load on a shared machine;
+        # with -rounds R, R such pairs in turn, and the ratio is the median of the pairs' ratios.
         for phase in args.phases:
             cmd = [sys.executable, os.path.abspath(__file__), '-cfg', args.cfg, '-batch_size', str(args.batch_size),
                    '-threads', str(args.threads), '-repeats', str(args.repeats), '-phase', phase, '-tmp', tmp]
             cmd += ['-opts'] + args.opts if args.opts else []
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                print(f'  {phase}: failed: {out.stderr.strip().splitlines()[-1]}')
-                continue
-            ours = result['ours'][phase] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"  {phase:16s} {ours['img_per_s']:8.1f} img/s  peak {ours['peak_mb']:.0f} MB")
-            if reference_error:
-                continue
-            reference, reference_error = run_reference(args, variant, phase)
-            if reference is None:
-                print(f'  reference: not run ({reference_error})')
-                continue
-            result['torch'] = reference.pop('versions', None)
-            ref_device = result['torch'].get('device', 'cpu')
-            if ref_device != {'gpu': 'cuda', 'cpu': 'cpu'}[result['device']]:
-                reference_error = f"reference ran on {ref_device}, ours on {result['device']}: no ratios"
-                print(f'  {reference_error}')
-                continue
-            ref = result['reference'][phase] = reference.get(phase)
-            if ref:
-                ref['peak_mb'] = reference.get('peak_mb')
-                print(f"  {phase:16s} reference {ref['img_per_s']:8.1f} img/s  peak {ref['peak_mb']:.0f} MB  "
-                      f"ours/reference {ratio(ours, ref, 'img_per_s')}, peak {ratio(ours, ref, 'peak_mb')}")
+            ours_runs, ref_runs = [], []
+            for round_ in range(args.rounds):
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode != 0:
+                    print(f'  {phase}: failed: {out.stderr.strip().splitlines()[-1]}')
+                    break
+                ours_runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                label = f'{phase} {round_ + 1}/{args.rounds}' if args.rounds > 1 else phase
+                print(f"  {label:16s} {ours_runs[-1]['img_per_s']:8.1f} img/s  peak {ours_runs[-1]['peak_mb']:.0f} MB")
+                if reference_error:
+                    continue
+                reference, reference_error = run_reference(args, variant, phase)
+                if reference is None:
+                    print(f'  reference: not run ({reference_error})')
+                    continue
+                result['torch'] = reference.pop('versions', None)
+                ref_device = result['torch'].get('device', 'cpu')
+                if ref_device != {'gpu': 'cuda', 'cpu': 'cpu'}[result['device']]:
+                    reference_error = f"reference ran on {ref_device}, ours on {result['device']}: no ratios"
+                    print(f'  {reference_error}')
+                    continue
+                ref = reference.get(phase)
+                if ref:
+                    ref['peak_mb'] = reference.get('peak_mb')
+                    ref_runs.append(ref)
+                    print(f"  {label:16s} reference {ref['img_per_s']:8.1f} img/s  peak {ref['peak_mb']:.0f} MB  "
+                          f"ours/reference {ratio(ours_runs[-1], ref, 'img_per_s')}, "
+                          f"peak {ratio(ours_runs[-1], ref, 'peak_mb')}")
+            if ours_runs:
+                result['ours'][phase] = summary(ours_runs)
+            if ref_runs:
+                result['reference'][phase] = summary(ref_runs)
+                pairs = list(zip(ours_runs, ref_runs))
+                result.setdefault('pair_ratios', {})[phase] = {
+                    key: statistics.median(o[key] / r[key] for o, r in pairs) for key in ('img_per_s', 'peak_mb')}
+                if args.rounds > 1:
+                    med = result['pair_ratios'][phase]
+                    print(f"  {phase:16s} median of {len(pairs)} pairs: ours/reference {med['img_per_s']:.2f}x, "
+                          f"peak {med['peak_mb']:.2f}x")
     if args.markdown:
         print(markdown(result))
     if args.json:
