@@ -2,11 +2,11 @@
 
 `configure_cpu()` is the one call that makes a CPU process fast: threads, MKL's code path, plain transposes,
 malloc, and this extension. The kernels: a fused multi-head attention with its backward (no N x N matrix kept),
-softmax, LayerNorm, bias add, exact GELU, the residual add (with the drop path's per-sample scale), the patch
-embedding's conv and the pooling's depthwise conv. Paddle's CPU kernels for all but the attention
-gemms run on one thread, and its attention keeps the N x N weights; these were the largest costs of a PiT step
-on CPU after the matmuls (docs/performance.md has the figures). Values match paddle's kernels to float rounding
-(tests/test_cpu_kernels.py).
+softmax, LayerNorm, the Linear, fc1's bias add with exact GELU, the residual add (with the drop path's per-sample
+scale), the token/map transposes, the patch embedding's conv, the pooling's depthwise conv, and AdamP's step.
+Paddle's CPU kernels for all but the gemms run on one thread, and its attention keeps the N x N weights; these
+were the largest costs of a PiT step on CPU after the matmuls (docs/performance.md has the figures). Values match
+paddle's kernels to float rounding (tests/test_cpu_kernels.py).
 
 `load()` compiles the extension with the C++ compiler of this machine (about 20 s, once per machine and source
 version; cached by paddle in ~/.cache/paddle_extensions or PADDLE_EXTENSION_DIR) and links paddle's own OpenMP
@@ -77,8 +77,8 @@ def load():
         reason = ' '.join(str(e).split())[:300] or type(e).__name__
         _status = f'CPU kernels: could not be built ({reason}); using paddle kernels, which are slower'
         return False
-    _status = (f'CPU kernels: fused attention and multi-threaded softmax, LayerNorm, bias add, GELU, residual '
-               f'add and convolutions in use ({name})')
+    _status = (f'CPU kernels: fused attention and multi-threaded Linear, GELU, LayerNorm, residual add, '
+               f'convolutions and AdamP step in use ({name})')
     return True
 
 
@@ -135,6 +135,14 @@ class Kernels:
     def __repr__(self):
         return f"Kernels({'cpu_kernels' if self._ops is not None else 'paddle'})"
 
+    def _run(self, name, *args):
+        """The extension's op `name` on args. paddle records a custom op for the backward even under no_grad
+        (its output keeps its inputs, and so every activation before it, alive): there, the op runs on
+        detached inputs (the same memory), so inference keeps nothing."""
+        if not paddle.is_grad_enabled():
+            args = [a.detach() if isinstance(a, paddle.Tensor) else a for a in args]
+        return getattr(self._ops, name)(*args)
+
     def applies(self, x):
         """True where the extension's kernels run on x: they are loaded, dygraph, a float32 CPU tensor."""
         return (self._ops is not None and paddle.in_dynamic_mode() and x.place.is_cpu_place()
@@ -142,41 +150,37 @@ class Kernels:
 
     def softmax(self, x):
         """Softmax over the last axis."""
-        return self._ops.pit_softmax(x) if self.applies(x) else F.softmax(x, axis=-1)
+        return self._run('pit_softmax', x) if self.applies(x) else F.softmax(x, axis=-1)
 
     def linear(self, x, weight, bias):
         """x @ weight + bias (weight [in, out], bias [out] or None); on the extension, the bias is written first
         and the gemm adds to it (no separate pass), and its gradient is summed on all threads."""
         if bias is not None and self.applies(x):
-            return self._ops.pit_linear(x, weight, bias)
+            return self._run('pit_linear', x, weight, bias)
         return F.linear(x, weight, bias)
 
     def linear_gelu(self, x, weight, bias):
         """gelu(x @ weight + bias), exact GELU; the bias add and the GELU in one pass on the extension."""
         if bias is not None and self.applies(x):
-            return self._ops.pit_bias_gelu(paddle.matmul(x, weight), bias)
+            return self._run('pit_bias_gelu', paddle.matmul(x, weight), bias)
         return F.gelu(F.linear(x, weight, bias))
-
-    def gelu(self, x):
-        """Exact (erf) GELU."""
-        return self._ops.pit_gelu(x) if self.applies(x) else F.gelu(x)
 
     def layer_norm(self, x, weight, bias, epsilon):
         """LayerNorm over the last axis, with a weight and a bias."""
         if self.applies(x) and weight is not None and bias is not None:
-            return self._ops.pit_layer_norm(x, weight, bias, epsilon)[0]
+            return self._run('pit_layer_norm', x, weight, bias, epsilon)[0]
         return F.layer_norm(x, x.shape[-1:], weight, bias, epsilon)
 
     def add(self, x, y, scale=None):
         """x + y, same shapes (the residual add); with scale ([B], one factor per sample: a drop path's
         0 or 1 / keep_prob), x + y * scale[b], in one pass."""
         if self.applies(x) and x.shape == y.shape:
-            return self._ops.pit_add(x, y) if scale is None else self._ops.pit_add_scaled(x, y, scale)
+            return self._run('pit_add', x, y) if scale is None else self._run('pit_add_scaled', x, y, scale)
         return x + y if scale is None else x + y * scale.reshape([-1] + [1] * (y.ndim - 1))
 
     def swap_last2(self, x):
         """[B, A, C] -> [B, C, A] (a stage's map <-> its tokens)."""
-        return self._ops.pit_swap_last2(x) if self.applies(x) and x.ndim == 3 else x.transpose([0, 2, 1])
+        return self._run('pit_swap_last2', x) if self.applies(x) and x.ndim == 3 else x.transpose([0, 2, 1])
 
     def conv2d(self, x, weight, bias, stride, padding, groups):
         """F.conv2d (NCHW, square kernel and stride, dilation 1, with a bias). On the extension: a depthwise
@@ -184,9 +188,9 @@ class Kernels:
         patch embedding of images); other convs run paddle's."""
         if bias is not None and self.applies(x) and x.ndim == 4:
             if groups == x.shape[1] and weight.shape[0] % groups == 0:
-                return self._ops.pit_depthwise_conv(x, weight, bias, stride, padding)
+                return self._run('pit_depthwise_conv', x, weight, bias, stride, padding)
             if groups == 1 and padding == 0 and x.stop_gradient:
-                return self._ops.pit_patch_conv(x, weight, bias, stride)
+                return self._run('pit_patch_conv', x, weight, bias, stride)
         return F.conv2d(x, weight, bias, stride=stride, padding=padding, groups=groups)
 
     def adamp_step(self, param, grad, moment1, moment2, beta1_pow, beta2_pow, lr, beta1, beta2, epsilon,
@@ -196,14 +200,14 @@ class Kernels:
         if not (self.applies(param) and grad.dtype == paddle.float32 and grad.place.is_cpu_place()):
             return False
         # detach(): the same memory, written in place (paddle refuses in-place ops on a trainable leaf)
-        self._ops.pit_adamp(param.detach(), moment1, moment2, beta1_pow, beta2_pow, grad, float(lr), beta1, beta2, epsilon,
-                            float(weight_decay), delta, wd_ratio, bool(nesterov), int(channel_axis))
+        self._run('pit_adamp', param.detach(), moment1, moment2, beta1_pow, beta2_pow, grad, float(lr), beta1, beta2,
+                  epsilon, float(weight_decay), delta, wd_ratio, bool(nesterov), int(channel_axis))
         return True
 
     def attention(self, qkv, num_heads, scale):
         """softmax(scale * q k^T) v per head, no dropout. qkv [B, N, 3C] laid out [B, N, 3, heads, head_dim]
         (the qkv Linear's output) -> [B, N, C] laid out [B, N, heads, head_dim]. Needs applies(qkv)."""
-        return self._ops.pit_attention(qkv, num_heads, scale)[0]
+        return self._run('pit_attention', qkv, num_heads, scale)[0]
 
 
 PADDLE = Kernels()

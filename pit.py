@@ -34,9 +34,9 @@ def _torch_default_uniform(fan_in):
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters and names) that runs its bias add on `kernels` (cpu_kernels.Kernels): on
-    CPU, paddle's add, and above all its backward (the bias gradient), run on one thread. With gelu, the
-    layer's output is gelu(x @ weight + bias) (exact GELU), the bias add and the GELU in one kernel."""
+    """nn.Linear (same parameters and names) on `kernels` (cpu_kernels.Kernels): on CPU, one op whose bias
+    gradient runs on all threads (paddle's bias add and its backward run on one). With gelu, the layer's
+    output is gelu(x @ weight + bias) (exact GELU), the bias add and the GELU in one kernel."""
 
     def __init__(self, in_features, out_features, kernels=PADDLE, gelu=False, **kwargs):
         super().__init__(in_features, out_features, **kwargs)

@@ -1,8 +1,10 @@
 // Multi-threaded CPU kernels for the PiT ops whose Paddle CPU kernels run on one thread and dominate CPU time
 // after the matmuls: a fused multi-head attention (forward and backward, no N x N matrix kept), softmax over
-// the last axis, LayerNorm (whose backward is the slow part), the Linear bias add, exact GELU and the residual
-// add. Same math as paddle.nn.functional's scaled_dot_product_attention / softmax / layer_norm / gelu / add;
-// built on first use by cpu_kernels.py.
+// the last axis, LayerNorm (whose backward is the slow part), the Linear (bias and its gradient), fc1's bias
+// add with exact GELU, the residual add (with a drop path's per-sample scale), the token/map transposes, the
+// patch-embedding and depthwise pooling convolutions, and one AdamP step per parameter. Same math as
+// paddle.nn.functional's scaled_dot_product_attention / softmax / layer_norm / linear / gelu / conv2d and
+// optim.AdamP; built on first use by cpu_kernels.py.
 // OpenMP here is paddle's own libiomp5 (linked by cpu_kernels.py), so it shares MKL's thread pool and count.
 #include <algorithm>
 #include <cmath>
@@ -311,37 +313,10 @@ PD_BUILD_GRAD_OP(pit_add_scaled)
     .Outputs({paddle::Grad("X"), paddle::Grad("Y")})
     .SetKernelFn(PD_KERNEL(AddScaledBackward));
 
-// ---------------------------------------------------------------- exact GELU
+// ---------------------------------------------------------------- fc1's bias add and exact GELU
 
-// y = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); dy/dx = Phi(x) + x * phi(x).
+// gelu(x) = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); gelu'(x) = Phi(x) + x * phi(x).
 constexpr float kSqrtHalf = 0.70710678118654752f;
-
-std::vector<paddle::Tensor> GeluForward(const paddle::Tensor& x) {
-  check_cpu_float(x, "pit_gelu input");
-  const float* in = x.data<float>();
-  return {map_elements(x, [in](int64_t i) { return 0.5f * in[i] * (1.f + std::erf(in[i] * kSqrtHalf)); })};
-}
-
-std::vector<paddle::Tensor> GeluBackward(const paddle::Tensor& x, const paddle::Tensor& grad_out) {
-  check_cpu_float(grad_out, "pit_gelu gradient");
-  const float* in = x.data<float>();
-  const float* dy = grad_out.data<float>();
-  return {map_elements(x, [in, dy](int64_t i) {
-    const float cdf = 0.5f * (1.f + std::erf(in[i] * kSqrtHalf));
-    const float pdf = 0.39894228040143268f * std::exp(-0.5f * in[i] * in[i]);
-    return dy[i] * (cdf + in[i] * pdf);
-  })};
-}
-
-PD_BUILD_OP(pit_gelu)
-    .Inputs({"X"})
-    .Outputs({"Out"})
-    .SetKernelFn(PD_KERNEL(GeluForward));
-
-PD_BUILD_GRAD_OP(pit_gelu)
-    .Inputs({"X", paddle::Grad("Out")})
-    .Outputs({paddle::Grad("X")})
-    .SetKernelFn(PD_KERNEL(GeluBackward));
 
 // GELU of a Linear's output plus its bias, y = gelu(h + bias) (the MLP's fc1 and activation): one pass instead of
 // the bias add's and GELU's, in both directions. The backward recomputes h + bias and sums the bias gradient
@@ -413,8 +388,9 @@ PD_BUILD_GRAD_OP(pit_bias_gelu)
 // and written as [B, N, heads, head_dim] = [B, N, C], so no transpose runs on either side. Each task is one
 // block of kQueryRows queries of one (batch, head): its [rows, N] scores live in a per-thread buffer and are
 // exponentiated in place (the whole row fits, so the softmax is exact in one pass: no running rescale of the
-// output as in a key-tiled flash attention); the output rows, not the probabilities, are divided by the sums. No [N, N] matrix is kept: the forward saves the
-// log-sum-exp of each row, from which the backward recomputes the probabilities.
+// output as in a key-tiled flash attention); the output rows, not the probabilities, are divided by the sums.
+// No [N, N] matrix is kept: the forward saves the log-sum-exp of each row, from which the backward recomputes the
+// probabilities.
 // The gemms are MKL's cblas_sgemm (paddle's libmklml_intel, linked by cpu_kernels.py), one thread each: the
 // parallelism is over tasks, which keeps each thread's operands in its own cache.
 

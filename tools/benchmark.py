@@ -12,9 +12,10 @@ the reference runs on CUDA (ratios are printed only when both sides ran on the s
 Each figure is the median images/s over `-repeats` timed runs after warmup, measured in its own subprocess so
 that its peak memory (max RSS on CPU, max allocated on GPU) is its own; `-rounds R` runs R such processes per
 phase, ours and the reference in turn, and gives the medians over rounds and the median of the pairs' ratios.
-latency_b1 runs one image at a time (ms per image = 1000 / img/s). Threads default to all cores (paddle would otherwise use one). The reference
-runs through tools/benchmark_reference.py under PIT_REFERENCE_PYTHON (or this python, if it has torch and timm)
-with the same threads, batch, input size and drop path, one process per phase too; ratios are ours/reference.
+latency_b1 runs one image at a time (ms per image = 1000 / img/s). Threads default to all cores (paddle would
+otherwise use one). The reference runs through tools/benchmark_reference.py under PIT_REFERENCE_PYTHON (or this
+python, if it has torch and timm) with the same threads, batch, input size, drop path and optimizer (the config's
+TRAIN.OPTIMIZER: torch's AdamW or SGD, timm's AdamP), one process per phase too; ratios are ours/reference.
 """
 import argparse
 import json
