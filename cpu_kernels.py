@@ -204,6 +204,15 @@ class Kernels:
                   epsilon, float(weight_decay), delta, wd_ratio, bool(nesterov), int(channel_axis))
         return True
 
+    def adamw_step(self, param, grad, moment1, moment2, beta1_pow, beta2_pow, lr, beta1, beta2, epsilon, coeff):
+        """One paddle.optimizer.AdamW step of param in place (coeff: its weight decay, 0 for an undecayed one),
+        on all threads, where applies(param): returns True then, else False (the caller runs paddle's op)."""
+        if not (self.applies(param) and grad.dtype == paddle.float32 and grad.place.is_cpu_place()):
+            return False
+        self._run('pit_adamw', param.detach(), moment1, moment2, beta1_pow, beta2_pow, grad, float(lr), beta1, beta2,
+                  epsilon, float(coeff))
+        return True
+
     def attention(self, qkv, num_heads, scale):
         """softmax(scale * q k^T) v per head, no dropout. qkv [B, N, 3C] laid out [B, N, 3, heads, head_dim]
         (the qkv Linear's output) -> [B, N, C] laid out [B, N, heads, head_dim]. Needs applies(qkv)."""

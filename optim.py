@@ -58,13 +58,13 @@ def build_optimizer(config, model, lr_scheduler):
     common = dict(learning_rate=lr_scheduler, parameters=[p for p in model.parameters() if not p.stop_gradient],
                   weight_decay=wd, grad_clip=clip, apply_decay_param_fun=decay_names.__contains__)
     beta1, beta2 = config.TRAIN.OPTIMIZER.BETAS
+    kernels = getattr(unwrap_model(model), 'kernels', PADDLE)  # the model's CPU kernels run its optimizer step
     if name == 'AdamW':
-        return AdamW(beta1=beta1, beta2=beta2, epsilon=config.TRAIN.OPTIMIZER.EPS, **common)
+        return AdamW(beta1=beta1, beta2=beta2, epsilon=config.TRAIN.OPTIMIZER.EPS, kernels=kernels, **common)
     if name == 'AdamP':
         return AdamP(beta1=beta1, beta2=beta2, epsilon=config.TRAIN.OPTIMIZER.EPS,
                      delta=config.TRAIN.OPTIMIZER.DELTA, wd_ratio=config.TRAIN.OPTIMIZER.WD_RATIO,
-                     nesterov=config.TRAIN.OPTIMIZER.NESTEROV,
-                     kernels=getattr(unwrap_model(model), 'kernels', PADDLE), **common)
+                     nesterov=config.TRAIN.OPTIMIZER.NESTEROV, kernels=kernels, **common)
     if name == 'SGD':
         return SGD(momentum=config.TRAIN.OPTIMIZER.MOMENTUM, nesterov=config.TRAIN.OPTIMIZER.NESTEROV, **common)
     raise ConfigError(f"config key TRAIN.OPTIMIZER.NAME={name!r} is not one of ['AdamW', 'AdamP', 'SGD']")
@@ -77,11 +77,31 @@ def build_optimizer(config, model, lr_scheduler):
 # one process, a resume in a new one), and a saved state always loads.
 
 class AdamW(paddle.optimizer.AdamW):
-    """paddle.optimizer.AdamW with accumulator names that do not depend on the process history."""
+    """paddle.optimizer.AdamW with accumulator names that do not depend on the process history. With `kernels`
+    (cpu_kernels.Kernels; build_optimizer passes the model's), a float32 CPU parameter takes the same update on
+    all threads (pit_adamw) instead of Paddle's single-threaded op; the accumulators are Paddle's own."""
+
+    def __init__(self, *args, kernels=PADDLE, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._kernels = kernels
 
     def _create_accumulators(self, block, parameters):
         with paddle.utils.unique_name.guard():
             super()._create_accumulators(block, parameters)
+
+    def _append_optimize_op(self, block, param_and_grad):
+        param, grad = param_and_grad
+        if not (self._amsgrad or self._lr_ratio is not None or self._multi_precision):
+            decays = self._apply_decay_param_fun is None or self._apply_decay_param_fun(param.name)
+            get = self._get_accumulator_master
+            if self._kernels.adamw_step(param, grad, get(self._moment1_acc_str, param),
+                                        get(self._moment2_acc_str, param), get(self._beta1_pow_acc_str, param),
+                                        get(self._beta2_pow_acc_str, param),
+                                        self.get_lr() * param.optimize_attr.get('learning_rate', 1.0),
+                                        float(self._beta1), float(self._beta2), float(self._epsilon),
+                                        self._weight_decay if decays else 0.0):
+                return None
+        return super()._append_optimize_op(block, param_and_grad)
 
 
 class _FlatOptimizer(paddle.optimizer.Optimizer):

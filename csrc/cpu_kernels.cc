@@ -1127,3 +1127,44 @@ PD_BUILD_GRAD_OP(pit_swap_last2)
     .Inputs({paddle::Grad("Out")})
     .Outputs({paddle::Grad("X")})
     .SetKernelFn(PD_KERNEL(SwapBackward));
+
+// ---------------------------------------------------------------- AdamW step
+
+// One step of paddle.optimizer.AdamW for one parameter, in place, on all threads (Paddle's CPU op runs on one
+// thread per parameter): w <- w * (1 - lr * coeff); Adam moments; w <- w - lr_t * m / (sqrt(v) + eps_t) with
+// lr_t = lr sqrt(1 - beta2^t) / (1 - beta1^t), eps_t = eps sqrt(1 - beta2^t). Paddle's beta-power accumulators
+// already hold beta^t when the step starts (they start at beta) and advance after it, as its kernel does.
+void AdamWStep(paddle::Tensor& param, paddle::Tensor& moment1, paddle::Tensor& moment2, paddle::Tensor& beta1_pow,
+               paddle::Tensor& beta2_pow, const paddle::Tensor& grad, float lr, float beta1, float beta2,
+               float epsilon, float coeff) {
+  check_cpu_float(param, "pit_adamw parameter");
+  check_cpu_float(grad, "pit_adamw gradient");
+  PD_CHECK(grad.numel() == param.numel() && moment1.numel() == param.numel() && moment2.numel() == param.numel(),
+           "pit_adamw moments and gradient must be shaped like the parameter");
+  const int64_t n = param.numel();
+  float* w = param.data<float>();
+  float* m = moment1.data<float>();
+  float* v = moment2.data<float>();
+  const float* g = grad.data<float>();
+  float* b1p = beta1_pow.data<float>();
+  float* b2p = beta2_pow.data<float>();
+  const float correction2 = std::sqrt(1.f - b2p[0]);
+  const float lr_t = lr * correction2 / (1.f - b1p[0]), eps_t = epsilon * correction2;
+  const float decay = 1.f - lr * coeff;
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    m[i] = beta1 * m[i] + (1.f - beta1) * g[i];
+    v[i] = beta2 * v[i] + (1.f - beta2) * g[i] * g[i];
+    w[i] = w[i] * decay - lr_t * m[i] / (std::sqrt(v[i]) + eps_t);
+  }
+  b1p[0] *= beta1;
+  b2p[0] *= beta2;
+}
+
+PD_BUILD_OP(pit_adamw)
+    .Inputs({"Param", "Moment1", "Moment2", "Beta1Pow", "Beta2Pow", "Grad"})
+    .Outputs({"ParamOut", "Moment1Out", "Moment2Out", "Beta1PowOut", "Beta2PowOut"})
+    .SetInplaceMap({{"Param", "ParamOut"}, {"Moment1", "Moment1Out"}, {"Moment2", "Moment2Out"},
+                    {"Beta1Pow", "Beta1PowOut"}, {"Beta2Pow", "Beta2PowOut"}})
+    .Attrs({"lr: float", "beta1: float", "beta2: float", "epsilon: float", "coeff: float"})
+    .SetKernelFn(PD_KERNEL(AdamWStep));

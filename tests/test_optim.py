@@ -8,7 +8,7 @@ import pytest
 import cpu_kernels
 
 from config import get_config, merge_opts
-from optim import SGD, AdamP, build_optimizer, param_groups
+from optim import SGD, AdamP, AdamW, build_optimizer, param_groups
 from pit import build_pit
 
 LR, WD = 0.05, 0.5
@@ -147,6 +147,37 @@ def test_adamp_matches_the_published_update_step_by_step(nesterov, fused):
                                                    wd_ratio=0.01, nesterov=nesterov)
             assert projected_by == {'none': None}.get(kinds[k][step], kinds[k][step]), (k, step)
             np.testing.assert_allclose(to_torch[k](p.numpy()), ref[k], rtol=1e-5, atol=1e-5, err_msg=f'{k} {step}')
+
+
+def test_adamw_on_the_cpu_kernel_equals_paddles_adamw_op_step_by_step():
+    kernels = cpu_kernels.for_model()
+    if not kernels.applies(paddle.ones([1])):
+        pytest.skip(cpu_kernels.status())
+    rng = np.random.RandomState(3)
+    layers = []
+    for _ in range(2):
+        with paddle.utils.unique_name.guard():
+            layers.append((paddle.nn.Linear(6, 4), paddle.nn.Conv2D(2, 4, 3)))
+    for a, b in zip(*[[p for layer in pair for p in layer.parameters()] for pair in layers]):
+        b.set_value(a.numpy())
+    optimizers = [AdamW(LR, parameters=[p for layer in pair for p in layer.parameters()], weight_decay=WD, kernels=k,
+                        apply_decay_param_fun={pair[0].weight.name, pair[1].weight.name}.__contains__)
+                  for pair, k in zip(layers, (kernels, cpu_kernels.PADDLE))]
+    for step in range(4):
+        grads = [rng.randn(*p.shape).astype('float32') for p in layers[0][0].parameters() + layers[0][1].parameters()]
+        for pair, optimizer in zip(layers, optimizers):
+            params = [p for layer in pair for p in layer.parameters()]
+            sum((p * paddle.to_tensor(g)).sum() for p, g in zip(params, grads)).backward()
+            optimizer.step()
+            optimizer.clear_grad()
+        for fused, plain in zip(*[[p for layer in pair for p in layer.parameters()] for pair in layers]):
+            np.testing.assert_allclose(fused.numpy(), plain.numpy(), rtol=1e-5, atol=1e-6, err_msg=f'step {step}')
+    # the same accumulators under the same names: a state saved by one path resumes on the other
+    fused_state, plain_state = optimizers[0].state_dict(), optimizers[1].state_dict()
+    assert set(fused_state) == set(plain_state)
+    for key in plain_state:
+        if hasattr(plain_state[key], 'numpy'):
+            np.testing.assert_allclose(fused_state[key].numpy(), plain_state[key].numpy(), rtol=1e-5, atol=1e-7)
 
 
 def test_sgd_matches_torch_sgd_with_nesterov_and_coupled_weight_decay():
