@@ -3,10 +3,10 @@
 `configure_cpu()` is the one call that makes a CPU process fast: threads, MKL's code path, plain transposes,
 malloc, and this extension. The kernels: a fused multi-head attention with its backward (no N x N matrix kept),
 softmax, LayerNorm, the Linear, fc1's bias add with exact GELU, the residual add (with the drop path's per-sample
-scale), the token/map transposes, the patch embedding's conv, the pooling's depthwise conv, and AdamP's step.
-Paddle's CPU kernels for all but the gemms run on one thread, and its attention keeps the N x N weights; these
-were the largest costs of a PiT step on CPU after the matmuls (docs/performance.md has the figures). Values match
-paddle's kernels to float rounding (tests/test_cpu_kernels.py).
+scale), the token/map transposes, the patch embedding's conv, the pooling's depthwise conv, and the AdamP and
+AdamW steps. Paddle's CPU kernels for all but the gemms run on one thread, and its attention keeps the N x N
+weights; these were the largest costs of a PiT step on CPU after the matmuls (docs/performance.md has the
+figures). Values match paddle's kernels to float rounding (tests/test_cpu_kernels.py, tests/test_optim.py).
 
 `load()` compiles the extension with the C++ compiler of this machine (about 20 s, once per machine and source
 version; cached by paddle in ~/.cache/paddle_extensions or PADDLE_EXTENSION_DIR) and links paddle's own OpenMP
@@ -78,7 +78,7 @@ def load():
         _status = f'CPU kernels: could not be built ({reason}); using paddle kernels, which are slower'
         return False
     _status = (f'CPU kernels: fused attention and multi-threaded Linear, GELU, LayerNorm, residual add, '
-               f'convolutions and AdamP step in use ({name})')
+               f'convolutions and AdamP/AdamW steps in use ({name})')
     return True
 
 

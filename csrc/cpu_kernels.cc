@@ -2,9 +2,9 @@
 // after the matmuls: a fused multi-head attention (forward and backward, no N x N matrix kept), softmax over
 // the last axis, LayerNorm (whose backward is the slow part), the Linear (bias and its gradient), fc1's bias
 // add with exact GELU, the residual add (with a drop path's per-sample scale), the token/map transposes, the
-// patch-embedding and depthwise pooling convolutions, and one AdamP step per parameter. Same math as
+// patch-embedding and depthwise pooling convolutions, and one AdamP or AdamW step per parameter. Same math as
 // paddle.nn.functional's scaled_dot_product_attention / softmax / layer_norm / linear / gelu / conv2d and
-// optim.AdamP; built on first use by cpu_kernels.py.
+// optim.AdamP / paddle.optimizer.AdamW; built on first use by cpu_kernels.py.
 // OpenMP here is paddle's own libiomp5 (linked by cpu_kernels.py), so it shares MKL's thread pool and count.
 #include <algorithm>
 #include <cmath>
