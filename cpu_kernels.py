@@ -197,20 +197,23 @@ class Kernels:
                    weight_decay, delta, wd_ratio, nesterov, channel_axis):
         """One AdamP step of param in place (optim.AdamP's update; channel_axis -1: no projection), on all
         threads, where applies(param): returns True then, else False (the caller runs its own ops)."""
-        if not (self.applies(param) and grad.dtype == paddle.float32 and grad.place.is_cpu_place()):
-            return False
-        # detach(): the same memory, written in place (paddle refuses in-place ops on a trainable leaf)
-        self._run('pit_adamp', param.detach(), moment1, moment2, beta1_pow, beta2_pow, grad, float(lr), beta1, beta2,
-                  epsilon, float(weight_decay), delta, wd_ratio, bool(nesterov), int(channel_axis))
-        return True
+        return self._optimizer_step('pit_adamp', param, grad, moment1, moment2, beta1_pow, beta2_pow, float(lr),
+                                    beta1, beta2, epsilon, float(weight_decay), delta, wd_ratio, bool(nesterov),
+                                    int(channel_axis))
 
     def adamw_step(self, param, grad, moment1, moment2, beta1_pow, beta2_pow, lr, beta1, beta2, epsilon, coeff):
         """One paddle.optimizer.AdamW step of param in place (coeff: its weight decay, 0 for an undecayed one),
         on all threads, where applies(param): returns True then, else False (the caller runs paddle's op)."""
+        return self._optimizer_step('pit_adamw', param, grad, moment1, moment2, beta1_pow, beta2_pow, float(lr),
+                                    beta1, beta2, epsilon, float(coeff))
+
+    def _optimizer_step(self, name, param, grad, *state_and_settings):
+        """Run optimizer op `name` on param in place where applies(param) and grad is a float32 CPU tensor;
+        True when it ran. detach(): the same memory (paddle refuses in-place ops on a trainable leaf)."""
         if not (self.applies(param) and grad.dtype == paddle.float32 and grad.place.is_cpu_place()):
             return False
-        self._run('pit_adamw', param.detach(), moment1, moment2, beta1_pow, beta2_pow, grad, float(lr), beta1, beta2,
-                  epsilon, float(coeff))
+        moments_and_powers, settings = state_and_settings[:4], state_and_settings[4:]
+        self._run(name, param.detach(), *moments_and_powers, grad, *settings)
         return True
 
     def attention(self, qkv, num_heads, scale):

@@ -132,6 +132,12 @@ class _FlatOptimizer(paddle.optimizer.Optimizer):
         self._already_create_accumulator.add(param.name)
 
 
+def _channel_axis(param):
+    """AdamP's output-channel axis of a parameter with ndim > 1: 1 for a Linear weight (Paddle's [in, out]),
+    else 0 (conv [out, in, kh, kw])."""
+    return 1 if param.ndim == 2 else 0
+
+
 class AdamP(_FlatOptimizer):
     """AdamP (Heo et al., ICLR 2021; the published update of clovaai/AdamP) in Paddle dygraph.
 
@@ -169,7 +175,7 @@ class AdamP(_FlatOptimizer):
         exp_avg_sq = self._get_accumulator('moment2', param)
         beta1_pow = self._get_accumulator('beta1_pow_acc', param)
         beta2_pow = self._get_accumulator('beta2_pow_acc', param)
-        channel_axis = -1 if param.ndim <= 1 else 1 if param.ndim == 2 else 0  # see _projection
+        channel_axis = _channel_axis(param) if param.ndim > 1 else -1
         if self._kernels.adamp_step(param, grad, exp_avg, exp_avg_sq, beta1_pow, beta2_pow, self.get_lr(), beta1,
                                     beta2, self._epsilon, self._weight_decay_of(param), self._delta,
                                     self._wd_ratio, self._nesterov, channel_axis):
@@ -196,7 +202,7 @@ class AdamP(_FlatOptimizer):
         part, perturb - unit * <unit, perturb> with unit = w / (|w| + eps), is perturb - w * <w, perturb> /
         (|w| + eps)^2 with a per-channel (or one layer-wide) coefficient: five passes over the tensor in all.
         """
-        channel_axis = 1 if param.ndim == 2 else 0
+        channel_axis = _channel_axis(param)
         axes = [a for a in range(param.ndim) if a != channel_axis]
         channel_sums = [(x * y).sum(axis=axes, keepdim=True)
                         for x, y in ((grad, param), (grad, grad), (param, param), (param, perturb))]

@@ -165,13 +165,17 @@ class Attention(nn.Layer):
         attn = self.attn_drop(self.kernels.softmax(attn))
         return paddle.matmul(attn, v).transpose([0, 2, 1, 3])
 
+    def _query_scale_factor(self, dtype):
+        """[3C]: the scale over the q part of qkv, 1 over k and v."""
+        dim = self.num_heads * self.head_dim
+        return paddle.concat([paddle.full([dim], self.scale, dtype), paddle.ones([2 * dim], dtype)])
+
     def fold_query_scale(self):
         """Multiply the q part of the qkv Linear (weight columns and bias) by the attention scale and set the
         scale to 1: the same attention, one multiply fewer per call. For the copy of a model that is traced for
         export (tools/export_model.py), whose fused attention pattern would otherwise keep a multiply of the
         whole qkv tensor. Changes the parameters: not for a model that is trained or saved afterwards."""
-        dim = self.num_heads * self.head_dim
-        factor = paddle.concat([paddle.full([dim], self.scale), paddle.ones([2 * dim])]).astype(self.qkv.weight.dtype)
+        factor = self._query_scale_factor(self.qkv.weight.dtype)
         with paddle.no_grad():
             self.qkv.weight.set_value(self.qkv.weight * factor)
             self.qkv.bias.set_value(self.qkv.bias * factor)
@@ -183,9 +187,8 @@ class Attention(nn.Layer):
         [3, B, heads, N, head_dim] transpose (k and v times 1.0, exact; nothing after fold_query_scale), k is
         transposed explicitly, and softmax follows the first matmul directly. Used when the model is traced for
         export."""
-        dim = self.num_heads * self.head_dim
         if self.scale != 1.0:
-            qkv = qkv * paddle.concat([paddle.full([dim], self.scale, qkv.dtype), paddle.ones([2 * dim], qkv.dtype)])
+            qkv = qkv * self._query_scale_factor(qkv.dtype)
         qkv = qkv.reshape([B, N, 3, self.num_heads, self.head_dim]).transpose([2, 0, 3, 1, 4])
         q, k, v = qkv[0], qkv[1], qkv[2]
         attn = self.attn_drop(F.softmax(paddle.matmul(q, k.transpose([0, 1, 3, 2])), axis=-1))

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <omp.h>
+#include <string>
 #include <vector>
 
 #include "paddle/extension.h"
@@ -906,6 +907,32 @@ PD_BUILD_GRAD_OP(pit_depthwise_conv)
 
 // ---------------------------------------------------------------- AdamP step
 
+namespace {
+
+// The tensors of one Adam-family step of one parameter, checked, as the pointers the step writes in place.
+struct AdamTensors {
+  int64_t n;
+  float *w, *m, *v, *beta1_pow, *beta2_pow;
+  const float* g;
+
+  AdamTensors(paddle::Tensor& param, paddle::Tensor& moment1, paddle::Tensor& moment2, paddle::Tensor& b1p,
+              paddle::Tensor& b2p, const paddle::Tensor& grad, const char* op) {
+    check_cpu_float(param, (std::string(op) + " parameter").c_str());
+    check_cpu_float(grad, (std::string(op) + " gradient").c_str());
+    PD_CHECK(grad.numel() == param.numel() && moment1.numel() == param.numel() && moment2.numel() == param.numel(),
+             op, " moments and gradient must be shaped like the parameter");
+    n = param.numel();
+    w = param.data<float>();
+    m = moment1.data<float>();
+    v = moment2.data<float>();
+    beta1_pow = b1p.data<float>();
+    beta2_pow = b2p.data<float>();
+    g = grad.data<float>();
+  }
+};
+
+}  // namespace
+
 // One AdamP step of one parameter, in place (optim.AdamP holds the formulas and the Python twin this equals
 // to float rounding): Adam moments and bias corrections give perturb; for a parameter with channel_axis >= 0
 // (0: rows of [out, ...]; 1: columns of a [in, out] Linear weight), the scale-invariance test of the channel,
@@ -915,17 +942,10 @@ PD_BUILD_GRAD_OP(pit_depthwise_conv)
 void AdamPStep(paddle::Tensor& param, paddle::Tensor& moment1, paddle::Tensor& moment2, paddle::Tensor& beta1_pow,
                paddle::Tensor& beta2_pow, const paddle::Tensor& grad, float lr, float beta1, float beta2,
                float epsilon, float weight_decay, float delta, float wd_ratio, bool nesterov, int channel_axis) {
-  check_cpu_float(param, "pit_adamp parameter");
-  check_cpu_float(grad, "pit_adamp gradient");
-  PD_CHECK(grad.numel() == param.numel() && moment1.numel() == param.numel() && moment2.numel() == param.numel(),
-           "pit_adamp moments and gradient must be shaped like the parameter");
-  const int64_t n = param.numel();
-  float* w = param.data<float>();
-  float* m = moment1.data<float>();
-  float* v = moment2.data<float>();
-  const float* g = grad.data<float>();
-  float* b1p = beta1_pow.data<float>();
-  float* b2p = beta2_pow.data<float>();
+  const AdamTensors t(param, moment1, moment2, beta1_pow, beta2_pow, grad, "pit_adamp");
+  const int64_t n = t.n;
+  float *w = t.w, *m = t.m, *v = t.v, *b1p = t.beta1_pow, *b2p = t.beta2_pow;
+  const float* g = t.g;
   b1p[0] *= beta1;
   b2p[0] *= beta2;
   const float inv_bc2 = 1.f / std::sqrt(1.f - b2p[0]);
@@ -1137,17 +1157,10 @@ PD_BUILD_GRAD_OP(pit_swap_last2)
 void AdamWStep(paddle::Tensor& param, paddle::Tensor& moment1, paddle::Tensor& moment2, paddle::Tensor& beta1_pow,
                paddle::Tensor& beta2_pow, const paddle::Tensor& grad, float lr, float beta1, float beta2,
                float epsilon, float coeff) {
-  check_cpu_float(param, "pit_adamw parameter");
-  check_cpu_float(grad, "pit_adamw gradient");
-  PD_CHECK(grad.numel() == param.numel() && moment1.numel() == param.numel() && moment2.numel() == param.numel(),
-           "pit_adamw moments and gradient must be shaped like the parameter");
-  const int64_t n = param.numel();
-  float* w = param.data<float>();
-  float* m = moment1.data<float>();
-  float* v = moment2.data<float>();
-  const float* g = grad.data<float>();
-  float* b1p = beta1_pow.data<float>();
-  float* b2p = beta2_pow.data<float>();
+  const AdamTensors t(param, moment1, moment2, beta1_pow, beta2_pow, grad, "pit_adamw");
+  const int64_t n = t.n;
+  float *w = t.w, *m = t.m, *v = t.v, *b1p = t.beta1_pow, *b2p = t.beta2_pow;
+  const float* g = t.g;
   const float correction2 = std::sqrt(1.f - b2p[0]);
   const float lr_t = lr * correction2 / (1.f - b1p[0]), eps_t = epsilon * correction2;
   const float decay = 1.f - lr * coeff;
