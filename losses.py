@@ -51,7 +51,7 @@ class DistillationLoss(nn.Layer):
         loss = (1 - alpha) * base(cls, targets) + alpha * distillation
     'hard': cross entropy of dist_logits against the teacher's argmax;
     'soft': KL(softmax(teacher / tau) || softmax(dist / tau)) summed over batch and classes, divided by
-            dist_logits.numel() and multiplied by tau^2 (F.kl_div with log-probabilities on both sides).
+            dist_logits.numel() and multiplied by tau^2 (kl_div_log_target: log-probabilities on both sides).
     """
 
     def __init__(self, base_criterion, teacher, distillation_type, alpha, tau):
@@ -85,12 +85,18 @@ class DistillationLoss(nn.Layer):
         dist_logits = dist_logits.astype('float32')
         if self.distillation_type == 'soft':
             tau = self.tau
-            kl = F.kl_div(F.log_softmax(dist_logits / tau, axis=1), F.log_softmax(teacher_logits / tau, axis=1),
-                          reduction='sum', log_target=True)
+            kl = kl_div_log_target(F.log_softmax(dist_logits / tau, axis=1),
+                                   F.log_softmax(teacher_logits / tau, axis=1))
             distillation = kl * (tau * tau) / math.prod(dist_logits.shape)
         else:
             distillation = F.cross_entropy(dist_logits, teacher_logits.argmax(axis=1))
         return base_loss * (1 - self.alpha) + distillation * self.alpha
+
+
+def kl_div_log_target(log_p, log_q):
+    """sum(q * (log q - log p)) over all elements: torch's / Paddle 3's kl_div(log_p, log_q, reduction='sum',
+    log_target=True), written out because Paddle 2.6's kl_div has no log_target."""
+    return (log_q.exp() * (log_q - log_p)).sum()
 
 
 def build_criterion(config, teacher=None, mixup_active=False):

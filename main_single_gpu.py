@@ -20,6 +20,7 @@ import paddle.distributed as dist
 
 import checkpoint
 import cpu_kernels
+from compat import PaddleVersionError, check_paddle
 from config import (MODEL_KEYS, ConfigError, build_config, contradicting_key, described_keys, finalize_config,
                     get_key)
 from datasets import DatasetError, build_dataloader, build_dataset
@@ -76,6 +77,7 @@ def load_config(args):
     """The run's config from the command line (checked, not yet finalized); exits with one line on bad input.
     For -eval without -cfg, the evaluated checkpoint describes the model and preprocessing."""
     try:
+        check_paddle()
         config = build_config(args=args)
         if config.EVAL and (config.MODEL.PRETRAINED or config.MODEL.RESUME):
             path = eval_weights_path(config)
@@ -85,7 +87,7 @@ def load_config(args):
             if config.MODEL.RESUME == 'auto' and not config.MODEL.PRETRAINED:  # found once, not again in main
                 config.MODEL.RESUME = path
         return config
-    except (ConfigError, WeightsError, checkpoint.CheckpointError) as e:
+    except (ConfigError, WeightsError, checkpoint.CheckpointError, PaddleVersionError) as e:
         fail(e)
 
 

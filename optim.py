@@ -91,7 +91,8 @@ class AdamW(paddle.optimizer.AdamW):
 
     def _append_optimize_op(self, block, param_and_grad):
         param, grad = param_and_grad
-        if not (self._amsgrad or self._lr_ratio is not None or self._multi_precision):
+        # Paddle 2.6's AdamW has no amsgrad (no _amsgrad attribute)
+        if not (getattr(self, '_amsgrad', False) or self._lr_ratio is not None or self._multi_precision):
             decays = self._apply_decay_param_fun is None or self._apply_decay_param_fun(param.name)
             get = self._get_accumulator_master
             if self._kernels.adamw_step(param, grad, get(self._moment1_acc_str, param),
@@ -124,12 +125,19 @@ class _FlatOptimizer(paddle.optimizer.Optimizer):
 
     def _add_once(self, param, *accumulators):
         """Create the (name, fill value, shape) accumulators of param unless done (or restored) already."""
-        if param.name in self._already_create_accumulator:
+        created = self._created_accumulators()
+        if param.name in created:
             return
         with paddle.utils.unique_name.guard():
             for name, fill, shape in accumulators:
                 self._add_accumulator(name, param, fill_value=fill, shape=shape)
-        self._already_create_accumulator.add(param.name)
+        created.add(param.name)
+
+    def _created_accumulators(self):
+        """Paddle's own set of the parameter names whose accumulators exist (Paddle 2.6 spells it
+        `_already_create_accumulater`)."""
+        created = getattr(self, '_already_create_accumulator', None)
+        return created if created is not None else self._already_create_accumulater
 
 
 def _channel_axis(param):

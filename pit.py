@@ -11,6 +11,7 @@ As a backbone, `PiTFeatures` (or `build_pit(config, features_only=True)`) gives 
 [B, C_s, H_s, W_s] at any input size, declared by `feature_info` as timm declares them.
 """
 import importlib.util
+import inspect
 import math
 import re
 
@@ -93,8 +94,12 @@ def _conv(in_channels, out_channels, kernel_size, stride, padding, groups=1, ker
 
 
 def _trunc_normal(std=0.02):
-    """timm's trunc_normal_(std): normal(0, std) truncated to [-2, 2] (absolute, i.e. +-100 std)."""
-    return nn.initializer.TruncatedNormal(mean=0.0, std=std, a=-2.0, b=2.0)
+    """timm's trunc_normal_(std): normal(0, std) truncated to [-2, 2] (absolute, i.e. +-100 std). Paddle 2.6's
+    TruncatedNormal has no bounds (it cuts at 2 std): there a plain normal is the same distribution, since a draw
+    beyond 100 std never happens in float32."""
+    if 'a' in inspect.signature(nn.initializer.TruncatedNormal).parameters:
+        return nn.initializer.TruncatedNormal(mean=0.0, std=std, a=-2.0, b=2.0)
+    return nn.initializer.Normal(mean=0.0, std=std)
 
 
 class Mlp(nn.Layer):
@@ -148,12 +153,14 @@ class Attention(nn.Layer):
         return self.proj_drop(self.proj(x.reshape([B, N, C])))
 
     def _attend_sdpa(self, qkv, B, N):
-        """paddle's scaled_dot_product_attention ([B, N, heads, head_dim] layout, scale head_dim^-0.5, dropout
-        on the attention weights in training). Returns [B, N, heads, head_dim]."""
+        """paddle's scaled_dot_product_attention ([B, N, heads, head_dim] layout, dropout on the attention
+        weights in training). Returns [B, N, heads, head_dim]. No `scale` is passed: sdpa's default is ours,
+        head_dim^-0.5, and any given scale rules the flash backend out (Paddle's sdpa.py); Paddle < 3.3 has no
+        such argument."""
         q, k, v = paddle.split(qkv.reshape([B, N, 3, self.num_heads, self.head_dim]), 3, axis=2)
         shape = [B, N, self.num_heads, self.head_dim]
         return F.scaled_dot_product_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape),
-                                              dropout_p=self.attn_drop.p, training=self.training, scale=self.scale)
+                                              dropout_p=self.attn_drop.p, training=self.training)
 
     def _attend(self, qkv, B, N):
         """Plain dygraph form. [B, N, 3C] -> [B, 3 * heads, N, head_dim] -> q, k, v [B, heads, N, head_dim]: one

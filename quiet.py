@@ -1,4 +1,5 @@
-"""Import before paddle, in every entry point: keep paddle's noise that this repo causes out of the output.
+"""Import before paddle, in every entry point: keep paddle's noise that this repo causes out of the output, and
+load Pillow's codecs before paddle's libraries (below).
 
 Set in os.environ, so every process started later inherits it: DataLoader workers (spawned workers import
 paddle again), dist.spawn's training processes and the cpu_kernels build. A user's own settings are kept.
@@ -8,6 +9,11 @@ paddle again), dist.spawn's training processes and the cpu_kernels build. A user
 """
 import os
 import warnings
+
+# Paddle 2.6's libpaddle exports its own, older zlib; loaded after it, Pillow's PNG decoder binds to those symbols
+# and fails ("codec configuration error", or a segfault in inflateReset2 in a DataLoader worker). Pillow's C core
+# loaded first keeps its own.
+import PIL.Image  # noqa: F401,E402
 
 _CCACHE = 'ignore:No ccache found'
 

@@ -7,6 +7,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 os.environ.setdefault('OMP_NUM_THREADS', str(os.cpu_count() or 1))
 
+import quiet  # noqa: E402,F401  (first, as in every entry point: Pillow's codecs before paddle's libraries)
+
 # Tests run the model under the same CPU settings as training, evaluation and prediction (threads, MKL path,
 # copying transposes, malloc, cpu_kernels), so parity and gradient tests check the configuration users get.
 import cpu_kernels  # noqa: E402

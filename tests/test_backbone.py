@@ -16,7 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def variant(name, features_only=True):
     paddle.seed(0)
     model = build_pit(get_config(os.path.join(ROOT, 'configs', name + '.yaml')), features_only=features_only)
-    return model.eval()
+    model.eval()  # (Paddle 2.6's Layer.eval returns None: no chaining)
+    return model
 
 
 def map_shapes(model, height, width):
@@ -55,7 +56,9 @@ def tiny(**kw):
                 num_classes=5)
     args.update(kw)
     paddle.seed(0)
-    return PoolingTransformer(**args).eval()
+    model = PoolingTransformer(**args)
+    model.eval()
+    return model
 
 
 @pytest.mark.parametrize('distilled', [False, True])

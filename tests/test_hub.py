@@ -18,7 +18,9 @@ VARIANTS = sorted(os.path.basename(f)[:-5] for f in glob.glob(os.path.join(ROOT,
 
 def hub_load(name, **kwargs):
     paddle.seed(0)
-    return paddle.hub.load(ROOT, name, source='local', **kwargs).eval()
+    model = paddle.hub.load(ROOT, name, source='local', **kwargs)
+    model.eval()  # (Paddle 2.6's Layer.eval returns None: no chaining)
+    return model
 
 
 def test_hub_lists_exactly_the_eight_variant_configs():
@@ -65,7 +67,8 @@ def pit_ti_weights(tmp_path_factory):
     from safetensors.numpy import save_file
     tmp = tmp_path_factory.mktemp('hub')
     paddle.seed(5)
-    model = PoolingTransformer().eval()
+    model = PoolingTransformer()
+    model.eval()
     paddle.save(model.state_dict(), str(tmp / 'pit_ti.pdparams'))
     linear = {f'{n}.weight' for n, layer in model.named_sublayers() if isinstance(layer, paddle.nn.Linear)}
     torch_layout = {}

@@ -25,7 +25,8 @@ def export_tiny(name, tmp):
     from config import get_config, merge_opts
     from pit import build_pit
     paddle.seed(2)
-    model = build_pit(merge_opts(get_config(os.path.join(ROOT, 'configs', name + '.yaml')), TINY)).eval()
+    model = build_pit(merge_opts(get_config(os.path.join(ROOT, 'configs', name + '.yaml')), TINY))
+    model.eval()  # (Paddle 2.6's Layer.eval returns None: no chaining)
     paddle.save(model.state_dict(), str(tmp / 'tiny.pdparams'))
     return model, tmp, export_onnx(export_inference_model(model, 32, str(tmp / 'inference')))
 

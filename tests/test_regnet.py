@@ -24,7 +24,8 @@ def reference():
 
 def logits(model, reference):
     with paddle.no_grad():
-        return model.eval()(paddle.to_tensor(reference['input'])).numpy()
+        model.eval()  # (Paddle 2.6's Layer.eval returns None: no chaining)
+        return model(paddle.to_tensor(reference['input'])).numpy()
 
 
 def test_stage_plan_matches_timm_for_the_tiny_config_and_regnety_160(reference):

@@ -17,6 +17,7 @@ half precision. `-onnx` also writes output/inference.onnx through paddle2onnx an
 """
 import argparse
 import copy
+import inspect
 import os
 import sys
 
@@ -32,7 +33,8 @@ def export_inference_model(model, image_size, save_prefix):
     the attention scale folded into the qkv weights (pit.Attention.fold_query_scale): the exported
     .pdiparams hold those folded weights (same outputs); model itself is left as it was."""
     from pit import Attention
-    model = copy.deepcopy(model).eval()
+    model = copy.deepcopy(model)
+    model.eval()  # (Paddle 2.6's Layer.eval returns None)
     for layer in model.sublayers():
         if isinstance(layer, Attention):
             layer.fold_query_scale()
@@ -158,9 +160,14 @@ def export_onnx(save_prefix, opset=DEFAULT_ONNX_OPSET):
     except ImportError:
         print('paddle2onnx/onnx not installed: skipping ONNX export (pip install paddle2onnx onnx to enable it)')
         return None
-    # optimize_tool 'None': the default optimizer step would pip-install packages at run time
+    except ValueError:  # paddle2onnx >= 2 refuses to be imported beside Paddle 2.x
+        print(f"the installed paddle2onnx needs Paddle >= 3.0, this is paddle {paddle.__version__}: skipping ONNX "
+              "export (with Paddle 2.x: pip install 'paddle2onnx<2')")
+        return None
+    # optimize_tool 'None' (paddle2onnx >= 2): its default optimizer step would pip-install packages at run time
+    options = {'optimize_tool': 'None'} if 'optimize_tool' in inspect.signature(paddle2onnx.export).parameters else {}
     data = paddle2onnx.export(_model_file(save_prefix), save_prefix + '.pdiparams', None, opset_version=opset,
-                              auto_upgrade_opset=False, optimize_tool='None')
+                              auto_upgrade_opset=False, **options)
     model = onnx.load_model_from_string(data)
     graph = model.graph
     _rename_value(graph, graph.input[0].name, ONNX_INPUT)

@@ -68,7 +68,8 @@ def count_macs(model, image_size):
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
+        if was_training:  # (Paddle 2.6's train() takes no mode)
+            model.train()
     counts['total'] = sum(counts.values())
     return counts
 
