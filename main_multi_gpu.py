@@ -104,18 +104,23 @@ def _resume_hint(config):
     return f'; re-run {how} to continue from the last checkpoint in {config.SAVE}'
 
 
+def spawn(target, args, nprocs, gpu):
+    """dist.spawn(join=False) of nprocs processes running target(*args), over NCCL on GPUs or GLOO on the CPU,
+    without paddle's notices (the CPU-only warning, the "find free ports" line)."""
+    if not gpu:
+        os.environ['PADDLE_DISTRI_BACKEND'] = 'gloo'  # a set CUDA_VISIBLE_DEVICES otherwise breaks CPU runs
+    warnings.filterwarnings('ignore', message='Your model will be trained under CPUONLY mode')
+    logging.getLogger('root').setLevel(logging.WARNING)  # paddle's launch logger: its "find free ports" line
+    return dist.spawn(target, args=args, nprocs=nprocs, backend='nccl' if gpu else 'gloo', join=False)
+
+
 def launch(args):
     if 'PADDLE_TRAINERS_NUM' in os.environ:  # started by paddle.distributed.launch: this is one worker already
         return run(main, args)
     config = load_config(args)
     nprocs = num_processes(config)
     check_config(config, nprocs)  # bad input fails here once, before any process starts
-    gpu = use_gpu(config)
-    if not gpu:
-        os.environ['PADDLE_DISTRI_BACKEND'] = 'gloo'  # a set CUDA_VISIBLE_DEVICES otherwise breaks CPU runs
-    warnings.filterwarnings('ignore', message='Your model will be trained under CPUONLY mode')
-    logging.getLogger('root').setLevel(logging.WARNING)  # paddle's launch logger: its "find free ports" line
-    context = dist.spawn(_worker, args=(args,), nprocs=nprocs, backend='nccl' if gpu else 'gloo', join=False)
+    context = spawn(_worker, (args,), nprocs, use_gpu(config))
     failure = wait_for(context)
     if failure is not None:  # a failed worker (error, crash, killed DataLoader worker): fail the whole run
         text, status = failure_summary(*failure, config, nprocs)

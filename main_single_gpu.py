@@ -35,9 +35,12 @@ from utils import epoch_seed, get_rank, get_world_size, seed_everything, setup_l
 from weights import WeightsError, load_pretrained, read_paddle_file, resolve_weights_path
 
 
-def get_arguments(description=__doc__):
-    """The seed's single-dash flags, plus -opts KEY VALUE ... (any config key), -device and -ema."""
+def get_arguments(description=__doc__, extra=None):
+    """The seed's single-dash flags, plus -opts KEY VALUE ... (any config key), -device and -ema; extra:
+    {flag: (type, default, help)} of a tool that takes the training flags and its own."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flag, (kind, default, text) in (extra or {}).items():
+        parser.add_argument(flag, type=kind, default=default, help=text)
     parser.add_argument('-cfg', type=str, default=None, help='yaml config, e.g. configs/pit_ti.yaml')
     parser.add_argument('-dataset', type=str, default=None, choices=['imagenet2012'],
                         help='accepted for PaddleViT command lines; the layout is detected under -data_path')
@@ -114,8 +117,20 @@ def eval_weights_path(config):
 # ---------------------------------------------------------------- process set-up
 
 def setup_process(config):
-    """Pick the device, join the process group when there are several processes, check SAVE, log. Returns
-    the logger."""
+    """Set up the device and process group (setup_device), check SAVE, log. Returns the logger."""
+    use_gpu = setup_device(config)
+    prepare_save_dir(config.SAVE)
+    logger = setup_logger(config.SAVE, get_rank())
+    logger.info(f'device {paddle.get_device()}, {get_world_size()} process(es), paddle {paddle.__version__}')
+    if not use_gpu and config.CPU_KERNELS:
+        log = logger.info if cpu_kernels.in_use() else logger.warning
+        log(cpu_kernels.status())
+    return logger
+
+
+def setup_device(config):
+    """Pick the device, join the process group when there are several processes, set up the CPU (threads,
+    kernels), finalize config for the number of processes. True when the device is a GPU."""
     use_gpu = config.DEVICE == 'gpu' or (config.DEVICE == 'auto' and paddle.device.is_compiled_with_cuda()
                                          and paddle.device.cuda.device_count() > 0)
     if config.DEVICE == 'gpu' and not paddle.device.is_compiled_with_cuda():
@@ -127,13 +142,7 @@ def setup_process(config):
     if not use_gpu:
         cpu_kernels.configure_cpu(config.CPU_THREADS, kernels=config.CPU_KERNELS)
     finalize_config(config, get_world_size())
-    prepare_save_dir(config.SAVE)
-    logger = setup_logger(config.SAVE, get_rank())
-    logger.info(f'device {paddle.get_device()}, {get_world_size()} process(es), paddle {paddle.__version__}')
-    if not use_gpu and config.CPU_KERNELS:
-        log = logger.info if cpu_kernels.in_use() else logger.warning
-        log(cpu_kernels.status())
-    return logger
+    return use_gpu
 
 
 def init_process_group():

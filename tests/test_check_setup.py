@@ -1,0 +1,104 @@
+"""The preflight command (tools/check_setup.py): every section and a verdict on this CPU machine, advice where the
+machine falls short (a tiny /dev/shm, a data path without data), and the estimates it rests on."""
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import paddle
+import pytest
+
+import checkpoint
+from config import build_config
+from main_single_gpu import build_model, build_state
+from tools.check_setup import advised_workers, checkpoint_bytes, loader_shared_memory_bytes
+from tools.prepare_data import write_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
+        'MODEL.TRANS.BASE_DIMS', '[8,8,8]', 'MODEL.TRANS.DEPTH', '[1,1,1]', 'MODEL.TRANS.HEADS', '[2,4,8]']
+SECTIONS = ['== paddle', '== devices', '== precision', '== shared memory', '== disk', 'training process(es)',
+            '== data loader', '== verdict']
+
+
+@pytest.fixture(scope='module')
+def digits(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('digits'))
+    write_dataset(root, source='digits', image_size=32, train_per_class=16, val_per_class=2)
+    return root
+
+
+def preflight(*args, prefix=(), **kwargs):
+    cmd = [*prefix, sys.executable, os.path.join(ROOT, 'tools', 'check_setup.py'), '-cfg',
+           os.path.join(ROOT, 'configs', 'pit_ti.yaml'), '-batch_size', '16', '-amp', *args, '-opts', *TINY]
+    env = dict(os.environ)
+    env.pop('OMP_NUM_THREADS', None)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900, **kwargs)
+
+
+@pytest.mark.slow
+def test_preflight_on_two_cpu_processes_prints_every_section_and_a_verdict(digits, tmp_path):
+    result = preflight('-data_path', digits, '-save_path', str(tmp_path / 'save'), '-ngpus', '2', '-steps', '3',
+                       '-batches', '3')
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    positions = [out.find(section) for section in SECTIONS]
+    assert -1 not in positions and positions == sorted(positions), out
+    assert 'all-reduce over 2 processes (GLOO)' in out
+    assert 'finite; model speed' in out and 'img/s per process' in out
+    assert 'AMP requested but running on CPU: float32' in out
+    assert 'READY' in out and 'NOT READY' not in out
+    assert not os.path.exists(tmp_path / 'save'), 'the preflight writes nothing into SAVE'
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which('unshare'), reason='needs unshare to give a process its own /dev/shm')
+def test_preflight_on_a_machine_with_a_tiny_dev_shm_advises_more_shared_memory(digits, tmp_path):
+    probe = subprocess.run(['unshare', '-m', 'sh', '-c', 'mount -t tmpfs -o size=1m tmpfs /dev/shm'],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip('cannot mount a private /dev/shm here (needs root and mount namespaces)')
+    result = preflight('-data_path', digits, '-ngpus', '1', '-steps', '2', '-batches', '2',
+                       prefix=['unshare', '-m', 'sh', '-c', 'mount -t tmpfs -o size=1m tmpfs /dev/shm && exec "$@"',
+                               'sh'])
+    assert result.returncode == 0, result.stdout + result.stderr
+    shm_line = next(line for line in result.stdout.splitlines() if '/dev/shm:' in line)
+    assert shm_line.strip().startswith('[warning]') and '1 MiB free' in shm_line
+    verdict = result.stdout.split('== verdict')[1]
+    assert '--shm-size=' in verdict and 'DATA.NUM_WORKERS' in verdict
+
+
+@pytest.mark.slow
+def test_preflight_without_training_data_fails_and_names_the_data_path(tmp_path):
+    empty = tmp_path / 'nothing'
+    empty.mkdir()
+    result = preflight('-data_path', str(empty), '-ngpus', '1', '-steps', '1')
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"[FAIL] the training data under '{empty}' cannot be loaded" in result.stdout
+    assert 'NOT READY' in result.stdout and 'fix DATA.DATA_PATH' in result.stdout
+
+
+def test_a_checkpoint_is_as_large_as_the_estimate(tmp_path):
+    """The disk check's checkpoint size (model, EMA, two Adam moments in float32) against a real save."""
+    config = build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'), TINY + ['SAVE', str(tmp_path)],
+                          world_size=1)
+    model = build_model(config)
+    state = build_state(config, model, 1, logging.getLogger('test'))
+    x = paddle.randn([2, 3, 32, 32])
+    paddle.nn.functional.cross_entropy(model(x), paddle.to_tensor([1, 2])).backward()
+    state.optimizer.step()  # creates the moments
+    checkpoint.save(str(tmp_path), state, config, [str(i) for i in range(10)], is_best=False)
+    written = os.path.getsize(tmp_path / checkpoint.LATEST)
+    assert 0.9 * written <= checkpoint_bytes(model, config) <= 1.1 * written
+
+
+def test_loader_shared_memory_is_two_float_batches_per_worker_and_process():
+    config = build_config(opts=['DATA.BATCH_SIZE', '256', 'DATA.NUM_WORKERS', '4'], world_size=1)
+    assert loader_shared_memory_bytes(config, 4) == 256 * 3 * 224 * 224 * 4 * 2 * 4 * 4
+
+
+def test_advised_workers_scale_with_the_shortfall_and_stay_within_the_cores():
+    assert advised_workers(4, loader_speed=1100, model_speed=3000, cores=64) == 11
+    assert advised_workers(4, loader_speed=1100, model_speed=3000, cores=8) == 8
+    assert advised_workers(4, loader_speed=5000, model_speed=3000, cores=64) == 3
