@@ -151,7 +151,7 @@ def check_arguments(args):
     if not args.infer_model and (args.use_trt or args.precision != 'fp32'):
         raise PredictError('-use_trt and -precision apply to exported models (-infer_model)')
     if args.onnx_model and args.device == 'gpu':
-        raise PredictError('-device gpu: -onnx_model runs on onnxruntime\'s CPU provider here; use -infer_model '
+        raise PredictError("-device gpu: -onnx_model runs on onnxruntime's CPU provider here; use -infer_model "
                            'for the GPU')
 
 
@@ -221,15 +221,14 @@ def setup(args):
     """(config, classify, class names, where it runs) for args; the class names are checked against the
     model's output count with one image."""
     from tools.export_model import check_class_count
-    check_arguments(args)
     config, classes, names_source = load_setup(args)
     select_device(args, config)
     classify, runtime = build_classifier(args, config)
     names = class_names(classes, config.MODEL.NUM_CLASSES)
     size = config.DATA.IMAGE_SIZE
     outputs = classify(np.zeros((1, 3, size, size), 'float32')).shape[-1]
-    model = f"the exported model '{args.infer_model or args.onnx_model}'" if not args.pretrained else 'the model'
-    check_class_count(names, outputs, names_source, model)
+    model_source = f"the exported model '{args.infer_model or args.onnx_model}'" if not args.pretrained else 'the model'
+    check_class_count(names, outputs, names_source, model_source)
     return config, classify, names, runtime
 
 
@@ -274,19 +273,19 @@ def main():
     from tools.export_model import ExportError, error_line
     from weights import WeightsError
     try:
-        config, classify, names, runtime = setup(args)
+        check_arguments(args)
         files, skipped = list_images(args.img_path)
+        for path, reason in skipped:
+            print(f"skipped '{path}': {reason}", file=sys.stderr)
+        if not files:
+            raise PredictError(f'no image files in -img_path {" ".join(args.img_path)}')
+        config, classify, names, runtime = setup(args)
     except (ConfigError, WeightsError, ExportError, PredictError, FileNotFoundError, ImportError) as e:
         print(f'error: {e}', file=sys.stderr)  # ImportError: onnxruntime
         sys.exit(2)
     except (RuntimeError, MemoryError) as e:
         print(f'error: the model could not run: {error_line(e)}', file=sys.stderr)
         sys.exit(1)
-    for path, reason in skipped:
-        print(f"skipped '{path}': {reason}", file=sys.stderr)
-    if not files:
-        print(f'error: no image files in -img_path {" ".join(args.img_path)}', file=sys.stderr)
-        sys.exit(2)
     start = time.time()
     try:
         failed = classify_files(files, build_transforms(config, 'val'), classify, names, args)

@@ -194,14 +194,17 @@ def tensorrt_program(model_prefix, settings):
     try:
         import paddle.tensorrt
         from paddle.tensorrt import export as api
-    except ImportError as e:
+    except (ImportError, OSError) as e:  # OSError: TensorRT's libraries
         raise ExportError(f"-use_trt: the .json program '{model_prefix}.json' goes through paddle.tensorrt on paddle "
-                          f'{paddle.__version__}, which cannot be imported here ({e}): install the TensorRT Python '
-                          'package that matches this paddlepaddle-gpu build, or drop -use_trt') from None
+                          f'{paddle.__version__}, which cannot be imported here ({error_line(e)}): install the '
+                          'TensorRT Python package that matches this paddlepaddle-gpu, or drop -use_trt') from None
     folder = tempfile.mkdtemp(prefix='pit-tensorrt-')
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     converted = os.path.join(folder, 'inference')
-    paddle.tensorrt.convert(model_prefix, tensorrt_config(settings, converted, api))
+    try:
+        paddle.tensorrt.convert(model_prefix, tensorrt_config(settings, converted, api))
+    except Exception as e:  # the converter raises assertion, type, value and NotImplemented errors alike
+        raise ExportFailed(f"paddle.tensorrt could not convert '{model_prefix}.json': {error_line(e)}") from None
     return converted
 
 
@@ -453,9 +456,12 @@ def _preprocess_keys(ops, yml):
             described['DATA.INTERPOLATION'] = interpolation
     for key, name in (('mean', 'DATA.IMAGENET_MEAN'), ('std', 'DATA.IMAGENET_STD')):
         values = _get(ops, ('NormalizeImage', key), (list,), yml)
-        if values:
-            if not all(isinstance(v, number) and not isinstance(v, bool) for v in values):
-                raise ExportError(f"'{yml}': NormalizeImage.{key} must be a list of numbers, got {values!r}")
+        if values is not None:
+            positive = key == 'std'  # the image is divided by it
+            if len(values) != 3 or not all(isinstance(v, number) and not isinstance(v, bool) and (v > 0 or not positive)
+                                           for v in values):
+                need = '3 numbers above 0' if positive else '3 numbers'
+                raise ExportError(f"'{yml}': NormalizeImage.{key} must be {need}, got {values!r}")
             described[name] = list(values)
     return described
 
@@ -630,7 +636,7 @@ def export(args):
     settings_for(saved_program_suffix(), **request)  # refuses what this machine cannot run before any work
     names = class_names((ckpt or {}).get('classes'), config.MODEL.NUM_CLASSES)
     check_class_count(names, config.MODEL.NUM_CLASSES, f"the class list of '{source}'",
-                      f'the model (MODEL.NUM_CLASSES)')
+                      'the model (MODEL.NUM_CLASSES)')
     with staged_export(args.save_path) as prefix:
         model = build_pit(config)
         load_pretrained(model, source, prefer_ema=config.MODEL.EMA_WEIGHTS)
