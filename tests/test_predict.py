@@ -1,4 +1,5 @@
-"""predict.py and the exported model: readable top-k, same top-1 as the dynamic model, bad files reported."""
+"""predict.py and the exported model: readable top-k, same top-1 as the dynamic model, bad files reported, bad
+input and faults (hostile exports, GPU requests without a GPU, closed pipes) ended in one line."""
 import os
 import re
 import shutil
@@ -11,7 +12,8 @@ import pytest
 from PIL import Image
 
 from predict import class_names, read_imagenet_index
-from tools.export_model import create_predictor, export_inference_model, run_predictor
+from test_faults import one_line_error
+from tools.export_model import create_predictor, export_inference_model, gpu_visible, run_predictor, write_deploy_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '1000', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
@@ -114,18 +116,12 @@ def test_export_tool_refuses_weights_of_another_variant_in_one_line(tiny_model, 
     assert not os.listdir(tmp_path)
 
 
-
 # ------------------------------------------------------------------ bad input and faults: one line, nothing half-done
-
-from test_faults import one_line_error  # noqa: E402
-
-GPU_HERE = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 
 
 @pytest.fixture(scope='module')
 def export_dir(tiny_model):
     """The tiny model exported with its deploy files (class map of the 1000 ImageNet names)."""
-    from tools.export_model import write_deploy_files
     config, model, tmp = tiny_model
     prefix = export_inference_model(model, 32, str(tmp / 'export' / 'inference'))
     write_deploy_files(config, class_names(None, 1000), prefix)
@@ -138,7 +134,8 @@ def copy_export(export_dir, tmp_path):
     return tmp_path / 'export' / 'inference'
 
 
-def run_export(prefix, *args):
+def predict_export(prefix, *args):
+    """predict.py -infer_model prefix with args (no -cfg: the export describes itself)."""
     cmd = [sys.executable, os.path.join(ROOT, 'predict.py'), '-infer_model', str(prefix), *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
 
@@ -158,7 +155,7 @@ def test_a_hostile_or_malformed_inference_yml_is_refused_in_one_line_naming_it(e
     prefix = copy_export(export_dir, tmp_path)
     marker = tmp_path / 'pwned'
     (tmp_path / 'export' / 'inference.yml').write_text(yml.replace('{marker}', str(marker)))
-    line = one_line_error(run_export(prefix, '-img_path', str(tiny_model[2] / 'images' / 'img0.jpg')), 2)
+    line = one_line_error(predict_export(prefix, '-img_path', str(tiny_model[2] / 'images' / 'img0.jpg')), 2)
     assert f"'{prefix}.yml'" in line and problem in line
     assert not marker.exists()
 
@@ -168,7 +165,7 @@ def test_a_class_map_that_does_not_fit_the_exported_model_names_both_counts(expo
     prefix = copy_export(export_dir, tmp_path)
     class_map = tmp_path / 'export' / 'inference_class_id_map.txt'
     class_map.write_text(''.join(f'{i} class {i}\n' for i in range(lines)))
-    line = one_line_error(run_export(prefix, '-img_path', str(tiny_model[2] / 'images' / 'img0.jpg')), 2)
+    line = one_line_error(predict_export(prefix, '-img_path', str(tiny_model[2] / 'images' / 'img0.jpg')), 2)
     assert line == f"error: class map '{class_map}' names {lines} classes, but the exported model '{prefix}' has 1000"
 
 
@@ -176,7 +173,7 @@ def test_a_class_map_line_without_a_name_is_named_with_its_line(export_dir, tiny
     prefix = copy_export(export_dir, tmp_path)
     class_map = tmp_path / 'export' / 'inference_class_id_map.txt'
     class_map.write_text('0 tench\n1\n')
-    line = one_line_error(run_export(prefix, '-img_path', str(tiny_model[2] / 'images' / 'img0.jpg')), 2)
+    line = one_line_error(predict_export(prefix, '-img_path', str(tiny_model[2] / 'images' / 'img0.jpg')), 2)
     assert line == f"error: class map '{class_map}' line 2: expected '1 <class name>', got '1'"
 
 
@@ -189,18 +186,19 @@ def test_a_damaged_export_is_refused_in_one_line(export_dir, tiny_model, tmp_pat
         params.write_bytes(params.read_bytes()[:1000])
     else:
         params.unlink()
-    line = one_line_error(run_export(prefix, '-img_path', str(tiny_model[2] / 'images' / 'img0.jpg')), 2)
+    line = one_line_error(predict_export(prefix, '-img_path', str(tiny_model[2] / 'images' / 'img0.jpg')), 2)
     assert problem in line and str(prefix) in line
 
 
-@pytest.mark.skipif(GPU_HERE, reason='these requests are valid where a GPU is visible')
+@pytest.mark.skipif(gpu_visible(), reason='these requests are valid where a GPU is visible')
 @pytest.mark.parametrize('flags, problem', [
     (['-device', 'gpu'], '-device gpu: paddle'),
     (['-use_trt'], '-use_trt run on an NVIDIA GPU'),
     (['-precision', 'fp16'], '-precision fp16 run on an NVIDIA GPU'),
 ])
 def test_gpu_requests_without_a_gpu_are_refused_in_one_line(export_dir, tiny_model, flags, problem):
-    line = one_line_error(run_export(export_dir / 'inference', *flags, '-img_path', str(tiny_model[2] / 'images')), 2)
+    images = str(tiny_model[2] / 'images')
+    line = one_line_error(predict_export(export_dir / 'inference', *flags, '-img_path', images), 2)
     assert problem in line and ('no GPU' in line or 'has none' in line)
 
 
@@ -235,15 +233,11 @@ def test_an_animated_gif_is_classified_by_its_first_frame_and_every_skipped_entr
     assert f"note: '{tmp_path / 'anim.gif'}' has 3 frames: the first is classified" in result.stderr
     assert f"skipped '{tmp_path / 'readme.txt'}': not an image file" in result.stderr
     assert f"skipped '{tmp_path / 'more'}': a folder" in result.stderr
-    first_frame = Image.open(tmp_path / 'anim.gif').convert('RGB')
-    with paddle.no_grad():
-        expected = int(model(paddle.to_tensor(build_val(config)(first_frame)[None])).numpy().argmax())
-    assert top1_per_image(result.stdout) == {'anim.gif': expected}
-
-
-def build_val(config):
     from datasets import build_transforms
-    return build_transforms(config, 'val')
+    first_frame = build_transforms(config, 'val')(Image.open(tmp_path / 'anim.gif').convert('RGB'))
+    with paddle.no_grad():
+        expected = int(model(paddle.to_tensor(first_frame[None])).numpy().argmax())
+    assert top1_per_image(result.stdout) == {'anim.gif': expected}
 
 
 def test_output_cut_short_by_its_reader_ends_quietly(tiny_model):
