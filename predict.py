@@ -3,14 +3,24 @@
     python predict.py -pretrained output/pit_ti_730 -img_path images/cat.jpg
     python predict.py -pretrained output/train/checkpoint-best -img_path photos/ -topk 3
     python predict.py -infer_model output/inference -img_path a.jpg b.png
+    python predict.py -infer_model output/inference -img_path photos/ -use_trt -precision fp16   # TensorRT
     python predict.py -onnx_model output/inference.onnx -img_path a.jpg   # onnxruntime
 
 Checkpoints of this repo and converted official weights describe their model and preprocessing, so -cfg is
 optional (given, with -opts, it applies; a model key that contradicts the weights is an error). Preprocessing is
 the evaluation transform (resize short side to IMAGE_SIZE / CROP_PCT, center crop). Class names: the class list of
 the checkpoint or export (ImageNet wnids become readable names); otherwise 1000-class models use the shipped
-ImageNet-1k index. Unreadable files are reported on stderr, the others are still classified, and the exit status
-is 1 if any failed. Folders end with a throughput line.
+ImageNet-1k index; a class list whose length is not the model's class count is an error.
+
+-device auto (default) runs on the GPU when paddle is a CUDA build and sees one, else on the CPU; -device gpu|cpu
+forces one. Exported models (-infer_model) can also run through TensorRT (-use_trt, batch range 1 .. -batch_size)
+and in half precision (-precision fp16: TensorRT's, or Paddle's GPU mixed precision without -use_trt); both need
+a GPU. onnxruntime runs on the CPU.
+
+Unreadable files are reported on stderr, the others are still classified, and the exit status is 1 if any failed.
+Files in a given folder without an image extension, and its sub-folders, are skipped and named on stderr. Of a
+multi-frame file (animated GIF, WebP, multi-page TIFF) the first frame is classified, with a note. Folders end
+with a throughput line. Output cut short by its reader (`| head -1`) ends the run quietly.
 """
 import quiet  # noqa: F401  (first: quiets paddle's import)
 
@@ -24,7 +34,11 @@ from PIL import Image, UnidentifiedImageError
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CLASS_INDEX = os.path.join(ROOT, 'imagenet1k_class_index.txt')
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.ppm', '.tif', '.tiff')
+BROKEN_PIPE_STATUS = 128 + 13  # what a shell reports for a tool that SIGPIPE ended, as in `yes | head -1`
+
+
+class PredictError(ValueError):
+    """Bad input to predict.py (an -img_path, -topk or -batch_size it cannot use); the message names it."""
 
 
 def read_imagenet_index(path=CLASS_INDEX):
@@ -59,24 +73,45 @@ def read_weights_file(path):
     return path, read_paddle_file(path) if path.endswith('.pdparams') and os.path.isfile(path) else None
 
 
+def image_extensions():
+    """Extensions of the files predict reads in folders: the datasets' list, plus .gif (first frame)."""
+    from datasets import IMAGE_EXTENSIONS
+    return IMAGE_EXTENSIONS + ('.gif',)
+
+
 def list_images(paths):
-    """Files given, plus image files (by extension) inside given folders, sorted."""
-    files = []
+    """(files to classify, [(path, why it is skipped)]): the files given, plus the files with an image extension
+    inside given folders, sorted; the other entries of those folders are skipped. Raises PredictError for a
+    folder that cannot be listed."""
+    extensions = image_extensions()
+    files, skipped = [], []
     for path in paths:
-        if os.path.isdir(path):
-            files += sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
-        else:
+        if not os.path.isdir(path):
             files.append(path)
-    return files
+            continue
+        try:
+            entries = sorted(os.listdir(path))
+        except OSError as e:
+            raise PredictError(f"cannot list folder '{path}' (-img_path): {e.strerror or e}") from None
+        for entry in (os.path.join(path, name) for name in entries):
+            if os.path.isdir(entry):
+                skipped.append((entry, 'a folder (folders inside -img_path folders are not searched)'))
+            elif entry.lower().endswith(extensions):
+                files.append(entry)
+            else:
+                skipped.append((entry, f'not an image file ({" ".join(extensions)})'))
+    return files, skipped
 
 
 def load_image(path, transform):
-    """Preprocessed CHW float32 array; raises ValueError naming the file when it cannot be decoded (or is
-    larger than PIL's decompression-bomb limit)."""
+    """(preprocessed CHW float32 array of the image's first frame, the file's number of frames); raises
+    ValueError naming the file when it cannot be decoded (or is larger than PIL's decompression-bomb limit)."""
     from datasets import load_rgb
     try:
-        return transform(load_rgb(path))
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        image = transform(load_rgb(path))
+        with Image.open(path) as img:
+            return image, getattr(img, 'n_frames', 1)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot read image '{path}': {e}") from None
 
 
@@ -96,6 +131,11 @@ def get_arguments():
     parser.add_argument('-img_path', type=str, nargs='+', required=True, help='images and/or folders')
     parser.add_argument('-topk', type=int, default=5)
     parser.add_argument('-batch_size', type=int, default=16)
+    parser.add_argument('-device', choices=('auto', 'gpu', 'cpu'), default='auto',
+                        help='auto: the GPU when paddle has CUDA and sees one (-onnx_model: CPU only)')
+    parser.add_argument('-use_trt', action='store_true', help='-infer_model through TensorRT (GPU)')
+    parser.add_argument('-precision', choices=('fp32', 'fp16'), default='fp32',
+                        help='-infer_model precision (fp16: GPU)')
     parser.add_argument('-opts', nargs='+', default=None, metavar='KEY VALUE', help='override config keys')
     args = parser.parse_args()
     if sum(bool(m) for m in (args.pretrained, args.infer_model, args.onnx_model)) != 1:
@@ -103,16 +143,31 @@ def get_arguments():
     return args
 
 
+def check_arguments(args):
+    """PredictError for flag values predict cannot use."""
+    for flag, value in (('-topk', args.topk), ('-batch_size', args.batch_size)):
+        if value < 1:
+            raise PredictError(f'{flag} {value}: expected a positive number')
+    if not args.infer_model and (args.use_trt or args.precision != 'fp32'):
+        raise PredictError('-use_trt and -precision apply to exported models (-infer_model)')
+    if args.onnx_model and args.device == 'gpu':
+        raise PredictError("-device gpu: -onnx_model runs on onnxruntime's CPU provider here; use -infer_model "
+                           'for the GPU')
+
+
 def build_classifier(args, config):
-    """A function images [B,3,S,S] float32 -> logits numpy [B, classes], dynamic or exported."""
+    """(a function images [B,3,S,S] float32 -> logits numpy [B, classes], a description of where it runs):
+    the dygraph model, an exported model through paddle.inference, or an ONNX file through onnxruntime."""
     if args.infer_model:
-        from tools.export_model import create_predictor, run_predictor
-        predictor = create_predictor(args.infer_model, threads=config.CPU_THREADS)
-        return lambda batch: run_predictor(predictor, batch)
+        from tools.export_model import build_predictor, describe, program_suffix, run_predictor, settings_for
+        settings = settings_for(program_suffix(args.infer_model), args.device, args.use_trt, args.precision,
+                                batch=args.batch_size, image_size=config.DATA.IMAGE_SIZE, threads=config.CPU_THREADS)
+        predictor = build_predictor(args.infer_model, settings)
+        return (lambda batch: run_predictor(predictor, batch)), describe(settings)
     if args.onnx_model:
         from tools.export_model import create_onnx_session, run_onnx
         session = create_onnx_session(args.onnx_model, threads=config.CPU_THREADS)
-        return lambda batch: run_onnx(session, batch)
+        return (lambda batch: run_onnx(session, batch)), 'onnxruntime, cpu'
     import paddle
     from pit import build_pit
     from weights import load_pretrained
@@ -123,70 +178,140 @@ def build_classifier(args, config):
     def classify(batch):
         with paddle.no_grad():
             return model(paddle.to_tensor(batch)).numpy()
-    return classify
+    return classify, f'{paddle.get_device()}, dygraph'
 
 
 def load_setup(args):
-    """(config, class names or None) from -cfg/-opts and what the weights file or export describes."""
+    """(config, class names or None, what names them): from -cfg/-opts and what the weights file or export
+    describes."""
     from config import build_config, described_keys
     if args.infer_model or args.onnx_model:
         from tools.export_model import read_export_description
         source = args.infer_model or args.onnx_model
         # export_model.py -onnx writes PREFIX.onnx beside the export's PREFIX.yml
-        described, classes = read_export_description(args.infer_model or os.path.splitext(args.onnx_model)[0])
+        described, classes, class_map = read_export_description(args.infer_model or
+                                                                 os.path.splitext(args.onnx_model)[0])
+        names_source = f"class map '{class_map}'"
     else:
         source, ckpt = read_weights_file(args.pretrained)
         described, classes = described_keys(ckpt), (ckpt or {}).get('classes')
+        names_source = f"the class list of '{source}'"
     config = build_config(cfg=args.cfg, opts=args.opts or [], described=described, described_by=source,
                           world_size=1)
-    return config, classes
+    if not classes:
+        names_source = f'MODEL.NUM_CLASSES={config.MODEL.NUM_CLASSES}'
+    return config, classes, names_source
+
+
+def select_device(args, config):
+    """Put dygraph runs on -device, and set up paddle's CPU kernels when the run is on the CPU."""
+    import paddle
+    import cpu_kernels
+    from tools.export_model import gpu_visible, resolve_device
+    if args.pretrained:
+        paddle.set_device(resolve_device(args.device, gpu_visible(), paddle.__version__))
+    if paddle.get_device() == 'cpu':
+        dygraph = args.pretrained is not None  # exported models run their runtime's own kernels
+        cpu_kernels.configure_cpu(config.CPU_THREADS, kernels=dygraph and config.CPU_KERNELS)
+        if dygraph and config.CPU_KERNELS and not cpu_kernels.in_use():
+            print(f'warning: {cpu_kernels.status()}', file=sys.stderr)
+
+
+def setup(args):
+    """(config, classify, class names, where it runs) for args; the class names are checked against the
+    model's output count with one image."""
+    from tools.export_model import check_class_count
+    config, classes, names_source = load_setup(args)
+    select_device(args, config)
+    classify, runtime = build_classifier(args, config)
+    names = class_names(classes, config.MODEL.NUM_CLASSES)
+    size = config.DATA.IMAGE_SIZE
+    outputs = classify(np.zeros((1, 3, size, size), 'float32')).shape[-1]
+    model_source = f"the exported model '{args.infer_model or args.onnx_model}'" if not args.pretrained else 'the model'
+    check_class_count(names, outputs, names_source, model_source)
+    return config, classify, names, runtime
+
+
+def read_batch(paths, transform):
+    """(images, paths read, number that failed) of a batch of files; unreadable files and multi-frame files
+    are reported on stderr."""
+    images, good, failed = [], [], 0
+    for path in paths:
+        try:
+            image, frames = load_image(path, transform)
+        except (ValueError, FileNotFoundError) as e:
+            print(f'error: {e}', file=sys.stderr)
+            failed += 1
+            continue
+        if frames > 1:
+            print(f"note: '{path}' has {frames} frames: the first is classified", file=sys.stderr)
+        images.append(image)
+        good.append(path)
+    return images, good, failed
+
+
+def classify_files(files, transform, classify, names, args):
+    """Print each file and its top-k classes, batch by batch; returns the number of files that failed."""
+    failed = 0
+    for first in range(0, len(files), args.batch_size):
+        images, good, bad = read_batch(files[first:first + args.batch_size], transform)
+        failed += bad
+        if not images:
+            continue
+        probs = softmax(classify(np.stack(images).astype('float32')).astype('float64'))
+        for path, p in zip(good, probs):
+            print(path)
+            for idx in np.argsort(-p)[:args.topk]:
+                print(f'  class_id: {idx}, prob: {p[idx]:.4f}, name: {names[idx]}')
+    return failed
 
 
 def main():
     args = get_arguments()
     from config import ConfigError
     from datasets import build_transforms
-    import paddle
-    import cpu_kernels
+    from tools.export_model import ExportError, error_line
     from weights import WeightsError
     try:
-        config, classes = load_setup(args)
-        if paddle.get_device() == 'cpu':
-            dygraph = args.pretrained is not None  # exported models run their runtime's own kernels
-            cpu_kernels.configure_cpu(config.CPU_THREADS, kernels=dygraph and config.CPU_KERNELS)
-            if dygraph and config.CPU_KERNELS and not cpu_kernels.in_use():
-                print(f'warning: {cpu_kernels.status()}', file=sys.stderr)
-        classify = build_classifier(args, config)
-        names = class_names(classes, config.MODEL.NUM_CLASSES)
-    except (ConfigError, WeightsError, FileNotFoundError, ImportError) as e:  # ImportError: onnxruntime
-        print(f'error: {e}', file=sys.stderr)
+        check_arguments(args)
+        files, skipped = list_images(args.img_path)
+        for path, reason in skipped:
+            print(f"skipped '{path}': {reason}", file=sys.stderr)
+        if not files:
+            raise PredictError(f'no image files in -img_path {" ".join(args.img_path)}')
+        config, classify, names, runtime = setup(args)
+    except (ConfigError, WeightsError, ExportError, PredictError, FileNotFoundError, ImportError) as e:
+        print(f'error: {e}', file=sys.stderr)  # ImportError: onnxruntime
         sys.exit(2)
-    transform = build_transforms(config, 'val')
-    files, failed, start = list_images(args.img_path), 0, time.time()
-    for first in range(0, len(files), args.batch_size):
-        batch, good = [], []
-        for path in files[first:first + args.batch_size]:
-            try:
-                batch.append(load_image(path, transform))
-                good.append(path)
-            except (ValueError, FileNotFoundError) as e:
-                print(f'error: {e}', file=sys.stderr)
-                failed += 1
-        if not batch:
-            continue
-        probs = softmax(classify(np.stack(batch).astype('float32')).astype('float64'))
-        for path, p in zip(good, probs):
-            print(path)
-            for idx in np.argsort(-p)[:args.topk]:
-                print(f'  class_id: {idx}, prob: {p[idx]:.4f}, name: {names[idx]}')
+    except (RuntimeError, MemoryError) as e:
+        print(f'error: the model could not run: {error_line(e)}', file=sys.stderr)
+        sys.exit(1)
+    start = time.time()
+    try:
+        failed = classify_files(files, build_transforms(config, 'val'), classify, names, args)
+    except (RuntimeError, MemoryError) as e:
+        print(f'error: the model failed on a batch: {error_line(e)}', file=sys.stderr)
+        sys.exit(1)
     seconds = time.time() - start
     if len(files) > 1:
         done = len(files) - failed
-        print(f'classified {done} image(s) in {seconds:.1f}s ({done / max(seconds, 1e-9):.1f} img/s)')
-    if failed or not files:
+        print(f'classified {done} image(s) in {seconds:.1f}s ({done / max(seconds, 1e-9):.1f} img/s) on {runtime}')
+    if failed:
         print(f'error: {failed} of {len(files)} image(s) could not be read', file=sys.stderr)
         sys.exit(1)
 
 
+def run_quietly_on_broken_pipe(entry):
+    """Run entry(); when stdout's reader goes away (`predict.py ... | head -1`) stop without a traceback, as
+    Unix tools do."""
+    try:
+        entry()
+        sys.stdout.flush()  # a broken pipe surfaces here when the last lines were still buffered
+    except BrokenPipeError:
+        # Python flushes stdout again at exit and would report the pipe once more: point it at devnull
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(BROKEN_PIPE_STATUS)
+
+
 if __name__ == '__main__':
-    main()
+    run_quietly_on_broken_pipe(main)

@@ -105,7 +105,7 @@ def test_predict_onnx_model_of_the_export_tool_needs_no_cfg_and_prints_the_dygra
 
 
 def test_predict_onnx_model_that_is_missing_fails_in_one_line_with_exit_2(tmp_path):
-    result = run_tool('predict.py', '-onnx_model', str(tmp_path / 'none.onnx'), '-img_path', str(tmp_path))
+    result = run_tool('predict.py', '-onnx_model', str(tmp_path / 'none.onnx'), '-img_path', str(tmp_path / 'a.png'))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: ONNX model '{tmp_path / 'none.onnx'}' not found " \
                                                       "(-onnx_model; tools/export_model.py -onnx writes one)"
@@ -116,3 +116,13 @@ def test_onnx_session_without_onnxruntime_is_a_one_line_import_error(tmp_path, m
     monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # what `import onnxruntime` meets when it is absent
     with pytest.raises(ImportError, match=r"^onnxruntime is not installed: pip install onnxruntime to run '.*m.onnx'$"):
         create_onnx_session(str(tmp_path / 'm.onnx'))
+
+
+@needs_onnx
+def test_predict_onnx_model_that_onnxruntime_cannot_load_fails_in_one_line_with_exit_2(tmp_path):
+    (tmp_path / 'damaged.onnx').write_bytes(b'not a protobuf')
+    result = run_tool('predict.py', '-onnx_model', str(tmp_path / 'damaged.onnx'), '-img_path', str(tmp_path / 'a.png'),
+                      cfg=False)
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot load ONNX model '{tmp_path / 'damaged.onnx'}': ")
