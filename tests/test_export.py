@@ -181,7 +181,8 @@ def tiny_weights(tmp_path_factory):
     from pit import build_pit
     tmp = tmp_path_factory.mktemp('export')
     paddle.seed(3)
-    model = build_pit(merge_opts(get_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml')), TINY)).eval()
+    model = build_pit(merge_opts(get_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml')), TINY))
+    model.eval()  # (Paddle 2.6's Layer.eval returns None: no chaining)
     paddle.save(model.state_dict(), str(tmp / 'tiny.pdparams'))
     return str(tmp / 'tiny'), model
 
