@@ -299,12 +299,11 @@ def use_shared_memory(config, batch_size, mode, free_bytes=None):
 
 
 def shared_memory_note():
-    """'' or, when loaders of this process use /dev/shm, a sentence on its size for a dead-worker message."""
+    """'' or, when loaders of this process use /dev/shm, the clause a dead-worker message adds about it."""
     if not SHARED_MEMORY_IN_USE:
         return ''
     need = max(need for need, _ in SHARED_MEMORY_IN_USE.values())
     free = next(iter(SHARED_MEMORY_IN_USE.values()))[1]
-    shown = f'{gpu.gigabytes(free)} free' if free is not None else 'size unknown'
-    return (f'; its batches passed through /dev/shm ({shown} at start, about {gpu.gigabytes(need)} needed), and a '
-            'full /dev/shm kills workers as well: give the container more (docker run --shm-size=...) or set '
-            'DATA.SHARED_MEMORY False')
+    shown = f'{gpu.gigabytes(free)} free' if free is not None else 'free space unknown'
+    return (f', or by a full /dev/shm, which its batches passed through: {shown} at start, about '
+            f'{gpu.gigabytes(need)} needed; enlarge it (docker run --shm-size=...) or set DATA.SHARED_MEMORY False')

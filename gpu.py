@@ -204,8 +204,8 @@ def attention_note(facts, dtype, head_dims, dropout):
         parts.append(f'head dim {head_dim}: {ATTENTION_KERNELS[kernel]}{how}')
     note = f'attention ({dtype}, paddle {version}, {facts.name}): ' + '; '.join(parts)
     if facts.kind == 'gpu' and not newer_or_equal(facts.paddle, SDPA_SINCE):
-        note += ('; called directly, as paddle >= 3.3 would pick it through scaled_dot_product_attention (whose '
-                 'versions before 3.3 take flash attention on any GPU)')
+        note += ("; called directly, since this paddle's scaled_dot_product_attention takes flash attention "
+                 'whatever the GPU; paddle >= 3.3 picks the same kernel itself')
     return note
 
 
@@ -263,6 +263,7 @@ def shared_memory_need(batch_size, image_size, workers, processes, prefetch=PREF
 
 
 def gigabytes(n):
+    """n bytes for a message: '1.2 GB', or '64 MB' below a gigabyte (binary units, as df -h shows them)."""
     return f'{n / 2 ** 30:.1f} GB' if n >= 2 ** 30 else f'{n / 2 ** 20:.0f} MB'
 
 

@@ -125,8 +125,8 @@ class Attention(nn.Layer):
     (float32) the fused kernel of `kernels` (cpu_kernels.Kernels) when it has one, except in training with
     attention dropout, which the fused kernel does not draw (then `_attend_plain`); on GPU, Paddle >= 3.3's
     scaled_dot_product_attention, or on older Paddle flash or memory-efficient attention called directly where
-    the GPU and dtype allow, else `_attend_plain`. Traced for export: `_attend_fusable`, the pattern paddle.inference
-    fuses.
+    the GPU and dtype allow, else `_attend_plain`. Traced for export: `_attend_fusable`, the pattern
+    paddle.inference fuses.
     """
 
     def __init__(self, dim, num_heads, attn_drop=0.0, proj_drop=0.0, kernels=PADDLE):
@@ -153,8 +153,7 @@ class Attention(nn.Layer):
             return 'fusable'
         on_gpu = qkv.place.is_gpu_place()
         return attention_backend(PADDLE_VERSION, 'gpu' if on_gpu else 'cpu', gpu_capability() if on_gpu else None,
-                                 dtype_name(qkv.dtype), self.head_dim, self.attn_drop.p if self.training else 0.0,
-                                 self.kernels.applies(qkv))
+                                 dtype_name(qkv.dtype), self.head_dim, self._dropout(), self.kernels.applies(qkv))
 
     def attend(self, qkv, B, N, backend):
         """softmax(scale q k^T) v of the qkv Linear's output [B, N, 3C] by `backend` (one of backend_for's
@@ -162,6 +161,7 @@ class Attention(nn.Layer):
         return getattr(self, '_attend_' + backend)(qkv, B, N)
 
     def _attend_cpu_kernels(self, qkv, B, N):
+        """cpu_kernels' fused attention and its backward (float32 CPU tensors, no dropout)."""
         return self.kernels.attention(qkv, self.num_heads, self.scale)
 
     def _heads_last(self, qkv, B, N):
@@ -171,6 +171,7 @@ class Attention(nn.Layer):
         return q.reshape(shape), k.reshape(shape), v.reshape(shape)
 
     def _dropout(self):
+        """The attention dropout this call draws: the layer's rate in training, none in eval."""
         return self.attn_drop.p if self.training else 0.0
 
     def _attend_sdpa(self, qkv, B, N):
@@ -179,7 +180,7 @@ class Attention(nn.Layer):
         head_dim^-0.5, and any given scale rules the flash backend out (Paddle's sdpa.py); Paddle < 3.3 has no
         such argument."""
         q, k, v = self._heads_last(qkv, B, N)
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p, training=self.training)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=self._dropout(), training=self.training)
 
     def _attend_flash(self, qkv, B, N):
         """Flash attention called directly (Paddle < 3.3 on a GPU of capability >= 8.0, float16/bfloat16):
@@ -189,8 +190,8 @@ class Attention(nn.Layer):
         return flash_attention(q, k, v, dropout=self._dropout(), causal=False, training=self.training)[0]
 
     def _attend_memory_efficient(self, qkv, B, N):
-        """The CUTLASS memory-efficient attention called directly (Paddle < 3.3 on a GPU of capability >= 5.0, any
-        float dtype): memory_efficient_attention(query, key, value, attn_bias, p, scale, training) in
+        """The CUTLASS memory-efficient attention called directly (Paddle < 3.3 on a GPU of capability >= 5.0,
+        float32 or float16): memory_efficient_attention(query, key, value, attn_bias, p, scale, training) in
         incubate/nn/memory_efficient_attention.py of 2.6 and 3.x, [B, N, heads, head_dim] layout; scale None is
         head_dim^-0.5, ours."""
         q, k, v = self._heads_last(qkv, B, N)

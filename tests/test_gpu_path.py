@@ -323,7 +323,8 @@ def test_a_dead_worker_error_mentions_dev_shm_when_batches_went_through_it(monke
         main_single_gpu.run(worker_killed, main_single_gpu.get_arguments())
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert status.value.code == 1 and line.startswith('error: a DataLoader worker process died')
-    assert '/dev/shm (64 MB free at start, about 1.0 GB needed)' in line and '--shm-size' in line
+    assert 'or by a full /dev/shm' in line and '64 MB free at start, about 1.0 GB needed' in line
+    assert '--shm-size' in line and 'DATA.SHARED_MEMORY False' in line
 
 
 # ---------------------------------------------------------------- config
