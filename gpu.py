@@ -96,9 +96,10 @@ def amp_precision(requested, dtype, device, capability=None, cuda=None):
     return dtype, f'AMP O1 on a GPU of compute capability {shown}'
 
 
-# Ops auto_cast O1 keeps in float32 for a ViT, as Paddle's own ViT recipes ask through custom_black_list.
-# Paddle's default O1 black list (python/paddle/amp/amp_lists.py, FP16_BLACK_LIST = BF16_BLACK_LIST, 2.6 and
-# 3.3 alike) already holds all four; naming them keeps the recipe's numerics when a release moves one.
+# Ops a ViT needs in float32 under O1 (torch autocast, under which DeiT and timm trained PiT, runs softmax,
+# log_softmax, exp and layer_norm in float32). Paddle's default O1 black list (python/paddle/amp/amp_lists.py,
+# FP16_BLACK_LIST = BF16_BLACK_LIST, 2.6 and 3.3 alike) already holds all four; naming them in custom_black_list
+# keeps the recipe's numerics whatever a release's default list holds.
 FLOAT32_OPS = ('softmax', 'exp', 'log_softmax', 'layer_norm')
 
 
