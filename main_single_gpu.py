@@ -201,7 +201,8 @@ def amp_settings(config, logger):
     if config.AMP and config.EVAL:
         reason = '-amp applies to training; evaluation runs in float32'
     refused_on_gpu = training_amp and facts.kind == 'gpu' and precision == 'float32'
-    (logger.warning if refused_on_gpu else logger.info)(f'precision {precision} ({reason})')
+    log = logger.warning if refused_on_gpu else logger.info
+    log(f'precision {precision} ({reason})')
     if facts.kind == 'gpu':
         logger.info(gpu.attention_note(facts, precision, config.MODEL.TRANS.BASE_DIMS,
                                        0.0 if config.EVAL else config.MODEL.ATTENTION_DROPOUT))
