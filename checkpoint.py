@@ -22,6 +22,7 @@ import re
 import paddle
 
 from config import describe, dump_config, load_run_config
+from gpu import scaler_state_to_load
 from weights import WeightsError, fit_state_dict, read_paddle_file, resolve_weights_path
 
 FORMAT_VERSION = 2
@@ -212,7 +213,11 @@ def restore(ckpt, state, path):
         state.model_ema.set_state_dict(ckpt['model_ema'] if ckpt['model_ema'] is not None else ckpt['model'])
     state.optimizer.set_state_dict(ckpt['optimizer'])
     state.lr_scheduler.set_state_dict(ckpt['lr_scheduler'])
-    state.scaler.load_state_dict(ckpt['scaler'])
+    scaler_state, note = scaler_state_to_load(ckpt['scaler'], state.scaler.is_enable())
+    if scaler_state is not None:
+        state.scaler.load_state_dict(scaler_state)
+    if note:
+        logger.info(f'{path}: {note}')
     state.epoch, state.best_acc1, state.best_epoch = ckpt['epoch'], ckpt['best_acc1'], ckpt['best_epoch']
     return state
 

@@ -26,7 +26,7 @@ _C.DATA.IMAGE_SIZE = 224  # input resolution (square)
 _C.DATA.CROP_PCT = 0.875  # eval: resize short side to floor(IMAGE_SIZE / CROP_PCT), center crop (DeiT; timm: 0.9)
 _C.DATA.INTERPOLATION = 'bicubic'  # resize interpolation for train crop and eval resize
 _C.DATA.NUM_WORKERS = 4  # DataLoader worker processes per training process (0: load in the main process)
-_C.DATA.SHARED_MEMORY = True  # pass batches from workers through shared memory
+_C.DATA.SHARED_MEMORY = 'auto'  # workers pass batches through /dev/shm: 'auto' (when it fits, gpu.py), True, False
 _C.DATA.IMAGENET_MEAN = [0.485, 0.456, 0.406]  # normalisation mean (RGB, 0-1)
 _C.DATA.IMAGENET_STD = [0.229, 0.224, 0.225]  # normalisation std (RGB, 0-1)
 _C.DATA.SKIP_BAD_EVAL_IMAGES = False  # eval: skip undecodable images (reported) instead of failing the run
@@ -175,12 +175,14 @@ def _merge_dict(config, data, source, touched=None):
 # keys whose default is None but which take one type
 _NONE_DEFAULT_TYPES = {'DATA.BATCH_SIZE_EVAL': int, 'TRAIN.GRAD_CLIP': float, 'TRAIN.LINEAR_SCALED_LR': int,
                        'MODEL.RESUME': str, 'MODEL.PRETRAINED': str, 'AUG.CUTMIX_MINMAX': (list, tuple)}
+# keys that take a boolean besides the type of their default
+_ALSO_BOOL = ('DATA.SHARED_MEMORY',)
 
 
 def _coerce(old, value, key, source):
     """Check value against the default's type, as yacs would, but strictly: an int key takes integers only
     (3.0 is 3, 2.5 is an error), a float key takes numbers, a None default takes None or its own type."""
-    if value is None:
+    if value is None or (key in _ALSO_BOOL and isinstance(value, bool)):
         return value
     if old is None:
         expected = _NONE_DEFAULT_TYPES.get(key)
@@ -232,13 +234,16 @@ def get_config(cfg_file=None):
 
 
 def merge_opts(config, opts, touched=None, source='-opts'):
-    """Apply ['KEY', 'VALUE', ...] overrides; values are parsed as yaml ('0.1', '[1, 2]', 'None')."""
+    """Apply ['KEY', 'VALUE', ...] overrides; values are parsed as yaml ('0.1', '[1, 2]', 'None'). 'None',
+    'none' and 'null' are None, except for a key whose default is a string, which keeps the text
+    (TRAIN.DISTILLATION_TYPE none)."""
     if len(opts) % 2:
         raise ConfigError(f"-opts needs KEY VALUE pairs, got an odd number of items: {opts}")
     config.defrost()
     for key, raw in zip(opts[0::2], opts[1::2]):
         try:
-            value = None if raw in ('None', 'none', 'null') else yaml.safe_load(raw)
+            keeps_text = _default_is_string(key)
+            value = None if raw in ('None', 'none', 'null') and not keeps_text else yaml.safe_load(raw)
         except yaml.YAMLError:
             raise ConfigError(f'{source}: value {raw!r} of {key} is not valid yaml') from None
         node = {}
@@ -249,6 +254,14 @@ def merge_opts(config, opts, touched=None, source='-opts'):
         cursor[parts[-1]] = value
         _merge_dict(config, node, source, touched)
     return config
+
+
+def _default_is_string(key):
+    """Whether the default of the dotted key is a string (False for keys that do not exist)."""
+    try:
+        return isinstance(get_key(_C, key), str)
+    except (KeyError, TypeError):
+        return False
 
 
 # seed flag -> config key; flags left at None do not override the yaml
@@ -391,6 +404,7 @@ _CHOICES = {
     'AUG.MIXUP_MODE': ('batch', 'pair', 'elem'),
     'AMP_DTYPE': ('float16', 'bfloat16'),
     'DEVICE': ('auto', 'gpu', 'cpu'),
+    'DATA.SHARED_MEMORY': ('auto', True, False),
 }
 _AT_LEAST_1 = ('DATA.BATCH_SIZE', 'DATA.IMAGE_SIZE', 'MODEL.NUM_CLASSES', 'TRAIN.ACCUM_ITER', 'TRAIN.NUM_EPOCHS',
                'REPORT_FREQ', 'SAVE_FREQ', 'VALIDATE_FREQ', 'MODEL.TRANS.PATCH_SIZE', 'MODEL.TRANS.STRIDE',

@@ -29,6 +29,8 @@ import warnings
 import paddle
 import paddle.nn.functional as F
 
+from gpu import local_process_count
+
 # ---------------------------------------------------------------- the extension
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'cpu_kernels.cc')
@@ -258,8 +260,7 @@ def configure_cpu(num_threads=0, kernels=True):
     - glibc keeps up to KEEP_FREED_MB of freed memory (see keep_freed_memory).
     - kernels: build/load this extension now, so that status() can be logged before the model is built.
     """
-    local_processes = int(os.environ.get('PADDLE_LOCAL_SIZE', os.environ.get('PADDLE_TRAINERS_NUM', '1')))
-    num_threads = num_threads or max(1, (os.cpu_count() or 1) // max(local_processes, 1))
+    num_threads = num_threads or max(1, (os.cpu_count() or 1) // max(local_process_count(), 1))
     os.environ['OMP_NUM_THREADS'] = str(num_threads)
     paddle.base.core.set_num_threads(num_threads)
     if cpu_vendor() == 'AuthenticAMD':

@@ -19,6 +19,7 @@ import numpy as np
 import paddle
 from PIL import Image
 
+import gpu
 from transforms import build_transforms
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
@@ -250,10 +251,12 @@ class SeededBatchSampler(paddle.io.BatchSampler):
         return len(self.batch_sampler)
 
 
-def build_dataloader(config, dataset, mode, world_size=1, rank=0):
+def build_dataloader(config, dataset, mode, world_size=1, rank=0, shm_free_bytes=None):
     """DataLoader of (images float32 [B, 3, S, S], labels int64 [B]). Train: shuffled, last partial batch dropped,
     `loader.batch_sampler.set_epoch(e)` each epoch; repeated augmentation with DATA.REPEATED_AUG. Val: in order,
-    each image exactly once over all ranks."""
+    each image exactly once over all ranks. Batches pass through shared memory as use_shared_memory decides
+    (shm_free_bytes: the free /dev/shm to decide by; None: measured)."""
+    batch_size = config.DATA.BATCH_SIZE if mode == 'train' else config.DATA.BATCH_SIZE_EVAL or config.DATA.BATCH_SIZE
     if mode == 'train' and config.DATA.REPEATED_AUG:
         sampler = RepeatedAugSampler(dataset, config.DATA.BATCH_SIZE, world_size, rank,
                                      config.DATA.REPEATED_AUG_REPEATS, seed=config.SEED)
@@ -261,8 +264,7 @@ def build_dataloader(config, dataset, mode, world_size=1, rank=0):
         sampler = paddle.io.DistributedBatchSampler(dataset, config.DATA.BATCH_SIZE, num_replicas=world_size,
                                                     rank=rank, shuffle=True, drop_last=True)
     else:
-        sampler = ExactlyOnceSampler(len(dataset), config.DATA.BATCH_SIZE_EVAL or config.DATA.BATCH_SIZE,
-                                     world_size, rank)
+        sampler = ExactlyOnceSampler(len(dataset), batch_size, world_size, rank)
     if len(sampler) == 0:
         raise DatasetError(f'{mode} split of {len(dataset)} images gives no batch of DATA.BATCH_SIZE='
                            f'{config.DATA.BATCH_SIZE} per process')
@@ -272,5 +274,36 @@ def build_dataloader(config, dataset, mode, world_size=1, rank=0):
     # paddle and this repo again); per-sample seeds keep their output independent of their history.
     workers = config.DATA.NUM_WORKERS
     return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
-                                use_shared_memory=config.DATA.SHARED_MEMORY, return_list=True,
-                                persistent_workers=workers > 0)
+                                use_shared_memory=use_shared_memory(config, batch_size, mode, shm_free_bytes),
+                                return_list=True, persistent_workers=workers > 0)
+
+
+# mode -> (need, free) of the loaders of this process that pass batches through /dev/shm, for the message of a
+# worker that dies (main_single_gpu.run): a full /dev/shm kills workers as the out-of-memory killer does
+SHARED_MEMORY_IN_USE = {}
+
+
+def use_shared_memory(config, batch_size, mode, free_bytes=None):
+    """DATA.SHARED_MEMORY decided for a loader of batch_size by gpu.shared_memory_decision against the free
+    /dev/shm (free_bytes, or measured), the need counted over the training processes of this node; logs the
+    decision's warning, if it has one."""
+    need = gpu.shared_memory_need(batch_size, config.DATA.IMAGE_SIZE, config.DATA.NUM_WORKERS,
+                                  gpu.local_process_count())
+    free = gpu.free_shared_memory() if free_bytes is None else free_bytes
+    use, message = gpu.shared_memory_decision(need, free, config.DATA.SHARED_MEMORY)
+    if message:
+        logger.warning(f'{mode} loader: {message}')
+    if use and need:
+        SHARED_MEMORY_IN_USE[mode] = (need, free)
+    return use
+
+
+def shared_memory_note():
+    """'' or, when loaders of this process use /dev/shm, the clause a dead-worker message adds about it."""
+    if not SHARED_MEMORY_IN_USE:
+        return ''
+    need = max(need for need, _ in SHARED_MEMORY_IN_USE.values())
+    free = next(iter(SHARED_MEMORY_IN_USE.values()))[1]
+    shown = f'{gpu.gigabytes(free)} free' if free is not None else 'free space unknown'
+    return (f', or by a full /dev/shm, which its batches passed through: {shown} at start, about '
+            f'{gpu.gigabytes(need)} needed; enlarge it (docker run --shm-size=...) or set DATA.SHARED_MEMORY False')

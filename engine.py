@@ -57,7 +57,8 @@ def accumulation_scale(step, steps, accum):
 
 def train_one_epoch(state, criterion, loader, epoch, config, mixup_fn=None, records=None):
     """One pass over `loader` of (images, labels, skipped undecodable files) batches (epoch is 0-based);
-    returns {'loss', 'acc1' (nan with mixup), 'images', 'skipped', 'seconds'} over all ranks.
+    returns {'loss', 'acc1' (nan with mixup), 'images', 'skipped', 'seconds'} over all ranks, and
+    'skipped_steps': the optimizer steps the GradScaler skipped for non-finite gradients (float16 AMP).
 
     The optimizer steps every TRAIN.ACCUM_ITER batches (and after the last batch); the EMA follows each
     optimizer step; with LR_SCHEDULER.PER_STEP the LR moves every step. Every REPORT_FREQ steps rank 0 logs
@@ -67,6 +68,7 @@ def train_one_epoch(state, criterion, loader, epoch, config, mixup_fn=None, reco
     accum, steps = config.TRAIN.ACCUM_ITER, len(loader)
     sums, start = MetricSums('loss', 'acc1', 'skipped'), time.time()
     skipped_total = 0  # a tensor after the first batch: read once at the end, not one device sync per step
+    skipped_steps = 0  # this rank's count is every rank's: each checks the same all-reduced gradients
     state.optimizer.clear_grad()
     for step, (images, labels, skipped) in enumerate(loader):
         skipped_total = skipped_total + skipped.sum()
@@ -84,7 +86,7 @@ def train_one_epoch(state, criterion, loader, epoch, config, mixup_fn=None, reco
                                      'stopping (the last checkpoint on disk is untouched)')
         state.scaler.scale(loss * accumulation_scale(step, steps, accum)).backward()
         if (step + 1) % accum == 0 or step + 1 == steps:
-            optimizer_step(state)
+            skipped_steps += optimizer_step(state)
         n = images.shape[0]
         sums.add('loss', loss_value * n, n)
         if mixup_fn is None:
@@ -98,16 +100,27 @@ def train_one_epoch(state, criterion, loader, epoch, config, mixup_fn=None, reco
     sums.add('skipped', float(skipped_total), 0)
     sums.synchronize()
     return {'loss': sums.avg('loss'), 'acc1': sums.avg('acc1'), 'images': sums.count('loss'),
-            'skipped': int(sums.total('skipped')), 'seconds': seconds}
+            'skipped': int(sums.total('skipped')), 'seconds': seconds, 'skipped_steps': skipped_steps}
 
 
 def optimizer_step(state):
-    """Apply the accumulated gradients (through the AMP scaler), clear them, move the EMA."""
+    """Apply the accumulated gradients (through the AMP scaler), clear them, move the EMA. Returns True when
+    the scaler skipped the update (inf/NaN in the float16 gradients; the loss scale then shrinks)."""
     state.scaler.step(state.optimizer)
+    skipped = step_was_skipped(state.optimizer)
     state.scaler.update()
     state.optimizer.clear_grad()
     if state.model_ema is not None:
         state.model_ema.update(state.model)
+    return skipped
+
+
+def step_was_skipped(optimizer):
+    """Whether optimizer's last step() left the parameters alone because the GradScaler found inf/NaN.
+    GradScaler.step hands its finding to the optimizer as the auxiliary variable 'found_inf', and Paddle's
+    Optimizer (_create_optimization_pass, 2.6 and 3.x) skips the update when it is set and stores True/False
+    back; without loss scaling it is never set. This repo's AdamP and SGD inherit that step."""
+    return bool(optimizer._get_auxiliary_var('found_inf'))
 
 
 def log_progress(sums, epoch, step, steps, start, lr, config):

@@ -1,7 +1,8 @@
 """Training losses: label smoothing, soft-target CE (mixup/cutmix), and DeiT's distillation wrapper.
 
 The engine always calls `criterion(images, outputs, targets)`; with distillation 'none' the wrapper only applies
-the base loss to the class-token logits, so there is one code path with and without a teacher.
+the base loss (to the mean of both heads' logits for a distilled model), so there is one code path with and without
+a teacher.
 """
 import math
 
@@ -45,9 +46,13 @@ class SoftTargetCrossEntropy(nn.Layer):
 class DistillationLoss(nn.Layer):
     """DeiT's distillation loss around a base criterion.
 
-    outputs: logits [B, C], or (cls_logits, dist_logits) of a distilled model in training. The base criterion
-    sees the class-token logits only. 'none': that is all (the teacher is never called). Otherwise the teacher
-    (eval mode, no gradient) classifies `inputs` and
+    outputs: logits [B, C], or (cls_logits, dist_logits) of a distilled model in training. 'none' (no teacher,
+    never called): the base criterion on the mean of the two heads' logits, what the model predicts in eval, as
+    timm trains a distilled PiT outside distilled training (forward_head returns (x + x_dist) / 2). DeiT's loss
+    takes the class head alone there, which leaves head_dist untrained though it is half of every prediction,
+    and without a gradient, which DataParallel (find_unused_parameters=False) rejects at the second step.
+    Otherwise the base criterion sees the class-token logits, the teacher (eval mode, no gradient) classifies
+    `inputs` and
         loss = (1 - alpha) * base(cls, targets) + alpha * distillation
     'hard': cross entropy of dist_logits against the teacher's argmax;
     'soft': KL(softmax(teacher / tau) || softmax(dist / tau)) summed over batch and classes, divided by
@@ -74,9 +79,9 @@ class DistillationLoss(nn.Layer):
         dist_logits = None
         if isinstance(outputs, (tuple, list)):
             outputs, dist_logits = outputs
-        base_loss = self.base_criterion(outputs, targets)
         if self.distillation_type == 'none':
-            return base_loss
+            return self.base_criterion(outputs if dist_logits is None else (outputs + dist_logits) / 2, targets)
+        base_loss = self.base_criterion(outputs, targets)
         if dist_logits is None:
             raise ValueError('distillation needs the (cls, dist) logits of a distilled model in training mode '
                              '(MODEL.DISTILL: True)')

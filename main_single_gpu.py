@@ -20,10 +20,11 @@ import paddle.distributed as dist
 
 import checkpoint
 import cpu_kernels
+import gpu
 from compat import PaddleVersionError, check_paddle
 from config import (MODEL_KEYS, ConfigError, build_config, contradicting_key, described_keys, finalize_config,
                     get_key)
-from datasets import DatasetError, build_dataloader, build_dataset
+from datasets import DatasetError, build_dataloader, build_dataset, shared_memory_note
 from engine import NonFiniteLossError, TrainState, evaluate, train_one_epoch
 from losses import build_criterion
 from metrics import RunRecords
@@ -200,14 +201,22 @@ def build_teacher(config, logger):
 
 
 def amp_settings(config, logger):
-    """auto_cast arguments and a GradScaler kept for the whole run (pass-through when AMP is off)."""
-    on_gpu = paddle.get_device().startswith('gpu')
-    enable = bool(config.AMP and on_gpu and not config.EVAL)
-    if config.AMP and not on_gpu:
-        logger.info('AMP requested but running on CPU: training in float32')
-    amp = {'enable': enable, 'dtype': config.AMP_DTYPE, 'level': 'O1'}
-    scaler = paddle.amp.GradScaler(enable=enable and config.AMP_DTYPE == 'float16', init_loss_scaling=2.0 ** 16)
-    return amp, scaler
+    """auto_cast arguments and a GradScaler kept for the whole run (pass-through without float16 loss scaling),
+    from the precision this device allows (gpu.amp_precision: a bfloat16 request the GPU cannot honour is a
+    ConfigError). Logs the effective precision and the attention kernel once. Evaluation runs in float32."""
+    facts = gpu.device_facts()
+    training_amp = config.AMP and not config.EVAL
+    precision, reason = gpu.amp_precision(training_amp, config.AMP_DTYPE, facts.kind, facts.capability, facts.cuda)
+    if config.AMP and config.EVAL:
+        reason = '-amp applies to training; evaluation runs in float32'
+    refused_on_gpu = training_amp and facts.kind == 'gpu' and precision == 'float32'
+    log = logger.warning if refused_on_gpu else logger.info
+    log(f'precision {precision} ({reason})')
+    if facts.kind == 'gpu':
+        logger.info(gpu.attention_note(facts, precision, config.MODEL.TRANS.BASE_DIMS,
+                                       0.0 if config.EVAL else config.MODEL.ATTENTION_DROPOUT))
+    scaler = paddle.amp.GradScaler(enable=gpu.loss_scaling(precision), init_loss_scaling=2.0 ** 16)
+    return gpu.autocast_kwargs(precision), scaler
 
 
 def build_state(config, model, steps_per_epoch, logger):
@@ -265,7 +274,8 @@ def run_epoch(config, state, epoch, criterion, train_loader, val_loader, mixup_f
     stats = train_one_epoch(state, criterion, train_loader, epoch, config, mixup_fn, records)
     state.epoch = epoch + 1
     logger.info(f'Epoch {state.epoch} done: loss {stats["loss"]:.4f}, {stats["images"]} images in '
-                f'{stats["seconds"]:.0f}s, undecodable train images replaced: {stats["skipped"]}')
+                f'{stats["seconds"]:.0f}s, undecodable train images replaced: {stats["skipped"]}, '
+                f'steps skipped for non-finite gradients: {stats["skipped_steps"]}')
     val = ema = None
     is_best = False
     if state.epoch % config.VALIDATE_FREQ == 0 or state.epoch == config.TRAIN.NUM_EPOCHS:
@@ -407,8 +417,8 @@ def run(main_fn, args):
     except SystemError as e:
         if 'Blocking queue is killed' not in str(e):
             raise
-        fail('a DataLoader worker process died while loading data (killed, often by the out-of-memory killer); '
-             'lower DATA.NUM_WORKERS or DATA.BATCH_SIZE and re-run with -resume auto', 1)
+        fail('a DataLoader worker process died while loading data (killed, often by the out-of-memory killer'
+             f'{shared_memory_note()}); lower DATA.NUM_WORKERS or DATA.BATCH_SIZE and re-run with -resume auto', 1)
 
 
 if __name__ == '__main__':

@@ -2,10 +2,11 @@
 
 metrics.jsonl has one JSON object per epoch, appended and flushed when the epoch ends (a resumed run appends
 to the same file; `epoch` is 1-based):
-    {"epoch": 3, "train_loss": 2.1, "lr": 0.0005, "train_images": 1280, "train_img_s": 410.2,
+    {"epoch": 3, "train_loss": 2.1, "lr": 0.0005, "train_images": 1280, "train_img_s": 410.2, "skipped_steps": 0,
      "val_acc1": 0.41, "val_acc5": 0.83, "val_loss": 1.9, "ema_acc1": ..., "ema_acc5": ..., "ema_loss": ...,
      "best_acc1": 0.41, "seconds": 12.3}
-(val_* and ema_* only on epochs that evaluated; ema_* only with TRAIN.MODEL_EMA). VisualDL, when config.VISUALDL
+(skipped_steps: optimizer steps the float16 loss scaler skipped for inf/NaN gradients; val_* and ema_* only on
+epochs that evaluated; ema_* only with TRAIN.MODEL_EMA). VisualDL, when config.VISUALDL
 and the package is installed: per epoch, with the epoch number as step, train/loss, train/lr, val/acc1,
 val/acc5, val/loss, val_ema/acc1, val_ema/acc5, val_ema/loss; every REPORT_FREQ steps, with the global step,
 train_step/loss and train_step/lr.
@@ -51,7 +52,8 @@ class RunRecords:
         if not self.enabled:
             return
         record = {'epoch': epoch, 'train_loss': train['loss'], 'lr': lr, 'train_images': train['images'],
-                  'train_img_s': train['images'] / max(train['seconds'], 1e-9), 'seconds': train['seconds']}
+                  'train_img_s': train['images'] / max(train['seconds'], 1e-9), 'seconds': train['seconds'],
+                  'skipped_steps': train['skipped_steps']}
         scalars = {'train/loss': train['loss'], 'train/lr': lr}
         for prefix, tag, stats in (('val', 'val', val), ('ema', 'val_ema', ema)):
             if stats is not None:

@@ -10,7 +10,6 @@ halving the grid and doubling the channels between stages -> LayerNorm on the cl
 As a backbone, `PiTFeatures` (or `build_pit(config, features_only=True)`) gives the three stage outputs as maps
 [B, C_s, H_s, W_s] at any input size, declared by `feature_info` as timm declares them.
 """
-import importlib.util
 import inspect
 import math
 import re
@@ -18,14 +17,15 @@ import re
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
+from paddle.incubate.nn.memory_efficient_attention import memory_efficient_attention
+from paddle.nn.functional.flash_attention import flash_attention
 
+from compat import parse_version
 from cpu_kernels import PADDLE, for_model
 from droppath import DropPath
+from gpu import attention_backend, dtype_name, gpu_capability
 
-# Where paddle has paddle.nn.functional.sdpa, its scaled_dot_product_attention picks flash, memory-efficient or
-# plain attention by what the device and dtype support; releases without it call flash attention directly,
-# which fails on pre-Ampere GPUs and in fp32.
-SDPA_PICKS_BACKEND = importlib.util.find_spec('paddle.nn.functional.sdpa') is not None
+PADDLE_VERSION = parse_version(paddle.__version__)
 
 
 def _torch_default_uniform(fan_in):
@@ -121,10 +121,12 @@ class Mlp(nn.Layer):
 class Attention(nn.Layer):
     """Multi-head self-attention with a qkv bias; [B, N, C] -> [B, N, C].
 
-    Dygraph on CPU (float32): the fused kernel of `kernels` (cpu_kernels.Kernels) when it has one, except in
-    training with attention dropout, which the fused kernel does not draw: that takes `_attend`. On GPU:
-    paddle's scaled_dot_product_attention (flash or memory-efficient attention where the GPU and dtype allow).
-    Traced for export: `_attend_fusable`, the pattern paddle.inference fuses.
+    Each call takes the kernel gpu.attention_backend names for its device, Paddle, dtype and dropout: on CPU
+    (float32) the fused kernel of `kernels` (cpu_kernels.Kernels) when it has one, except in training with
+    attention dropout, which the fused kernel does not draw (then `_attend_plain`); on GPU, Paddle >= 3.3's
+    scaled_dot_product_attention, or on older Paddle flash or memory-efficient attention called directly where
+    the GPU and dtype allow, else `_attend_plain`. Traced for export: `_attend_fusable`, the pattern
+    paddle.inference fuses.
     """
 
     def __init__(self, dim, num_heads, attn_drop=0.0, proj_drop=0.0, kernels=PADDLE):
@@ -141,28 +143,62 @@ class Attention(nn.Layer):
     def forward(self, x):
         B, N, C = x.shape
         qkv = self.qkv(x)
-        drops_weights = self.training and self.attn_drop.p > 0
-        if not paddle.in_dynamic_mode():
-            x = self._attend_fusable(qkv, B, N)
-        elif self.kernels.applies(qkv) and not drops_weights:
-            x = self.kernels.attention(qkv, self.num_heads, self.scale)
-        elif qkv.place.is_gpu_place() and SDPA_PICKS_BACKEND:
-            x = self._attend_sdpa(qkv, B, N)
-        else:
-            x = self._attend(qkv, B, N)
+        x = self.attend(qkv, B, N, self.backend_for(qkv))
         return self.proj_drop(self.proj(x.reshape([B, N, C])))
 
-    def _attend_sdpa(self, qkv, B, N):
-        """paddle's scaled_dot_product_attention ([B, N, heads, head_dim] layout, dropout on the attention
-        weights in training). Returns [B, N, heads, head_dim]. No `scale` is passed: sdpa's default is ours,
-        head_dim^-0.5, and any given scale rules the flash backend out (Paddle's sdpa.py); Paddle < 3.3 has no
-        such argument."""
+    def backend_for(self, qkv):
+        """The attention kernel of this call: 'fusable' when traced for export, else gpu.attention_backend of the
+        device, Paddle version, dtype and attention dropout of qkv."""
+        if not paddle.in_dynamic_mode():
+            return 'fusable'
+        on_gpu = qkv.place.is_gpu_place()
+        return attention_backend(PADDLE_VERSION, 'gpu' if on_gpu else 'cpu', gpu_capability() if on_gpu else None,
+                                 dtype_name(qkv.dtype), self.head_dim, self._dropout(), self.kernels.applies(qkv))
+
+    def attend(self, qkv, B, N, backend):
+        """softmax(scale q k^T) v of the qkv Linear's output [B, N, 3C] by `backend` (one of backend_for's
+        names) -> [B, N, heads, head_dim] (or [B, N, C], the same memory)."""
+        return getattr(self, '_attend_' + backend)(qkv, B, N)
+
+    def _attend_cpu_kernels(self, qkv, B, N):
+        """cpu_kernels' fused attention and its backward (float32 CPU tensors, no dropout)."""
+        return self.kernels.attention(qkv, self.num_heads, self.scale)
+
+    def _heads_last(self, qkv, B, N):
+        """q, k, v [B, N, heads, head_dim]: the layout of Paddle's fused attention kernels."""
         q, k, v = paddle.split(qkv.reshape([B, N, 3, self.num_heads, self.head_dim]), 3, axis=2)
         shape = [B, N, self.num_heads, self.head_dim]
-        return F.scaled_dot_product_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape),
-                                              dropout_p=self.attn_drop.p, training=self.training)
+        return q.reshape(shape), k.reshape(shape), v.reshape(shape)
 
-    def _attend(self, qkv, B, N):
+    def _dropout(self):
+        """The attention dropout this call draws: the layer's rate in training, none in eval."""
+        return self.attn_drop.p if self.training else 0.0
+
+    def _attend_sdpa(self, qkv, B, N):
+        """paddle's scaled_dot_product_attention (Paddle >= 3.3 picks flash, memory-efficient or math attention;
+        dropout on the attention weights in training). No `scale` is passed: sdpa's default is ours,
+        head_dim^-0.5, and any given scale rules the flash backend out (Paddle's sdpa.py); Paddle < 3.3 has no
+        such argument."""
+        q, k, v = self._heads_last(qkv, B, N)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=self._dropout(), training=self.training)
+
+    def _attend_flash(self, qkv, B, N):
+        """Flash attention called directly (Paddle < 3.3 on a GPU of capability >= 8.0, float16/bfloat16):
+        flash_attention(query, key, value, dropout, causal, return_softmax, *, ..., training) in
+        nn/functional/flash_attention.py of 2.6 and 3.x; its scale is head_dim^-0.5, ours."""
+        q, k, v = self._heads_last(qkv, B, N)
+        return flash_attention(q, k, v, dropout=self._dropout(), causal=False, training=self.training)[0]
+
+    def _attend_memory_efficient(self, qkv, B, N):
+        """The CUTLASS memory-efficient attention called directly (Paddle < 3.3 on a GPU of capability >= 5.0,
+        float32 or float16): memory_efficient_attention(query, key, value, attn_bias, p, scale, training) in
+        incubate/nn/memory_efficient_attention.py of 2.6 and 3.x, [B, N, heads, head_dim] layout; scale None is
+        head_dim^-0.5, ours."""
+        q, k, v = self._heads_last(qkv, B, N)
+        return memory_efficient_attention(q, k, v, attn_bias=None, p=self._dropout(), scale=None,
+                                          training=self.training)
+
+    def _attend_plain(self, qkv, B, N):
         """Plain dygraph form. [B, N, 3C] -> [B, 3 * heads, N, head_dim] -> q, k, v [B, heads, N, head_dim]: one
         transpose, and a split (whose backward is a concat) rather than three slices (each of whose backward
         writes a full zero tensor). Returns [B, N, heads, head_dim]."""

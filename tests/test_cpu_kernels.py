@@ -13,7 +13,7 @@ import paddle.nn.functional as F
 import pytest
 
 import cpu_kernels
-from pit import SDPA_PICKS_BACKEND, Attention, LayerNorm, PoolingTransformer
+from pit import Attention, LayerNorm, PoolingTransformer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 linux_only = pytest.mark.skipif(not sys.platform.startswith('linux'), reason='cpu_kernels are built on Linux only')
@@ -225,7 +225,7 @@ def test_attention_dropout_in_training_falls_back_to_the_plain_path_which_drops_
     dropped = layer(x).numpy()
     paddle.seed(7)
     qkv = layer.qkv(x)
-    plain = layer.proj(layer._attend(qkv, 2, 9).reshape([2, 9, 16])).numpy()
+    plain = layer.proj(layer._attend_plain(qkv, 2, 9).reshape([2, 9, 16])).numpy()
     np.testing.assert_allclose(dropped, plain, rtol=1e-6, atol=1e-6)
     layer.eval()
     with paddle.no_grad():
@@ -244,13 +244,17 @@ def test_folding_the_query_scale_into_the_qkv_weights_keeps_the_attention():
 
 
 @linux_only
-@pytest.mark.skipif(not SDPA_PICKS_BACKEND, reason="this paddle's sdpa is flash attention only (GPU)")
-def test_sdpa_form_used_on_gpu_computes_the_fused_values(kernels):
+@pytest.mark.parametrize('backend', ['sdpa', 'flash'])
+def test_gpu_attention_branches_compute_the_cpu_kernels_values_and_gradients(kernels, backend):
+    """The GPU branches run here through Paddle's math backend (sdpa on 3.3+, and flash_attention, which on the
+    CPU takes the math path in 2.6 and 3.x): the layout and call they make give the fused kernel's values and
+    gradients."""
     layer = Attention(24, 3, kernels=kernels)
-    layer.eval()
-    qkv = layer.qkv(paddle.randn([2, 11, 24]))
-    sdpa = layer._attend_sdpa(qkv, 2, 11).reshape([2, 11, 24])
-    np.testing.assert_allclose(sdpa.numpy(), kernels.attention(qkv, 3, layer.scale).numpy(), rtol=1e-5, atol=1e-6)
+    layer.train()
+    qkv = layer.qkv(paddle.randn([2, 11, 24])).numpy()
+    upstream = np.random.RandomState(5).randn(2, 11, 24).astype('float32')
+    assert_same(lambda t: layer.attend(t, 2, 11, backend).reshape([2, 11, 24]),
+                lambda t: kernels.attention(t, 3, layer.scale), [qkv], upstream, rtol=1e-4, atol=2e-5)
 
 
 @linux_only

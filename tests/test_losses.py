@@ -60,12 +60,16 @@ def test_soft_target_ce_matches_its_definition(batch):
     np.testing.assert_allclose(float(SoftTargetCrossEntropy()(t(batch['cls']), t(targets))), expected, rtol=1e-6)
 
 
-def test_no_distillation_uses_class_logits_only_and_never_calls_the_teacher(batch):
+def test_no_distillation_trains_the_mean_of_both_heads_and_never_calls_the_teacher(batch):
     teacher = LinearTeacher()
     loss = DistillationLoss(paddle.nn.CrossEntropyLoss(), teacher, 'none', 0.5, 1.0)
     value = loss(t(batch['images']), (t(batch['cls']), t(batch['dist'])), t(batch['labels']))
-    expected = -log_softmax(batch['cls'].astype(np.float64))[np.arange(B), batch['labels']].mean()
-    np.testing.assert_allclose(float(value), expected, rtol=1e-6)
+
+    def ce(logits):
+        return -log_softmax(logits.astype(np.float64))[np.arange(B), batch['labels']].mean()
+    np.testing.assert_allclose(float(value), ce((batch['cls'] + batch['dist']) / 2), rtol=1e-6)  # eval's logits
+    single = loss(t(batch['images']), t(batch['cls']), t(batch['labels']))  # a model without head_dist
+    np.testing.assert_allclose(float(single), ce(batch['cls']), rtol=1e-6)
     assert teacher.calls == []
 
 

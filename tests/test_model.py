@@ -98,7 +98,7 @@ def test_export_attention_form_computes_the_dygraph_attention():
     attn.eval()
     B, N = 2, 17
     qkv = attn.qkv(paddle.randn([B, N, 48]))
-    dygraph = attn._attend(qkv, B, N).numpy()
+    dygraph = attn._attend_plain(qkv, B, N).numpy()
     export = attn._attend_fusable(qkv, B, N).numpy()
     assert dygraph.shape == (B, N, 3, 16)
     np.testing.assert_allclose(export, dygraph, rtol=1e-5, atol=1e-6)
