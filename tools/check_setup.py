@@ -16,7 +16,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import quiet  # noqa: E402,F401  (before paddle)
 
+import functools  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import math  # noqa: E402
 import multiprocessing  # noqa: E402
 import shutil  # noqa: E402
@@ -27,8 +29,9 @@ import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 import paddle.distributed as dist  # noqa: E402
 
-from compat import unsupported_reason  # noqa: E402
-from config import finalize_config  # noqa: E402
+import gpu  # noqa: E402
+from compat import parse_version, unsupported_reason  # noqa: E402
+from config import ConfigError, finalize_config  # noqa: E402
 from datasets import DatasetError, build_dataloader, build_dataset  # noqa: E402
 
 OK, WARN, FAIL = 'ok', 'warning', 'FAIL'
@@ -80,15 +83,15 @@ def check_paddle(report):
         report.line(OK, 'CPU build (no CUDA): training runs on the CPU, over GLOO with several processes')
 
 
-def device_facts():
+def visible_gpus():
     """[(name, (major, minor) capability, total memory in bytes)] of the visible GPUs ([] without)."""
     if not paddle.device.is_compiled_with_cuda():
         return []
-    facts = []
+    gpus = []
     for index in range(paddle.device.cuda.device_count()):
         props = paddle.device.cuda.get_device_properties(index)
-        facts.append((props.name, (props.major, props.minor), props.total_memory))
-    return facts
+        gpus.append((props.name, (props.major, props.minor), props.total_memory))
+    return gpus
 
 
 def check_devices(report, config, nprocs, gpus):
@@ -108,43 +111,53 @@ def check_devices(report, config, nprocs, gpus):
 
 
 def check_precision(report, config, gpus):
-    report.section('precision')
-    if not config.AMP:
-        report.line(OK, 'float32 (AMP off; add -amp for mixed precision on GPU)')
-    elif not gpus:
-        report.line(OK, 'AMP requested but running on CPU: float32')
-    elif config.AMP_DTYPE == 'bfloat16' and min(c for _, c, _ in gpus) < (8, 0):
-        report.line(FAIL, 'AMP_DTYPE bfloat16 needs compute capability 8.0 (Ampere) or newer',
-                    'use float16 on this GPU: -opts AMP_DTYPE float16')
-    else:
-        report.line(OK, f'AMP O1 in {config.AMP_DTYPE}')
-
-
-def loader_shared_memory_bytes(config, local_processes):
-    """Bytes of /dev/shm the DataLoaders of one node hold with shared memory on: per process, each worker keeps
-    up to 2 batches of float32 images in flight (paddle's prefetch factor)."""
-    per_batch = config.DATA.BATCH_SIZE * 3 * config.DATA.IMAGE_SIZE ** 2 * 4
-    return per_batch * 2 * max(config.DATA.NUM_WORKERS, 1) * local_processes
-
-
-def check_shared_memory(report, config, nprocs, shm='/dev/shm'):
-    report.section('shared memory')
-    if config.DATA.NUM_WORKERS == 0 or config.DATA.SHARED_MEMORY is False:
-        report.line(OK, 'not used (no DataLoader workers, or DATA.SHARED_MEMORY False)')
-        return
-    need = loader_shared_memory_bytes(config, nprocs)
+    """The precision the run trains in (gpu.amp_precision, as training decides it) and, on a GPU, the attention
+    kernel and its activation memory per GPU against the GPU's memory."""
+    report.section('precision and attention')
+    capability = min(c for _, c, _ in gpus) if gpus else None
+    cuda = parse_version(paddle.version.cuda()) if gpus else None
     try:
-        stat = os.statvfs(shm)
-        free = stat.f_bavail * stat.f_frsize
-    except OSError:
-        report.line(WARN, f'{shm} not found: DataLoader workers pass batches through pipes (slower)')
+        precision, reason = gpu.amp_precision(config.AMP, config.AMP_DTYPE, 'gpu' if gpus else 'cpu', capability,
+                                              cuda[0] if cuda else None)
+    except ConfigError as e:
+        report.line(FAIL, str(e), 'use float16 on this GPU: -opts AMP_DTYPE float16')
         return
-    text = f'{shm}: {free / 2 ** 20:,.0f} MiB free, the loaders need about {need / 2 ** 20:,.0f} MiB'
-    if free < need:
-        report.line(WARN, text, f'give the container more shared memory (docker run --shm-size={_gib(need * 1.5)}g)'
-                                f' or lower DATA.NUM_WORKERS/DATA.BATCH_SIZE; without it the workers would be killed')
+    report.line(OK, f'{precision} ({reason})')
+    if not gpus:
+        return
+    facts = gpu.DeviceFacts('gpu', gpus[0][0], capability, cuda[0] if cuda else None, parse_version(paddle.__version__))
+    dropout = config.MODEL.ATTENTION_DROPOUT
+    report.line(OK, gpu.attention_note(facts, precision, config.MODEL.TRANS.BASE_DIMS, dropout))
+    kernel_of = functools.partial(_kernel_of, facts, precision, dropout)
+    need = gpu.model_attention_bytes(config, config.DATA.BATCH_SIZE, precision, kernel_of)
+    memory = min(m for _, _, m in gpus)
+    text = (f'attention activations of a training step: {gpu.gigabytes(need)} per GPU at batch '
+            f'{config.DATA.BATCH_SIZE}, of {gpu.gigabytes(memory)}')
+    if need > memory / 2:
+        report.line(WARN, text, 'likely out of GPU memory: paddle >= 3.3 (memory-efficient attention), a smaller '
+                                'DATA.BATCH_SIZE with TRAIN.ACCUM_ITER, or -amp')
     else:
         report.line(OK, text)
+
+
+def _kernel_of(facts, precision, dropout, head_dim):
+    backend = gpu.attention_backend(facts.paddle, 'gpu', facts.capability, precision, head_dim, dropout)
+    return gpu.attention_kernel(backend, facts.capability, precision, head_dim)
+
+
+def check_shared_memory(report, config, nprocs):
+    """/dev/shm against what the loaders of this node hold, decided as training decides it."""
+    report.section('shared memory')
+    need = gpu.shared_memory_need(config.DATA.BATCH_SIZE, config.DATA.IMAGE_SIZE, config.DATA.NUM_WORKERS, nprocs)
+    free = gpu.free_shared_memory()
+    use, warning = gpu.shared_memory_decision(need, free, config.DATA.SHARED_MEMORY)
+    if warning:
+        report.line(WARN, warning, warning)
+    elif not need or config.DATA.SHARED_MEMORY is False:
+        report.line(OK, 'not used (no DataLoader workers, or DATA.SHARED_MEMORY False)')
+    else:
+        shown = 'not measurable here' if free is None else f'{gpu.gigabytes(free)} free'
+        report.line(OK, f'/dev/shm: {shown}, the DataLoader workers of this node need about {gpu.gigabytes(need)}')
 
 
 def checkpoint_bytes(model, config):
@@ -168,13 +181,9 @@ def check_disk(report, config, model):
     if not os.access(folder, os.W_OK):
         report.line(FAIL, f"'{folder}' is not writable", 'choose a writable -save_path')
     elif free < need:
-        report.line(FAIL, text, f'free {_gib(need - free)} GiB in {folder} or lower KEEP_CHECKPOINTS')
+        report.line(FAIL, text, f'free {gpu.gigabytes(need - free)} in {folder} or lower KEEP_CHECKPOINTS')
     else:
         report.line(OK, text)
-
-
-def _gib(nbytes):
-    return max(1, math.ceil(nbytes / 2 ** 30))
 
 
 # ---------------------------------------------------------------- the processes: all-reduce and training steps
@@ -215,7 +224,6 @@ def time_training_steps(config, build_model, build_state, steps):
     from engine import train_one_epoch
     from losses import build_criterion
     from mixup import build_mixup
-    import logging
     logging.getLogger('pit').setLevel(logging.WARNING)  # no progress lines from the loop
     model = build_model(config)
     state = build_state(config, model, WARMUP_STEPS + steps, logging.getLogger('pit'))
@@ -232,7 +240,6 @@ def time_training_steps(config, build_model, build_state, steps):
 def _criterion_with_teacher(config, mixup_fn):
     from losses import build_criterion
     from main_single_gpu import build_teacher
-    import logging
     return build_criterion(config, build_teacher(config, logging.getLogger('pit')), mixup_fn is not None)
 
 
@@ -364,8 +371,9 @@ def main():
     config = load_config(args)
     nprocs = num_processes(config)
     checked = finalize_config(config.clone(), nprocs)
-    gpus = device_facts()
+    gpus = visible_gpus()
     report = Report()
+    logging.getLogger('pit').setLevel(logging.ERROR)  # the sections say what the builders would log
     check_paddle(report)
     check_devices(report, checked, nprocs, gpus)
     check_precision(report, checked, gpus)
