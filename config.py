@@ -173,9 +173,9 @@ def _merge_dict(config, data, source, touched=None):
     walk(config, data, '')
 
 
-# keys whose default is None: a value of the type they take otherwise
-_NONE_DEFAULT_EXAMPLES = {'DATA.BATCH_SIZE_EVAL': 0, 'TRAIN.GRAD_CLIP': 0.0, 'TRAIN.LINEAR_SCALED_LR': 0,
-                          'MODEL.RESUME': '', 'MODEL.PRETRAINED': '', 'AUG.CUTMIX_MINMAX': [0.0, 1.0]}
+# the keys that may be None (the default of most of them): a value of the type they take otherwise
+_NULLABLE = {'DATA.BATCH_SIZE_EVAL': 0, 'TRAIN.GRAD_CLIP': 0.0, 'TRAIN.LINEAR_SCALED_LR': 0,
+             'MODEL.RESUME': '', 'MODEL.PRETRAINED': '', 'AUG.CUTMIX_MINMAX': [0.0, 1.0]}
 # list keys of a fixed length (the others: any length, checked against each other where they must agree)
 _LIST_LENGTHS = {'DATA.IMAGENET_MEAN': 3, 'DATA.IMAGENET_STD': 3, 'TRAIN.OPTIMIZER.BETAS': 2, 'AUG.SCALE': 2,
                  'AUG.RATIO': 2, 'AUG.CUTMIX_MINMAX': 2}
@@ -187,12 +187,12 @@ _INT_LIMIT = 2 ** 31  # integers reach C ints (paddle's op attributes, numpy see
 def _coerce(old, value, key, source):
     """value checked against the default's type, as yacs would, but strictly: an int key takes integers only
     (3.0 is 3, 2.5 is an error), a float key finite numbers, a bool key booleans, a str key strings, a list key
-    a list of items of its default's item type (of _LIST_LENGTHS items where fixed); a None default takes None or
-    the type of _NONE_DEFAULT_EXAMPLES. ConfigError naming the key otherwise."""
-    if value is None:
+    a list of items of its default's item type (of _LIST_LENGTHS items where fixed); None only the _NULLABLE
+    keys. ConfigError naming the key otherwise."""
+    if value is None and key in _NULLABLE:
         return value
     if old is None:
-        old = _NONE_DEFAULT_EXAMPLES[key]
+        old = _NULLABLE[key]
     if isinstance(old, (list, tuple)):
         return _coerce_list(old, value, key, source)
     try:
@@ -269,13 +269,14 @@ def get_config(cfg_file=None):
 
 
 def merge_opts(config, opts, touched=None, source='-opts'):
-    """Apply ['KEY', 'VALUE', ...] overrides; values are parsed as yaml ('0.1', '[1, 2]', 'None')."""
+    """Apply ['KEY', 'VALUE', ...] overrides; values are parsed as yaml ('0.1', '[1, 2]', 'None'), except an empty
+    value, which is the empty string (yaml would read None)."""
     if len(opts) % 2:
         raise ConfigError(f"-opts needs KEY VALUE pairs, got an odd number of items: {opts}")
     config.defrost()
     for key, raw in zip(opts[0::2], opts[1::2]):
         try:
-            value = None if raw in ('None', 'none', 'null') else yaml.safe_load(raw)
+            value = None if raw in ('None', 'none', 'null') else raw if not raw.strip() else yaml.safe_load(raw)
         except yaml.YAMLError:
             raise ConfigError(f'{source}: value {raw!r} of {key} is not valid yaml') from None
         node = {}

@@ -173,7 +173,7 @@ def test_a_checkpoint_description_is_the_base_and_a_contradicting_model_key_is_n
 def default_of(key):
     """The default of a key, or for a None default the kind of value it takes."""
     value = get_key(get_config(), key)
-    return config_module._NONE_DEFAULT_EXAMPLES[key] if value is None else value
+    return config_module._NULLABLE[key] if value is None else value
 
 
 def wrong_type_value(default):
@@ -191,6 +191,17 @@ def test_every_key_refuses_a_value_of_another_type_naming_the_key(key):
     value = wrong_type_value(default_of(key))
     with pytest.raises(ConfigError, match=f"config key '{re.escape(key)}' in -opts expects .*, got "):
         build_config(opts=[key, value])
+
+
+@pytest.mark.parametrize('key', [k for k in ALL_KEYS if k not in config_module._NULLABLE])
+def test_only_the_keys_that_may_be_none_take_none(key):
+    with pytest.raises(ConfigError, match=f"config key '{re.escape(key)}' in -opts expects .*, got None"):
+        build_config(opts=[key, 'None'])
+
+
+def test_an_empty_command_line_value_is_the_empty_string_not_none():
+    assert build_config(opts=['AUG.AUTO_AUGMENT', '']).AUG.AUTO_AUGMENT == ''
+    assert build_config(opts=['TRAIN.GRAD_CLIP', 'None', 'MODEL.PRETRAINED', 'null']).TRAIN.GRAD_CLIP is None
 
 
 @pytest.mark.parametrize('key', [k for k in ALL_KEYS if type(default_of(k)) is float])
