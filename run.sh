@@ -7,9 +7,10 @@
 # limit. So a run longer than one task goes: task 1 trains into SAVE_PATH; download its output and upload
 # checkpoint-latest.pdparams as a dataset; task 2 mounts it and sets RESUME_FROM to it; and so on.
 #
-# Environment (all optional):
+# Environment (all optional; paths may hold spaces):
 #   DATA_ROOT         mounted datasets (default /root/paddlejob/workspace/train_data/datasets)
-#   DATASET_ARCHIVES  archives to unpack (default: ILSVRC2012 / ImageNet .tar/.tar.gz/.zip files under DATA_ROOT)
+#   DATASET_ARCHIVES  archives to unpack, one per line (default: ILSVRC2012 / ImageNet .tar/.tar.gz/.zip files
+#                     under DATA_ROOT)
 #   DATA_PATH         where the unpacked dataset goes (default /root/paddlejob/workspace/imagenet); an inner top
 #                     folder such as Light_ILSVRC2012/ is found by itself
 #   SAVE_PATH         checkpoints and logs (default /root/paddlejob/workspace/output/<config name>)
@@ -47,13 +48,28 @@ dataset_root() {
     [ -n "$found" ] && dirname "$found"
 }
 
+# the archives to unpack: DATASET_ARCHIVES (one per line), else ImageNet archives found under DATA_ROOT
+find_archives() {
+    if [ -n "${DATASET_ARCHIVES:-}" ]; then
+        printf '%s\n' "$DATASET_ARCHIVES"
+    else
+        find "$DATA_ROOT" -maxdepth 2 -type f \( -iname '*ILSVRC2012*' -o -iname '*imagenet*' \) \
+             \( -name '*.tar' -o -name '*.tar.gz' -o -name '*.tgz' -o -name '*.zip' \) 2>/dev/null | sort
+    fi
+}
+
 root=$(dataset_root "$DATA_PATH" || true)
 if [ -z "$root" ]; then
-    archives=${DATASET_ARCHIVES:-$(find "$DATA_ROOT" -maxdepth 2 -type f \( -iname '*ILSVRC2012*' -o -iname '*imagenet*' \) \
-                                   \( -name '*.tar' -o -name '*.tar.gz' -o -name '*.tgz' -o -name '*.zip' \) 2>/dev/null | sort)}
-    [ -n "$archives" ] || { echo "error: no dataset in $DATA_PATH and no ImageNet archive under $DATA_ROOT" >&2; exit 2; }
+    archives=()
+    while IFS= read -r archive; do
+        [ -n "$archive" ] && archives+=("$archive")
+    done < <(find_archives)
+    [ ${#archives[@]} -gt 0 ] || { echo "error: no dataset in '$DATA_PATH' and no ImageNet archive under '$DATA_ROOT'" >&2; exit 2; }
+    for archive in "${archives[@]}"; do
+        [ -f "$archive" ] || { echo "error: archive '$archive' not found (DATASET_ARCHIVES: one path per line)" >&2; exit 2; }
+    done
     mkdir -p "$DATA_PATH"
-    for archive in $archives; do
+    for archive in "${archives[@]}"; do
         log "unpacking $archive -> $DATA_PATH"
         case "$archive" in
             *.zip) "$PYTHON" -m zipfile -e "$archive" "$DATA_PATH" ;;
@@ -61,7 +77,7 @@ if [ -z "$root" ]; then
         esac
     done
     root=$(dataset_root "$DATA_PATH" || true)
-    [ -n "$root" ] || { echo "error: the archives unpacked into $DATA_PATH hold no train/ folder or train_list.txt" >&2; exit 2; }
+    [ -n "$root" ] || { echo "error: the archives unpacked into '$DATA_PATH' hold no train/ folder or train_list.txt" >&2; exit 2; }
 else
     log "dataset already unpacked: $root"
 fi
@@ -77,5 +93,10 @@ if ! ls "$SAVE_PATH"/checkpoint-*.pdparams >/dev/null 2>&1; then
     fi
 fi
 
+# EXTRA_OPTS: KEY VALUE pairs split on blanks, never glob-expanded (a value such as [1,1,1] is a glob pattern)
+opts=()
+read -r -a extra <<< "${EXTRA_OPTS:-}"
+[ ${#extra[@]} -eq 0 ] || opts=(-opts "${extra[@]}")
+
 exec "$PYTHON" main_multi_gpu.py -cfg "$CFG" -batch_size "$BATCH_SIZE" -data_path "$root" -ngpus "$NGPUS" \
-    -save_path "$SAVE_PATH" "${resume[@]}" -amp ${EXTRA_OPTS:+-opts $EXTRA_OPTS}
+    -save_path "$SAVE_PATH" "${resume[@]}" -amp ${opts[@]+"${opts[@]}"}
