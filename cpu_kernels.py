@@ -137,6 +137,7 @@ def first_error_line(text):
 
 
 def _read_text(path):
+    """The text of path, '' when it cannot be read."""
     try:
         with open(path, encoding='utf-8', errors='replace') as f:
             return f.read()
@@ -321,7 +322,8 @@ PADDLE = Kernels()
 def for_model(enabled=True):
     """The Kernels a model being built keeps. The rule: with enabled, where paddle's current device is the CPU,
     the extension is loaded now (built once per machine) and used; if it cannot be, a RuntimeWarning says why
-    and the model runs paddle's kernels (so a model never stays slow unnoticed). On a GPU device, or with
+    (unless the process showed that already: take_warning) and the model runs paddle's kernels (so a model never
+    stays slow unnoticed). On a GPU device, or with
     enabled False, paddle's kernels. A model built with them keeps them: to change, build it again."""
     if not enabled or not paddle.get_device().startswith('cpu'):
         return PADDLE
