@@ -62,10 +62,12 @@ def _list_samples(root, list_file, num_classes):
         parts = line.rsplit(maxsplit=1)
         if len(parts) != 2 or not parts[1].lstrip('-').isdigit():
             problems.append((number, f"expected 'relative/path label', got {line.strip()!r}"))
-        elif not 0 <= int(parts[1]) < num_classes:
-            problems.append((number, f'label {int(parts[1])} outside [0, MODEL.NUM_CLASSES={num_classes})'))
+            continue
+        label = int(parts[1])
+        if not 0 <= label < num_classes:
+            problems.append((number, f'label {label} outside [0, MODEL.NUM_CLASSES={num_classes})'))
         else:
-            samples.append((os.path.join(root, parts[0].strip()), int(parts[1])))
+            samples.append((os.path.join(root, parts[0].strip()), label))
             numbers.append(number)
     problems += [(number, f"image '{path}' {reason} (paths are relative to DATA.DATA_PATH={root})")
                  for number, (path, _), reason in zip(numbers, samples, missing_files(samples)) if reason]
