@@ -115,6 +115,15 @@ def test_without_a_compiler_training_and_predict_say_so_once_and_go_on(digits, t
     assert shown.stderr.count('no C++ compiler found') == 1 and 'Traceback' not in shown.stderr
 
 
+@pytest.mark.slow
+def test_without_a_compiler_a_two_process_run_says_so_once_on_the_console(digits, tmp_path):
+    result = run('main_multi_gpu.py', '-ngpus', '2', '-cfg', 'configs/pit_ti.yaml', '-data_path', digits,
+                 '-save_path', str(tmp_path / 'run'), '-batch_size', '4', '-opts', *TINY, env=env_without(tmp_path))
+    assert result.returncode == 0 and 'Traceback' not in output(result), output(result)[-3000:]
+    assert output(result).count('no C++ compiler found') == 1
+    assert 'no C++ compiler found' in (tmp_path / 'run' / 'log_rank1.txt').read_text()  # each rank's log has it
+
+
 BROKEN_BUILD = r'''
 import sys
 sys.path.insert(0, sys.argv[1])
