@@ -22,6 +22,7 @@ GPU runs and exported graphs use paddle's ops.
 import contextlib
 import ctypes
 import hashlib
+import io
 import logging
 import os
 import re
@@ -106,7 +107,9 @@ def _build_and_load():
                                      extra_ldflags=[f'-L{libs}', '-lmklml_intel', '-liomp5', f'-Wl,-rpath,{libs}'],
                                      build_directory=build_dir, verbose=False)
         except Exception as e:  # the compiler's, loader's or file system's own error, reported by status()
-            reason = first_error_line(_read_text(log)) or ' '.join(str(e).split()) or type(e).__name__
+            # the build command failed (paddle wraps its CalledProcessError): its output says why; else the error
+            output = _read_text(log) if 'non-zero exit status' in str(e) else ''
+            reason = first_error_line(output) or ' '.join(str(e).split()) or type(e).__name__
             raise _Unavailable(f'could not be built ({reason[:300]}; full output: {log})') from None
     return ops, name
 
@@ -130,8 +133,8 @@ def extension_dir():
 
 
 def first_error_line(text):
-    """The line of a build's output that says what failed: the compiler's or linker's first 'error:' line,
-    else the last line (a python exception of the build script), else ''."""
+    """The line of a failed build's output that says what failed: the compiler's or linker's first 'error:'
+    line, else the last line (a python exception of the build script, a signal's name), else ''."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return next((line for line in lines if re.search(r'\berror:', line, re.IGNORECASE)), lines[-1] if lines else '')
 
@@ -147,18 +150,18 @@ def _read_text(path):
 
 @contextlib.contextmanager
 def _output_to(path):
-    """This process's stdout and stderr, file descriptors included (the build's child processes inherit them),
-    written to path meanwhile: the compiler's output and the build script's tracebacks go to the log, and
-    status() gives their first error line."""
+    """Meanwhile, the output of child processes (file descriptors 1 and 2, which they inherit) goes to path:
+    the compiler's messages and the build script's tracebacks are kept there, and status() gives their first
+    error line. This process's own prints (paddle's 'Compiling user custom op' banner) are dropped."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
     try:
-        with open(path, 'w') as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        with open(path, 'w') as f, contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             os.dup2(f.fileno(), 1)
             os.dup2(f.fileno(), 2)
             yield
-            f.flush()
     finally:
         for fd, copy in zip((1, 2), saved):
             os.dup2(copy, fd)
