@@ -505,7 +505,7 @@ def _check_model(config):
             raise _bad(f'MODEL.TRANS.{key}', list(trans[key]), 'must hold integers >= 1')
     narrowest = min(b * h for b, h in zip(trans.BASE_DIMS, trans.HEADS))
     if int(narrowest * trans.MLP_RATIO) < 1:
-        raise _bad('MODEL.TRANS.MLP_RATIO', trans.MLP_RATIO, f'gives an MLP of no unit for a stage of width {narrowest}')
+        raise _bad('MODEL.TRANS.MLP_RATIO', trans.MLP_RATIO, f'leaves no MLP unit in a stage of width {narrowest}')
     if config.DATA.IMAGE_SIZE < trans.PATCH_SIZE:
         raise _bad('DATA.IMAGE_SIZE', config.DATA.IMAGE_SIZE, f'must be >= MODEL.TRANS.PATCH_SIZE={trans.PATCH_SIZE}')
 

@@ -29,6 +29,7 @@ SAVE_PATH=${SAVE_PATH:-$WORKSPACE/output/$(basename "$CFG" .yaml)}
 PYTHON=${PYTHON:-$(command -v python || command -v python3)}
 
 log() { echo "[run.sh] $*"; }
+die() { echo "error: $*" >&2; exit 2; }
 
 # AI Studio images ship paddlepaddle-gpu: install only the packages that are missing
 missing=""
@@ -64,9 +65,9 @@ if [ -z "$root" ]; then
     while IFS= read -r archive; do
         [ -n "$archive" ] && archives+=("$archive")
     done < <(find_archives)
-    [ ${#archives[@]} -gt 0 ] || { echo "error: no dataset in '$DATA_PATH' and no ImageNet archive under '$DATA_ROOT'" >&2; exit 2; }
+    [ ${#archives[@]} -gt 0 ] || die "no dataset in '$DATA_PATH' and no ImageNet archive under '$DATA_ROOT'"
     for archive in "${archives[@]}"; do
-        [ -f "$archive" ] || { echo "error: archive '$archive' not found (DATASET_ARCHIVES: one path per line)" >&2; exit 2; }
+        [ -f "$archive" ] || die "archive '$archive' not found (DATASET_ARCHIVES: one path per line)"
     done
     mkdir -p "$DATA_PATH"
     for archive in "${archives[@]}"; do
@@ -77,7 +78,7 @@ if [ -z "$root" ]; then
         esac
     done
     root=$(dataset_root "$DATA_PATH" || true)
-    [ -n "$root" ] || { echo "error: the archives unpacked into '$DATA_PATH' hold no train/ folder or train_list.txt" >&2; exit 2; }
+    [ -n "$root" ] || die "the archives unpacked into '$DATA_PATH' hold no train/ folder or train_list.txt"
 else
     log "dataset already unpacked: $root"
 fi
@@ -87,7 +88,7 @@ resume=(-resume auto)
 if ! ls "$SAVE_PATH"/checkpoint-*.pdparams >/dev/null 2>&1; then
     RESUME_FROM=${RESUME_FROM:-$(ls -t "$DATA_ROOT"/data*/checkpoint-*.pdparams 2>/dev/null | head -n 1 || true)}
     if [ -n "${RESUME_FROM:-}" ]; then
-        [ -f "$RESUME_FROM" ] || { echo "error: RESUME_FROM '$RESUME_FROM' not found" >&2; exit 2; }
+        [ -f "$RESUME_FROM" ] || die "RESUME_FROM '$RESUME_FROM' not found"
         log "SAVE_PATH $SAVE_PATH holds no checkpoint: continuing from $RESUME_FROM"
         resume=(-resume "$RESUME_FROM")
     fi
