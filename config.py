@@ -7,6 +7,7 @@ Every key is defined once below with a one-line comment and is read by the code 
     config = build_config('configs/pit_ti.yaml', opts, world_size=4)  # ... then derived values, frozen
     config = build_config(described=described_keys(ckpt), described_by=path)  # a checkpoint's model as the base
 """
+import math
 import os
 import re
 
@@ -172,39 +173,73 @@ def _merge_dict(config, data, source, touched=None):
     walk(config, data, '')
 
 
-# keys whose default is None but which take one type
-_NONE_DEFAULT_TYPES = {'DATA.BATCH_SIZE_EVAL': int, 'TRAIN.GRAD_CLIP': float, 'TRAIN.LINEAR_SCALED_LR': int,
-                       'MODEL.RESUME': str, 'MODEL.PRETRAINED': str, 'AUG.CUTMIX_MINMAX': (list, tuple)}
+# the keys that may be None (the default of most of them): a value of the type they take otherwise
+_NULLABLE = {'DATA.BATCH_SIZE_EVAL': 0, 'TRAIN.GRAD_CLIP': 0.0, 'TRAIN.LINEAR_SCALED_LR': 0,
+             'MODEL.RESUME': '', 'MODEL.PRETRAINED': '', 'AUG.CUTMIX_MINMAX': [0.0, 1.0]}
+# list keys of a fixed length (the others: any length, checked against each other where they must agree)
+_LIST_LENGTHS = {'DATA.IMAGENET_MEAN': 3, 'DATA.IMAGENET_STD': 3, 'TRAIN.OPTIMIZER.BETAS': 2, 'AUG.SCALE': 2,
+                 'AUG.RATIO': 2, 'AUG.CUTMIX_MINMAX': 2}
+_KINDS = {bool: ('True or False', 'booleans'), int: ('an integer', 'integers'), float: ('a finite number', 'numbers'),
+          str: ('a string', 'strings')}
 # keys that take a boolean besides the type of their default
 _ALSO_BOOL = ('DATA.SHARED_MEMORY',)
+_INT_LIMIT = 2 ** 31  # integers reach C ints (paddle's op attributes, numpy seeds): larger ones are refused here
 
 
 def _coerce(old, value, key, source):
-    """Check value against the default's type, as yacs would, but strictly: an int key takes integers only
-    (3.0 is 3, 2.5 is an error), a float key takes numbers, a None default takes None or its own type."""
-    if value is None or (key in _ALSO_BOOL and isinstance(value, bool)):
+    """value checked against the default's type, as yacs would, but strictly: an int key takes integers only
+    (3.0 is 3, 2.5 is an error), a float key finite numbers, a bool key booleans, a str key strings, a list key
+    a list of items of its default's item type (of _LIST_LENGTHS items where fixed); None only the _NULLABLE
+    keys. ConfigError naming the key otherwise."""
+    if (value is None and key in _NULLABLE) or (key in _ALSO_BOOL and isinstance(value, bool)):
         return value
     if old is None:
-        expected = _NONE_DEFAULT_TYPES.get(key)
-        if expected is None:
-            return value
-        old = {int: 0, float: 0.0, str: '', (list, tuple): []}[expected]
-    if isinstance(old, float) and isinstance(value, str) and re.fullmatch(r'[-+]?\d+(\.\d*)?[eE][-+]?\d+', value):
-        return float(value)  # yaml 1.1 reads exponents without a dot (1e-4) as strings
-    if isinstance(old, bool) or isinstance(value, bool):
-        if isinstance(old, bool) and isinstance(value, bool):
-            return value
-    elif isinstance(old, int) and isinstance(value, (int, float)):
-        if float(value).is_integer():
-            return int(value)
-        raise ConfigError(f"config key '{key}' in {source} expects an integer, got {value!r}")
-    elif isinstance(old, float) and isinstance(value, (int, float)):
-        return float(value)
-    elif isinstance(old, (list, tuple)) and isinstance(value, (list, tuple)):
-        return type(old)(value) if old is not None else value
-    elif isinstance(old, str) and isinstance(value, str):
+        old = _NULLABLE[key]
+    if isinstance(old, (list, tuple)):
+        return _coerce_list(old, value, key, source)
+    try:
+        return _coerce_item(old, value)
+    except ValueError as e:
+        raise ConfigError(f"config key '{key}' in {source} expects {e}, got {value!r}") from None
+
+
+def _coerce_list(old, value, key, source):
+    length = _LIST_LENGTHS.get(key)
+    item_type = type(old[0]) if old else str
+    try:
+        if not isinstance(value, (list, tuple)) or length not in (None, len(value)):
+            raise ValueError
+        return type(old)(_coerce_item(old[0] if old else '', item) for item in value)
+    except ValueError:
+        count = f'{length} ' if length else ''
+        raise ConfigError(f"config key '{key}' in {source} expects a list of {count}{_KINDS[item_type][1]}, "
+                          f'got {value!r}') from None
+
+
+def _coerce_item(old, value):
+    """value as the type of old (bool, int, float or str), strictly; ValueError saying what was expected."""
+    kind = type(old)
+    if kind is float and isinstance(value, str) and re.fullmatch(r'[-+]?\d+(\.\d*)?[eE][-+]?\d+', value):
+        value = float(value)  # yaml 1.1 reads exponents without a dot (1e-4) as strings
+    expected = _KINDS[kind][0]
+    if kind in (bool, str):
+        if type(value) is not kind:
+            raise ValueError(expected)
         return value
-    raise ConfigError(f"config key '{key}' in {source} expects {type(old).__name__}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (isinstance(value, float) and not math.isfinite(value)):
+        raise ValueError(expected)
+    if kind is float:
+        if abs(value) > 1e300:  # beyond float (an int of 400 digits) or of no use
+            raise ValueError(expected)
+        return float(value)
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(expected)
+        value = int(value)
+    if not -_INT_LIMIT < value < _INT_LIMIT:
+        raise ValueError('an integer of magnitude below 2**31')
+    return value
 
 
 def _update_config_from_file(config, cfg_file, touched=None, chain=()):
@@ -217,6 +252,8 @@ def _update_config_from_file(config, cfg_file, touched=None, chain=()):
     bases = data.get('BASE', ['']) or ['']
     if isinstance(bases, str):
         bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(base, str) for base in bases):
+        raise ConfigError(f"BASE in config file '{cfg_file}' must be a file name or a list of them, got {bases!r}")
     for base in bases:
         if base:
             _update_config_from_file(config, os.path.join(os.path.dirname(cfg_file), base), touched, chain + (real,))
@@ -236,14 +273,19 @@ def get_config(cfg_file=None):
 def merge_opts(config, opts, touched=None, source='-opts'):
     """Apply ['KEY', 'VALUE', ...] overrides; values are parsed as yaml ('0.1', '[1, 2]', 'None'). 'None',
     'none' and 'null' are None, except for a key whose default is a string, which keeps the text
-    (TRAIN.DISTILLATION_TYPE none)."""
+    (TRAIN.DISTILLATION_TYPE none); an empty value is the empty string (yaml would read None)."""
     if len(opts) % 2:
         raise ConfigError(f"-opts needs KEY VALUE pairs, got an odd number of items: {opts}")
     config.defrost()
     for key, raw in zip(opts[0::2], opts[1::2]):
         try:
             keeps_text = _default_is_string(key)
-            value = None if raw in ('None', 'none', 'null') and not keeps_text else yaml.safe_load(raw)
+            if not raw.strip():
+                value = raw
+            elif raw in ('None', 'none', 'null') and not keeps_text:
+                value = None
+            else:
+                value = yaml.safe_load(raw)
         except yaml.YAMLError:
             raise ConfigError(f'{source}: value {raw!r} of {key} is not valid yaml') from None
         node = {}
@@ -411,8 +453,9 @@ _AT_LEAST_1 = ('DATA.BATCH_SIZE', 'DATA.IMAGE_SIZE', 'MODEL.NUM_CLASSES', 'TRAIN
                'DATA.REPEATED_AUG_REPEATS', 'AUG.RE_COUNT')
 _AT_LEAST_0 = ('DATA.NUM_WORKERS', 'TRAIN.LAST_EPOCH', 'TRAIN.WARMUP_EPOCHS', 'TRAIN.COOLDOWN_EPOCHS',
                'TRAIN.WEIGHT_DECAY', 'TRAIN.WARMUP_START_LR', 'TRAIN.END_LR', 'KEEP_CHECKPOINTS', 'CPU_THREADS',
-               'AUG.COLOR_JITTER', 'AUG.MIXUP', 'AUG.CUTMIX', 'TRAIN.OPTIMIZER.EPS', 'TRAIN.OPTIMIZER.MOMENTUM',
-               'TRAIN.OPTIMIZER.WD_RATIO', 'TRAIN.OPTIMIZER.DELTA', 'TRAIN.DISTILLATION_TAU')
+               'AUG.COLOR_JITTER', 'AUG.MIXUP', 'AUG.CUTMIX', 'TRAIN.OPTIMIZER.MOMENTUM', 'TRAIN.OPTIMIZER.WD_RATIO',
+               'TRAIN.OPTIMIZER.DELTA', 'SEED')
+_POSITIVE = ('TRAIN.BASE_LR', 'TRAIN.OPTIMIZER.EPS', 'TRAIN.DISTILLATION_TAU', 'MODEL.TRANS.MLP_RATIO')  # divisors
 _UNIT_CLOSED = ('TRAIN.MODEL_EMA_DECAY', 'AUG.HFLIP', 'AUG.RE_PROB', 'AUG.MIXUP_PROB', 'AUG.MIXUP_SWITCH_PROB',
                 'TRAIN.DISTILLATION_ALPHA', 'TRAIN.LR_SCHEDULER.DECAY_RATE')
 _UNIT_OPEN = ('MODEL.DROP_PATH', 'MODEL.DROPOUT', 'MODEL.ATTENTION_DROPOUT', 'TRAIN.SMOOTHING')
@@ -448,14 +491,20 @@ def check_config(config):
     for key in _UNIT_OPEN:
         if not 0.0 <= get_key(config, key) < 1.0:
             raise _bad(key, get_key(config, key), 'must be in [0, 1)')
-    if not config.TRAIN.BASE_LR > 0:
-        raise _bad('TRAIN.BASE_LR', config.TRAIN.BASE_LR, 'must be > 0')
+    for key in _POSITIVE:
+        if not get_key(config, key) > 0:
+            raise _bad(key, get_key(config, key), 'must be > 0')
     if not 0 < config.DATA.CROP_PCT <= 1:
         raise _bad('DATA.CROP_PCT', config.DATA.CROP_PCT, 'must be in (0, 1]')
-    if config.DATA.BATCH_SIZE_EVAL is not None and config.DATA.BATCH_SIZE_EVAL < 1:
-        raise _bad('DATA.BATCH_SIZE_EVAL', config.DATA.BATCH_SIZE_EVAL, 'must be >= 1 (or None)')
+    for key in ('DATA.BATCH_SIZE_EVAL', 'TRAIN.LINEAR_SCALED_LR'):
+        if get_key(config, key) is not None and get_key(config, key) < 1:
+            raise _bad(key, get_key(config, key), 'must be >= 1 (or None)')
     if config.TRAIN.GRAD_CLIP is not None and config.TRAIN.GRAD_CLIP <= 0:
         raise _bad('TRAIN.GRAD_CLIP', config.TRAIN.GRAD_CLIP, 'must be > 0 (or None: no clipping)')
+    if config.NGPUS != -1 and config.NGPUS < 1:
+        raise _bad('NGPUS', config.NGPUS, 'must be >= 1 (or -1: every visible GPU)')
+    if not all(std > 0 for std in config.DATA.IMAGENET_STD):
+        raise _bad('DATA.IMAGENET_STD', list(config.DATA.IMAGENET_STD), 'must hold numbers > 0 (they divide)')
     _check_model(config)
     _check_schedule(config)
     _check_augment(config)
@@ -467,14 +516,14 @@ def check_config(config):
 def _check_model(config):
     trans = config.MODEL.TRANS
     if not len(trans.BASE_DIMS) == len(trans.DEPTH) == len(trans.HEADS) >= 1:
-        raise ConfigError('MODEL.TRANS.BASE_DIMS, DEPTH and HEADS must be non-empty lists of the same length, got '
-                          f'{trans.BASE_DIMS}, {trans.DEPTH}, {trans.HEADS}')
+        raise ConfigError(f'MODEL.TRANS.BASE_DIMS={list(trans.BASE_DIMS)}, MODEL.TRANS.DEPTH={list(trans.DEPTH)} and '
+                          f'MODEL.TRANS.HEADS={list(trans.HEADS)} must be non-empty lists of the same length')
     for key in ('BASE_DIMS', 'DEPTH', 'HEADS'):
-        values = trans[key]
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
-            raise _bad(f'MODEL.TRANS.{key}', list(values), 'must hold integers >= 1')
-    if trans.MLP_RATIO <= 0:
-        raise _bad('MODEL.TRANS.MLP_RATIO', trans.MLP_RATIO, 'must be > 0')
+        if not all(v >= 1 for v in trans[key]):  # integers: _coerce made sure
+            raise _bad(f'MODEL.TRANS.{key}', list(trans[key]), 'must hold integers >= 1')
+    narrowest = min(b * h for b, h in zip(trans.BASE_DIMS, trans.HEADS))
+    if int(narrowest * trans.MLP_RATIO) < 1:
+        raise _bad('MODEL.TRANS.MLP_RATIO', trans.MLP_RATIO, f'leaves no MLP unit in a stage of width {narrowest}')
     if config.DATA.IMAGE_SIZE < trans.PATCH_SIZE:
         raise _bad('DATA.IMAGE_SIZE', config.DATA.IMAGE_SIZE, f'must be >= MODEL.TRANS.PATCH_SIZE={trans.PATCH_SIZE}')
 
@@ -489,18 +538,18 @@ def _check_schedule(config):
     if milestones != sorted(milestones):
         raise _bad('TRAIN.LR_SCHEDULER.MILESTONES', milestones, 'must be increasing')
     betas = list(config.TRAIN.OPTIMIZER.BETAS)
-    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+    if not all(0.0 <= b < 1.0 for b in betas):
         raise _bad('TRAIN.OPTIMIZER.BETAS', betas, 'must be two numbers in [0, 1)')
 
 
 def _check_augment(config):
     for key in ('AUG.SCALE', 'AUG.RATIO'):
         low_high = list(get_key(config, key))
-        if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
+        if not 0 < low_high[0] <= low_high[1]:
             raise _bad(key, low_high, 'must be [low, high] with 0 < low <= high')
     if config.AUG.CUTMIX_MINMAX is not None:
         minmax = list(config.AUG.CUTMIX_MINMAX)
-        if len(minmax) != 2 or not 0 < minmax[0] < minmax[1] <= 1:
+        if not 0 < minmax[0] < minmax[1] <= 1:
             raise _bad('AUG.CUTMIX_MINMAX', minmax, 'must be [min, max] with 0 < min < max <= 1')
     if config.AUG.AUTO_AUGMENT:
         from augment import auto_augment_transform  # parses the string exactly as training will

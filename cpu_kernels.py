@@ -10,8 +10,10 @@ figures). Values match paddle's kernels to float rounding (tests/test_cpu_kernel
 
 `load()` compiles the extension with the C++ compiler of this machine (about 20 s, once per machine and source
 version; cached by paddle in ~/.cache/paddle_extensions or PADDLE_EXTENSION_DIR) and links paddle's own OpenMP
-runtime and MKL, so the kernels use the threads configure_cpu set. Where it cannot be built (no compiler, not
-Linux), `load()` returns False and `status()` says why.
+runtime and MKL, so the kernels use the threads configure_cpu set. Where they cannot be used (not Linux, no
+compiler on PATH, a build folder that cannot be written, a failed build), `load()` returns False and `status()`
+says why in one line (a failed build: the compiler's first error line; its whole output is kept in the build
+folder's build.log); a process tries once, and shows that line once (`take_warning`).
 
 Which kernels a model runs is decided when it is built: `for_model()` gives the `Kernels` its layers keep (see
 its docstring for the rule). Each call then checks only its input tensor (float32, on the CPU, in dygraph), so
@@ -23,7 +25,11 @@ import hashlib
 import io
 import logging
 import os
+import re
+import shlex
+import shutil
 import sys
+import sysconfig
 import warnings
 
 import paddle
@@ -40,6 +46,13 @@ CFLAGS = ['-O3', '-march=native', '-ffast-math', '-fopenmp']
 
 _ops = None
 _status = 'CPU kernels: not loaded'
+_tried = False  # load() builds at most once per process: a failure is not retried (nor reported) per model
+_told = False  # the user was shown why the kernels are not in use (take_warning)
+FALLBACK = 'using paddle kernels, which are slower'
+
+
+class _Unavailable(Exception):
+    """Why the kernels cannot be used on this machine (one line, for status())."""
 
 
 def _build_name():
@@ -53,35 +66,108 @@ def _build_name():
 
 
 def load():
-    """Build (once) and load the kernels; True when they are in use. Safe to call from several processes."""
-    global _ops, _status
-    if _ops is not None:
-        return True
+    """Build (once per machine) and load the kernels; True when they are in use. One attempt per process: after
+    a failure status() says why and later calls return False at once. Safe to call from several processes."""
+    global _ops, _status, _tried
+    if _ops is None and not _tried:
+        _tried = True
+        try:
+            _ops, name = _build_and_load()
+        except _Unavailable as e:
+            _status = f'CPU kernels: {e}; {FALLBACK}'
+            return False
+        _status = (f'CPU kernels: fused attention and multi-threaded Linear, GELU, LayerNorm, residual add, '
+                   f'convolutions and AdamP/AdamW steps in use ({name})')
+    return _ops is not None
+
+
+def _build_and_load():
+    """(the extension's ops, build name); _Unavailable naming the cause: not Linux, no compiler, a build folder
+    that cannot be written, the compiler's first error line."""
     if not sys.platform.startswith('linux'):
-        _status = f'CPU kernels: not built on {sys.platform} (Linux only); using paddle kernels, which are slower'
-        return False
+        raise _Unavailable(f'not built on {sys.platform} (Linux only)')
+    missing = [program for program in compilers() if shutil.which(program) is None]
+    if missing:  # paddle's build would fail with two tracebacks of its own that never say so
+        raise _Unavailable(f'no C++ compiler found ({", ".join(missing)} not on PATH; set CXX/CC to use others)')
     import fcntl
     from paddle.utils.cpp_extension import load as load_extension
-    from paddle.utils.cpp_extension.extension_utils import get_build_directory
     name = _build_name()
-    libs = os.path.join(os.path.dirname(paddle.__file__), 'libs')
-    quiet = io.StringIO()
+    build_dir = os.path.join(extension_dir(), name)
     try:
-        build_dir = os.path.join(get_build_directory(), name)
         os.makedirs(build_dir, exist_ok=True)
-        with open(os.path.join(build_dir, '.lock'), 'w') as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one process builds; the others wait, then load its build
-            with contextlib.redirect_stdout(quiet), _logging_disabled(), _single_threaded_children():
-                _ops = load_extension(name=name, sources=[SOURCE], extra_cxx_cflags=CFLAGS,
-                                      extra_ldflags=[f'-L{libs}', '-lmklml_intel', '-liomp5', f'-Wl,-rpath,{libs}'],
-                                      build_directory=build_dir, verbose=False)
-    except Exception as e:  # the compiler's, loader's or file system's own error, reported by status()
-        reason = ' '.join(str(e).split())[:300] or type(e).__name__
-        _status = f'CPU kernels: could not be built ({reason}); using paddle kernels, which are slower'
-        return False
-    _status = (f'CPU kernels: fused attention and multi-threaded Linear, GELU, LayerNorm, residual add, '
-               f'convolutions and AdamP/AdamW steps in use ({name})')
-    return True
+        lock = open(os.path.join(build_dir, '.lock'), 'w')
+    except OSError as e:
+        raise _Unavailable(f"cannot write their build folder '{build_dir}' ({e.strerror or e}: '{e.filename}'); "
+                           'set PADDLE_EXTENSION_DIR to a writable folder') from None
+    libs = os.path.join(os.path.dirname(paddle.__file__), 'libs')
+    log = os.path.join(build_dir, 'build.log')
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process builds; the others wait, then load its build
+        try:
+            with _output_to(log), _logging_disabled(), _single_threaded_children():
+                ops = load_extension(name=name, sources=[SOURCE], extra_cxx_cflags=CFLAGS,
+                                     extra_ldflags=[f'-L{libs}', '-lmklml_intel', '-liomp5', f'-Wl,-rpath,{libs}'],
+                                     build_directory=build_dir, verbose=False)
+        except Exception as e:  # the compiler's, loader's or file system's own error, reported by status()
+            # the build command failed (paddle wraps its CalledProcessError): its output says why; else the error
+            output = _read_text(log) if 'non-zero exit status' in str(e) else ''
+            reason = first_error_line(output) or ' '.join(str(e).split()) or type(e).__name__
+            raise _Unavailable(f'could not be built ({reason[:300]}; full output: {log})') from None
+    return ops, name
+
+
+def compilers():
+    """The programs paddle's extension build runs, as distutils picks them: the C++ compiler (paddle checks
+    its ABI: CXX) and the compiler that compiles and links (CC); the environment variables override python's
+    build configuration."""
+    programs = []
+    for var in ('CXX', 'CC'):
+        words = shlex.split(os.environ.get(var) or sysconfig.get_config_var(var) or '')
+        if words and words[0] not in programs:
+            programs.append(words[0])
+    return programs
+
+
+def extension_dir():
+    """Where paddle keeps built extensions: PADDLE_EXTENSION_DIR, else ~/.cache/paddle_extensions."""
+    return os.environ.get('PADDLE_EXTENSION_DIR') or os.path.join(os.path.expanduser('~/.cache'),
+                                                                  'paddle_extensions')
+
+
+def first_error_line(text):
+    """The line of a failed build's output that says what failed: the compiler's or linker's first 'error:'
+    line, else the last line (a python exception of the build script, a signal's name), else ''."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return next((line for line in lines if re.search(r'\berror:', line, re.IGNORECASE)), lines[-1] if lines else '')
+
+
+def _read_text(path):
+    """The text of path, '' when it cannot be read."""
+    try:
+        with open(path, encoding='utf-8', errors='replace') as f:
+            return f.read()
+    except OSError:
+        return ''
+
+
+@contextlib.contextmanager
+def _output_to(path):
+    """Meanwhile, the output of child processes (file descriptors 1 and 2, which they inherit) goes to path:
+    the compiler's messages and the build script's tracebacks are kept there, and status() gives their first
+    error line. This process's own prints (paddle's 'Compiling user custom op' banner) are dropped."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(path, 'w') as f, contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+            yield
+    finally:
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 @contextlib.contextmanager
@@ -117,6 +203,17 @@ def in_use():
 def status():
     """One line: whether the kernels are in use, and why not."""
     return _status
+
+
+def take_warning():
+    """status() when load() was tried and failed and nobody in this process has shown that yet (marked shown
+    now), else None. The caller shows it (its log, stderr), so a process says why once, however many models
+    it builds."""
+    global _told
+    if _tried and _ops is None and not _told:
+        _told = True
+        return _status
+    return None
 
 
 class Kernels:
@@ -230,12 +327,15 @@ PADDLE = Kernels()
 def for_model(enabled=True):
     """The Kernels a model being built keeps. The rule: with enabled, where paddle's current device is the CPU,
     the extension is loaded now (built once per machine) and used; if it cannot be, a RuntimeWarning says why
-    and the model runs paddle's kernels (so a model never stays slow unnoticed). On a GPU device, or with
+    (unless the process showed that already: take_warning) and the model runs paddle's kernels (so a model never
+    stays slow unnoticed). On a GPU device, or with
     enabled False, paddle's kernels. A model built with them keeps them: to change, build it again."""
     if not enabled or not paddle.get_device().startswith('cpu'):
         return PADDLE
     if not load():
-        warnings.warn(status(), RuntimeWarning, stacklevel=2)
+        message = take_warning()
+        if message:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
         return PADDLE
     return Kernels(_ops)
 

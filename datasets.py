@@ -53,28 +53,74 @@ def _folder_samples(split_dir):
 
 
 def _list_samples(root, list_file, num_classes):
-    samples = []
-    with open(list_file, encoding='utf-8-sig') as f:  # -sig: a BOM some editors write is not part of path 1
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rsplit(maxsplit=1)
-            if len(parts) != 2 or not parts[1].lstrip('-').isdigit():
-                raise DatasetError(f"{list_file}:{number}: expected 'relative/path label', got {line.strip()!r}")
-            label = int(parts[1])
-            if not 0 <= label < num_classes:
-                raise DatasetError(f'{list_file}:{number}: label {label} outside [0, MODEL.NUM_CLASSES={num_classes})')
+    """([(path, label)], classes) of a list file, checked whole before any work: every line parses as
+    'relative/path label', every label is in [0, num_classes), every image exists. DatasetError naming the list
+    file, the first bad line and what is wrong with it, and how many more lines are bad."""
+    samples, numbers, problems = [], [], []
+    for number, line in enumerate(_read_lines(list_file), 1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].lstrip('-').isdigit():
+            problems.append((number, f"expected 'relative/path label', got {line.strip()!r}"))
+            continue
+        label = int(parts[1])
+        if not 0 <= label < num_classes:
+            problems.append((number, f'label {label} outside [0, MODEL.NUM_CLASSES={num_classes})'))
+        else:
             samples.append((os.path.join(root, parts[0].strip()), label))
-    if samples and not any(os.path.isfile(path) for path, _ in samples[:1000]):
-        raise DatasetError(f"none of the first {min(len(samples), 1000)} images of '{list_file}' exists (e.g. "
-                           f"'{samples[0][0]}'): paths are relative to DATA.DATA_PATH={root}")
+            numbers.append(number)
+    problems += [(number, f"image '{path}' {reason} (paths are relative to DATA.DATA_PATH={root})")
+                 for number, (path, _), reason in zip(numbers, samples, missing_files(samples)) if reason]
+    if problems:
+        number, message = min(problems)
+        more = f'; {len(problems) - 1} more bad line(s) in this list' if len(problems) > 1 else ''
+        raise DatasetError(f'{list_file}:{number}: {message}{more}')
     names_file = os.path.join(root, 'classes.txt')
     if os.path.isfile(names_file):
-        with open(names_file, encoding='utf-8-sig') as f:
-            classes = [line.strip() for line in f if line.strip()]
+        classes = [line.strip() for line in _read_lines(names_file) if line.strip()]
     else:
         classes = [str(i) for i in range(num_classes)]
     return samples, classes
+
+
+def _read_lines(path):
+    """The lines of a UTF-8 text file (a BOM some editors write is not part of line 1); DatasetError naming
+    the line of a byte that is not UTF-8."""
+    with open(path, 'rb') as f:
+        data = f.read()
+    try:
+        return data.decode('utf-8-sig').splitlines()
+    except UnicodeDecodeError as e:
+        line = data.count(b'\n', 0, e.start) + 1
+        raise DatasetError(f'{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start})') from None
+
+
+def missing_files(samples):
+    """For each (path, label), '' when path is a file, else why not ('not found', 'is not a file', 'not found:
+    folder ... cannot be read (...)'). Each folder is listed once (os.scandir), not each file stat'ed: a
+    1.28M-image list over 1,000 folders is 1,000 listings."""
+    listings = {}
+    reasons = []
+    for path, _ in samples:
+        folder, _, name = path.rpartition(os.sep)  # os.path.split's result for these joined paths, faster
+        if folder not in listings:
+            listings[folder] = _list_folder(folder)
+        files, error = listings[folder]
+        reasons.append('' if name in files else error or (
+            'is not a file' if os.path.exists(path) else 'not found'))
+    return reasons
+
+
+def _list_folder(folder):
+    """(names of the files in folder, symlinks to files included; None or why the folder cannot be listed)."""
+    try:
+        with os.scandir(folder or '.') as entries:
+            return {entry.name for entry in entries if entry.is_file()}, None
+    except FileNotFoundError:
+        return set(), f"not found (no folder '{folder}')"
+    except OSError as e:
+        return set(), f"not found: folder '{folder}' cannot be read ({e.strerror or e})"
 
 
 def find_samples(config, split):

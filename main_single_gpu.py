@@ -124,8 +124,11 @@ def setup_process(config):
     logger = setup_logger(config.SAVE, get_rank())
     logger.info(f'device {paddle.get_device()}, {get_world_size()} process(es), paddle {paddle.__version__}')
     if not use_gpu and config.CPU_KERNELS:
-        log = logger.info if cpu_kernels.in_use() else logger.warning
-        log(cpu_kernels.status())
+        warning = cpu_kernels.take_warning()  # once per process: the model's build then says nothing more
+        if warning:
+            logger.warning(warning)
+        else:
+            logger.info(cpu_kernels.status())
     return logger
 
 

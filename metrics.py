@@ -81,6 +81,9 @@ def _finite(value):
 
 
 def _visualdl_writer(config):
+    """A VisualDL LogWriter into SAVE/vdl, or None: VISUALDL off, the package missing, or a folder it needs
+    cannot be written (its import writes ~/.visualdl: a read-only or missing HOME), which is logged once as a
+    warning naming the folder. metrics.jsonl never depends on it."""
     if not config.VISUALDL:
         return None
     try:
@@ -88,7 +91,20 @@ def _visualdl_writer(config):
     except ImportError:
         logger.info('visualdl is not installed: no VisualDL scalars (SAVE/metrics.jsonl has the same figures)')
         return None
-    return LogWriter(logdir=os.path.join(config.SAVE, 'vdl'))
+    except OSError as e:
+        return _visualdl_off('~/.visualdl', e)
+    logdir = os.path.join(config.SAVE, 'vdl')
+    try:
+        return LogWriter(logdir=logdir)
+    except OSError as e:
+        return _visualdl_off(logdir, e)
+
+
+def _visualdl_off(folder, error):
+    """Log once why VisualDL records are off (the run goes on); None."""
+    logger.warning(f"cannot write {folder} ({error.strerror or error}: '{error.filename}'): VisualDL records off "
+                   '(SAVE/metrics.jsonl has the same figures)')
+    return None
 
 
 def read_records(save_dir):

@@ -368,8 +368,10 @@ class PoolingTransformer(nn.Layer):
         return {'pos_embed', 'cls_token'}
 
     def forward_stages(self, x):
-        """[B, 3, H, W], any H, W -> (the stage outputs [B, C_s, H_s, W_s] for each stage s, the class tokens
-        [B, 1 or 2, C_last] before the final norm). pos_embed is resized (bicubic) to the patch grid of x."""
+        """[B, 3, H, W], any H, W of at least one patch -> (the stage outputs [B, C_s, H_s, W_s] for each stage s,
+        the class tokens [B, 1 or 2, C_last] before the final norm). pos_embed is resized (bicubic) to the patch
+        grid of x. A smaller input raises ValueError naming its size."""
+        check_input_size(x.shape, self.patch_size)
         x = self.patch_embed(x)
         pos_embed = self.pos_embed
         if pos_embed.shape[2:] != x.shape[2:]:
@@ -399,6 +401,15 @@ class PoolingTransformer(nn.Layer):
         if self.training:
             return logits, logits_dist
         return (logits + logits_dist) / 2
+
+
+def check_input_size(shape, patch_size):
+    """ValueError naming the sizes when an input [B, C, H, W] is smaller than one patch on either side (the patch
+    embedding would have no output there). Sizes unknown until run time (-1 in a traced graph) pass."""
+    height, width = (int(s) for s in shape[-2:])
+    if 0 <= height < patch_size or 0 <= width < patch_size:
+        raise ValueError(f'input of {height}x{width} pixels is smaller than one patch of {patch_size}x{patch_size} '
+                         '(MODEL.TRANS.PATCH_SIZE): both sides must be at least the patch size')
 
 
 def resize_pos_embed(pos_embed, grid_hw):
@@ -470,6 +481,7 @@ class PiTFeatures(nn.Layer):
     def __init__(self, model):
         super().__init__()
         self.patch_embed = model.patch_embed
+        self.patch_size = model.patch_size
         self.pos_embed = model.pos_embed
         self.cls_token = model.cls_token
         self.pos_drop = model.pos_drop

@@ -213,8 +213,9 @@ def select_device(args, config):
     if paddle.get_device() == 'cpu':
         dygraph = args.pretrained is not None  # exported models run their runtime's own kernels
         cpu_kernels.configure_cpu(config.CPU_THREADS, kernels=dygraph and config.CPU_KERNELS)
-        if dygraph and config.CPU_KERNELS and not cpu_kernels.in_use():
-            print(f'warning: {cpu_kernels.status()}', file=sys.stderr)
+        warning = cpu_kernels.take_warning()  # once: the model's build then says nothing more
+        if warning:
+            print(f'warning: {warning}', file=sys.stderr)
 
 
 def setup(args):

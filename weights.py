@@ -11,6 +11,8 @@ Reading never runs code from the file, whatever its format:
   before anything is called. No torch is needed.
 - `.safetensors` holds no code; it is read by the `safetensors` package where installed, else by a parser that
   applies the same header checks.
+Every floating-point tensor of a file read is checked for NaN and Inf (a damaged file, a run that diverged):
+such a file is refused in one line naming the tensor, before anything is loaded.
 Wrapped files give their `model` / `state_dict` / `model_ema` / `state_dict_ema` entry, `module.` prefixes are
 removed. Which names and layouts a model accepts is the model's business: a model with a
 `checkpoint_filter(state)` method (PiT: pooling-key layouts of naver-ai/timm, pos_embed resizing) maps the state
@@ -289,10 +291,11 @@ def _tensors_to_arrays(obj):
 
 def read_paddle_file(path):
     """The object of a paddle.save file (.pdparams, .pdopt, this repo's checkpoints) with tensors as numpy
-    arrays, read by the allow-list: WeightsError naming the file for a refused global or a damaged file."""
+    arrays, read by the allow-list: WeightsError naming the file for a refused global, a damaged file or a
+    tensor holding NaN/Inf (check_finite)."""
     try:
         with open(path, 'rb') as f:
-            return _tensors_to_arrays(_PaddleUnpickler(f).load())
+            obj = _tensors_to_arrays(_PaddleUnpickler(f).load())
     except _RefusedGlobal as e:
         raise WeightsError(f"'{path}': {e}") from e
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
@@ -301,6 +304,35 @@ def read_paddle_file(path):
                            f"{' '.join(str(e).split())[:200]})") from e
     except OSError as e:
         raise WeightsError(f"'{path}': cannot be read ({e.strerror or e})") from e
+    return check_finite(obj, path)
+
+
+def check_finite(obj, path):
+    """obj (a file's nested dicts, lists and tuples of arrays), after checking that no floating-point array holds
+    NaN or Inf: WeightsError naming the file and the first such tensor otherwise. Weights like that load without
+    complaint and turn every output and loss into NaN at the first step."""
+    for name, array in _float_arrays(obj):
+        finite = np.isfinite(array)
+        if not finite.all():
+            bad = array[~finite]
+            kinds = ' and '.join(kind for kind, found in (('NaN', np.isnan(bad).any()), ('Inf', np.isinf(bad).any()))
+                                 if found)
+            raise WeightsError(f"'{path}': tensor '{name}' holds {kinds} ({bad.size} of {array.size} values): the "
+                               'file is damaged or comes from a run that diverged')
+    return obj
+
+
+def _float_arrays(obj, prefix=''):
+    """(dotted name, array) of every floating-point numpy array in obj, in order."""
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind == 'f':
+            yield prefix or '<root>', obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _float_arrays(value, f'{prefix}.{key}' if prefix else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for index, value in enumerate(obj):
+            yield from _float_arrays(value, f'{prefix}[{index}]')
 
 
 # ---------------------------------------------------------------- choosing the weights inside a file
@@ -352,7 +384,8 @@ def read_checkpoint(path, prefer_ema=False):
 
     Format by extension: `.safetensors`, `.pdparams` (paddle.load), anything else a PyTorch zip checkpoint.
     Wrapped files give their `model` (else `state_dict`, `model_ema`, `state_dict_ema`) entry; prefer_ema
-    tries the EMA entries first. bfloat16 tensors come back as float32. Raises WeightsError naming the file.
+    tries the EMA entries first. bfloat16 tensors come back as float32. Raises WeightsError naming the file
+    (and the tensor, for one holding NaN/Inf).
     """
     return _read(path, prefer_ema)[0]
 
@@ -361,12 +394,10 @@ def _read(path, prefer_ema):
     """(state, entry): read_checkpoint plus the name of the entry used (None for a raw state dict)."""
     if not os.path.isfile(path):
         raise WeightsError(f"weights file '{path}' not found")
-    if path.endswith('.safetensors'):
-        obj = _read_safetensors(path)
-    elif path.endswith(('.pdparams', '.pdopt')):
-        obj = read_paddle_file(path)
+    if path.endswith(('.pdparams', '.pdopt')):
+        obj = read_paddle_file(path)  # checks finiteness itself (it is also read directly)
     else:
-        obj = _read_torch(path)
+        obj = check_finite(_read_safetensors(path) if path.endswith('.safetensors') else _read_torch(path), path)
     state, entry = _select_entry(obj, path, prefer_ema)
     return _strip_prefixes(state, path), entry
 

@@ -590,6 +590,9 @@ PD_BUILD_GRAD_OP(pit_attention)
 
 namespace {
 
+// The sizes of a conv, checked so that no kernel reads outside its tensors: a (padded) input at least one kernel
+// wide on both axes (C++ division truncates toward zero, so a smaller one would give an output row of 1 whose
+// taps run past the input), and, for a backward, an output gradient of exactly the output's shape.
 struct ConvShape {
   int64_t batch, in_channels, height, width, out_channels, kernel, stride, padding, out_h, out_w;
 
@@ -602,15 +605,29 @@ struct ConvShape {
     width = x.shape()[3];
     out_channels = weight.shape()[0];
     kernel = weight.shape()[2];
-    PD_CHECK(weight.shape()[3] == kernel, op, " kernel must be square");
     stride = stride_;
     padding = padding_;
+    PD_CHECK(weight.shape()[3] == kernel && kernel > 0, op, " kernel must be square and not empty");
+    PD_CHECK(stride > 0 && padding >= 0, op, " stride must be > 0 and padding >= 0, got ", stride, " and ", padding);
+    PD_CHECK(height + 2 * padding >= kernel && width + 2 * padding >= kernel, op, " input of ", height, "x", width,
+             " pixels (padding ", padding, ") is smaller than its ", kernel, "x", kernel, " kernel");
     out_h = (height + 2 * padding - kernel) / stride + 1;
     out_w = (width + 2 * padding - kernel) / stride + 1;
-    PD_CHECK(stride > 0 && out_h > 0 && out_w > 0, op, " input is smaller than its kernel");
   }
   int64_t in_plane() const { return height * width; }
   int64_t out_plane() const { return out_h * out_w; }
+  void check_grad(const paddle::Tensor& grad_out, const char* op) const {
+    PD_CHECK(grad_out.shape() == std::vector<int64_t>({batch, out_channels, out_h, out_w}), op,
+             " gradient must have the output's shape [", batch, ", ", out_channels, ", ", out_h, ", ", out_w, "]");
+  }
+};
+
+// A dense conv of a patch embedding (padding 0): the weight [out_channels, in_channels, k, k].
+struct PatchShape : ConvShape {
+  PatchShape(const paddle::Tensor& x, const paddle::Tensor& weight, int64_t stride)
+      : ConvShape(x, weight, stride, 0, "pit_patch_conv") {
+    PD_CHECK(weight.shape()[1] == in_channels, "pit_patch_conv weight must be [out, ", in_channels, ", k, k]");
+  }
 };
 
 // cols [in_channels * kernel^2, out_h * out_w] of one image (padding 0): row (c, ki, kj), column (i, j) holds
@@ -649,9 +666,8 @@ std::vector<paddle::Tensor> PatchConvForward(const paddle::Tensor& x, const padd
   check_cpu_float(x, "pit_patch_conv input");
   check_cpu_float(weight, "pit_patch_conv weight");
   check_cpu_float(bias, "pit_patch_conv bias");
-  const ConvShape s(x, weight, stride, 0, "pit_patch_conv");
-  PD_CHECK(weight.shape()[1] == s.in_channels && bias.numel() == s.out_channels,
-           "pit_patch_conv weight must be [out, in, k, k] and bias [out]");
+  const PatchShape s(x, weight, stride);
+  PD_CHECK(bias.numel() == s.out_channels, "pit_patch_conv bias must be [out]");
   auto out = paddle::empty({s.batch, s.out_channels, s.out_h, s.out_w}, paddle::DataType::FLOAT32,
                            paddle::CPUPlace());
   const int64_t depth = s.in_channels * s.kernel * s.kernel, plane = s.out_plane();
@@ -685,7 +701,8 @@ std::vector<paddle::Tensor> PatchConvForward(const paddle::Tensor& x, const padd
 std::vector<paddle::Tensor> PatchConvBackward(const paddle::Tensor& x, const paddle::Tensor& weight,
                                               const paddle::Tensor& grad_out, int stride) {
   check_cpu_float(grad_out, "pit_patch_conv gradient");
-  const ConvShape s(x, weight, stride, 0, "pit_patch_conv");
+  const PatchShape s(x, weight, stride);
+  s.check_grad(grad_out, "pit_patch_conv");
   const int64_t depth = s.in_channels * s.kernel * s.kernel, plane = s.out_plane();
   const int64_t chunks = std::min(kConvChunks, s.batch);
   std::vector<float> grad_w(chunks * s.out_channels * depth, 0.f), grad_b(chunks * s.out_channels, 0.f);
@@ -762,7 +779,7 @@ struct DepthwiseShape : ConvShape {
 
   DepthwiseShape(const paddle::Tensor& x, const paddle::Tensor& weight, int64_t stride, int64_t padding)
       : ConvShape(x, weight, stride, padding, "pit_depthwise_conv") {
-    PD_CHECK(weight.shape()[1] == 1 && out_channels % in_channels == 0,
+    PD_CHECK(weight.shape()[1] == 1 && in_channels > 0 && out_channels % in_channels == 0,
              "pit_depthwise_conv weight must be [multiplier * in_channels, 1, k, k]");
     multiplier = out_channels / in_channels;
   }
@@ -819,6 +836,7 @@ std::vector<paddle::Tensor> DepthwiseConvBackward(const paddle::Tensor& x, const
                                                   const paddle::Tensor& grad_out, int stride, int padding) {
   check_cpu_float(grad_out, "pit_depthwise_conv gradient");
   const DepthwiseShape s(x, weight, stride, padding);
+  s.check_grad(grad_out, "pit_depthwise_conv");
   auto dx = paddle::empty_like(x);
   auto dweight = paddle::empty_like(weight);
   auto dbias = paddle::empty({s.out_channels}, paddle::DataType::FLOAT32, paddle::CPUPlace());

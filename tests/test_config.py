@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import config as config_module
-from config import ConfigError, build_config, finalize_config, get_config, merge_opts
+from config import ConfigError, build_config, finalize_config, get_config, get_key, merge_opts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -137,7 +137,8 @@ def test_defaults_are_the_recipe_pit_was_trained_with():
 
 @pytest.mark.parametrize('opts, message', [
     (['TRAIN.NUM_EPOCHS', '2.5'], "expects an integer, got 2.5"),
-    (['MODEL.TRANS.DEPTH', '[2, 6.5, 4]'], 'MODEL.TRANS.DEPTH=[2, 6.5, 4] must hold integers >= 1'),
+    (['MODEL.TRANS.DEPTH', '[2, 6.5, 4]'], "'MODEL.TRANS.DEPTH' in -opts expects a list of integers, got [2, 6.5, 4]"),
+    (['MODEL.TRANS.DEPTH', '[2, 0, 4]'], 'MODEL.TRANS.DEPTH=[2, 0, 4] must hold integers >= 1'),
     (['TRAIN.OPTIMIZER.BETAS', '[0.9, 1.2]'], 'BETAS=[0.9, 1.2] must be two numbers in [0, 1)'),
     (['AUG.SCALE', '[0.5, 0.1]'], 'AUG.SCALE=[0.5, 0.1] must be [low, high]'),
     (['TRAIN.WARMUP_EPOCHS', '400'], 'TRAIN.WARMUP_EPOCHS=400 must be in [0, NUM_EPOCHS'),
@@ -167,3 +168,102 @@ def test_a_checkpoint_description_is_the_base_and_a_contradicting_model_key_is_n
     with pytest.raises(ConfigError, match=r"MODEL.TRANS.BASE_DIMS=\[32, 32, 32\] contradicts the checkpoint "
                                           r"'ckpt.pdparams'.*\[8, 8, 8\]"):
         build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'), described=described, described_by='ckpt.pdparams')
+
+
+def default_of(key):
+    """The default of a key, or for a None default the kind of value it takes."""
+    value = get_key(get_config(), key)
+    return config_module._NULLABLE[key] if value is None else value
+
+
+def wrong_type_value(default):
+    """-opts text of a value of another type than default's (for lists: items of another type)."""
+    if isinstance(default, (list, tuple)):
+        return '[1, 2, 3]' if default and isinstance(default[0], str) else "['a', 'b', 'c']"
+    return {bool: 'maybe', int: 'many', float: 'fast', str: '[1]'}[type(default)]
+
+
+ALL_KEYS = list(leaf_keys(get_config()))
+
+
+@pytest.mark.parametrize('key', ALL_KEYS)
+def test_every_key_refuses_a_value_of_another_type_naming_the_key(key):
+    value = wrong_type_value(default_of(key))
+    with pytest.raises(ConfigError, match=f"config key '{re.escape(key)}' in -opts expects .*, got "):
+        build_config(opts=[key, value])
+
+
+@pytest.mark.parametrize('key', [k for k in ALL_KEYS if k not in config_module._NULLABLE])
+def test_only_the_keys_that_may_be_none_take_none(key):
+    with pytest.raises(ConfigError, match=f"config key '{re.escape(key)}' in -opts expects .*, got None"):
+        build_config(opts=[key, 'None'])
+
+
+def test_an_empty_command_line_value_is_the_empty_string_not_none():
+    assert build_config(opts=['AUG.AUTO_AUGMENT', '']).AUG.AUTO_AUGMENT == ''
+    assert build_config(opts=['TRAIN.GRAD_CLIP', 'None', 'MODEL.PRETRAINED', 'null']).TRAIN.GRAD_CLIP is None
+
+
+@pytest.mark.parametrize('key', [k for k in ALL_KEYS if type(default_of(k)) is float])
+@pytest.mark.parametrize('value', ['.nan', '.inf', '-.inf'])
+def test_every_number_key_refuses_nan_and_infinity(key, value):
+    with pytest.raises(ConfigError, match=f"'{re.escape(key)}' in -opts expects a finite number"):
+        build_config(opts=[key, value])
+
+
+# a value of the right type outside the key's range, for every key that holds numbers
+OUT_OF_RANGE = {
+    'DATA.BATCH_SIZE': '0', 'DATA.BATCH_SIZE_EVAL': '0', 'DATA.IMAGE_SIZE': '0', 'DATA.CROP_PCT': '1.5',
+    'DATA.NUM_WORKERS': '-1', 'DATA.IMAGENET_MEAN': '[0.5, 0.5]', 'DATA.IMAGENET_STD': '[0.2, 0.0, 0.2]',
+    'DATA.REPEATED_AUG_REPEATS': '0', 'MODEL.NUM_CLASSES': '0', 'MODEL.DROPOUT': '1.0',
+    'MODEL.ATTENTION_DROPOUT': '-0.1', 'MODEL.DROP_PATH': '1.0', 'MODEL.TRANS.PATCH_SIZE': '0',
+    'MODEL.TRANS.STRIDE': '0', 'MODEL.TRANS.BASE_DIMS': '[32, 0, 32]', 'MODEL.TRANS.DEPTH': '[2, 6]',
+    'MODEL.TRANS.HEADS': '[]', 'MODEL.TRANS.MLP_RATIO': '0.001', 'TRAIN.LAST_EPOCH': '-1', 'TRAIN.NUM_EPOCHS': '0',
+    'TRAIN.WARMUP_EPOCHS': '301', 'TRAIN.COOLDOWN_EPOCHS': '300', 'TRAIN.WEIGHT_DECAY': '-0.05',
+    'TRAIN.BASE_LR': '0', 'TRAIN.WARMUP_START_LR': '-1e-6', 'TRAIN.END_LR': '-1e-5', 'TRAIN.GRAD_CLIP': '-1',
+    'TRAIN.ACCUM_ITER': '0', 'TRAIN.LINEAR_SCALED_LR': '-512', 'TRAIN.SMOOTHING': '1.0',
+    'TRAIN.DISTILLATION_ALPHA': '1.5', 'TRAIN.DISTILLATION_TAU': '0', 'TRAIN.MODEL_EMA_DECAY': '1.1',
+    'TRAIN.LR_SCHEDULER.MILESTONES': '[60, 30]', 'TRAIN.LR_SCHEDULER.DECAY_RATE': '2',
+    'TRAIN.OPTIMIZER.EPS': '0', 'TRAIN.OPTIMIZER.BETAS': '[0.9, 1.0]', 'TRAIN.OPTIMIZER.MOMENTUM': '-0.9',
+    'TRAIN.OPTIMIZER.WD_RATIO': '-1', 'TRAIN.OPTIMIZER.DELTA': '-0.1', 'AUG.SCALE': '[0.5, 0.1]',
+    'AUG.RATIO': '[0, 1]', 'AUG.HFLIP': '1.5', 'AUG.COLOR_JITTER': '-0.4', 'AUG.RE_PROB': '-0.1', 'AUG.RE_COUNT': '0',
+    'AUG.MIXUP': '-1', 'AUG.CUTMIX': '-1', 'AUG.CUTMIX_MINMAX': '[0.8, 0.2]', 'AUG.MIXUP_PROB': '2',
+    'AUG.MIXUP_SWITCH_PROB': '-1', 'SAVE_FREQ': '0', 'KEEP_CHECKPOINTS': '-1', 'REPORT_FREQ': '0',
+    'VALIDATE_FREQ': '0', 'SEED': '-1', 'CPU_THREADS': '-1', 'NGPUS': '0',
+}
+
+
+def test_the_range_table_covers_every_key_that_holds_numbers():
+    def numeric(default):
+        item = default[0] if isinstance(default, (list, tuple)) and default else default
+        return type(item) in (int, float)
+    assert sorted(k for k in ALL_KEYS if numeric(default_of(k))) == sorted(OUT_OF_RANGE)
+
+
+@pytest.mark.parametrize('key, value', OUT_OF_RANGE.items())
+def test_every_number_key_refuses_a_value_outside_its_range_naming_the_key(key, value):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        build_config(opts=[key, value])
+
+
+@pytest.mark.parametrize('text, key', [
+    ("TRAIN:\n  OPTIMIZER:\n    BETAS: [a, 0.9]\n", 'TRAIN.OPTIMIZER.BETAS'),
+    ('DATA:\n  IMAGENET_MEAN: [0.5, 0.5, 0.5, 0.5]\n', 'DATA.IMAGENET_MEAN'),
+    ('AUG:\n  SCALE: [0.08, [1.0]]\n', 'AUG.SCALE'),
+    ('MODEL:\n  TRANS:\n    HEADS: [2, 4.5, 8]\n', 'MODEL.TRANS.HEADS'),
+])
+def test_list_items_of_a_yaml_file_are_checked_and_the_key_and_file_named(tmp_path, text, key):
+    bad = write(tmp_path / 'bad.yaml', text)
+    with pytest.raises(ConfigError, match=f"config key '{re.escape(key)}' in '.*bad.yaml' expects a list of"):
+        build_config(bad)
+
+
+def test_a_yaml_base_that_is_not_a_file_name_is_named(tmp_path):
+    bad = write(tmp_path / 'bad.yaml', 'BASE: [{a: 1}]\n')
+    with pytest.raises(ConfigError, match=r"BASE in config file '.*bad.yaml' must be a file name"):
+        build_config(bad)
+
+
+def test_list_values_keep_their_kind_and_exponents_read_as_numbers():
+    config = build_config(opts=['TRAIN.OPTIMIZER.BETAS', '[0.9, 1e-1]', 'MODEL.TRANS.DEPTH', '[1, 2.0, 3]'])
+    assert config.TRAIN.OPTIMIZER.BETAS == (0.9, 0.1) and config.MODEL.TRANS.DEPTH == [1, 2, 3]

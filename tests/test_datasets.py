@@ -80,6 +80,8 @@ def test_errors_name_path_and_value(tmp_path, folder):
 
 
 def test_bad_list_lines_and_labels_are_reported_with_file_and_line(tmp_path):
+    for name in ('a.jpg', 'b.jpg'):  # the lines are checked whole: the images exist, the bad part is the line
+        (tmp_path / name).write_bytes(b'')
     (tmp_path / 'train_list.txt').write_text('a.jpg 1\nb.jpg\n')
     with pytest.raises(DatasetError, match=r"train_list.txt:2: expected 'relative/path label', got 'b.jpg'"):
         find_samples(make_config(tmp_path), 'train')
