@@ -40,6 +40,9 @@ if [ -n "$missing" ]; then
     log "installing:$missing"
     "$PYTHON" -m pip install -q $missing
 fi
+# the image's own paddle: a supported version (2.6 or 3.x), said in one line, before any unpacking
+paddle_line=$("$PYTHON" compat.py) || exit 2
+log "$paddle_line"
 
 # the dataset root: DATA_PATH itself, or one folder below it (an archive's top folder)
 dataset_root() {
