@@ -272,18 +272,17 @@ def get_config(cfg_file=None):
 
 def merge_opts(config, opts, touched=None, source='-opts'):
     """Apply ['KEY', 'VALUE', ...] overrides; values are parsed as yaml ('0.1', '[1, 2]', 'None'). 'None',
-    'none' and 'null' are None, except for a key whose default is a string, which keeps the text
+    'none' and 'null' are None, except for a key with a 'none' choice, which takes that word
     (TRAIN.DISTILLATION_TYPE none); an empty value is the empty string (yaml would read None)."""
     if len(opts) % 2:
         raise ConfigError(f"-opts needs KEY VALUE pairs, got an odd number of items: {opts}")
     config.defrost()
     for key, raw in zip(opts[0::2], opts[1::2]):
         try:
-            keeps_text = _default_is_string(key)
             if not raw.strip():
                 value = raw
-            elif raw in ('None', 'none', 'null') and not keeps_text:
-                value = None
+            elif raw in ('None', 'none', 'null'):
+                value = 'none' if 'none' in _CHOICES.get(key, ()) else None
             else:
                 value = yaml.safe_load(raw)
         except yaml.YAMLError:
@@ -296,14 +295,6 @@ def merge_opts(config, opts, touched=None, source='-opts'):
         cursor[parts[-1]] = value
         _merge_dict(config, node, source, touched)
     return config
-
-
-def _default_is_string(key):
-    """Whether the default of the dotted key is a string (False for keys that do not exist)."""
-    try:
-        return isinstance(get_key(_C, key), str)
-    except (KeyError, TypeError):
-        return False
 
 
 # seed flag -> config key; flags left at None do not override the yaml
