@@ -231,7 +231,8 @@ SIZES = [(16, 8), (14, 7), (4, 2), (7, 3)]  # (patch, stride) of the variants an
 def tiny_pit(patch, stride, kernels):
     model = PoolingTransformer(image_size=4 * patch, patch_size=patch, stride=stride, base_dims=(8, 8, 8),
                                depth=(1, 1, 1), heads=(2, 2, 2), num_classes=5, cpu_kernels=kernels)
-    return model.eval()
+    model.eval()  # (Paddle 2.6's Layer.eval returns None: no chaining)
+    return model
 
 
 @pytest.mark.parametrize('kernels', [True, False])
