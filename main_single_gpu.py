@@ -262,8 +262,8 @@ def train(config, model, val_loader, logger):
     records = RunRecords(config, get_rank())
     records.truncate_after(state.epoch)
     logger.info(f'training {config.MODEL.NAME} for {config.TRAIN.NUM_EPOCHS} epochs from epoch {state.epoch + 1}'
-                f'{f", step {state.step + 1}" if state.step else ""}, lr {config.TRAIN.BASE_LR:.3e}, '
-                f'{len(train_set)} train images')
+                f'{resumed_inside(state, len(train_loader))}, lr {config.TRAIN.BASE_LR:.3e}, {len(train_set)} train '
+                'images')
     try:
         with stops.deferred():
             for epoch in range(state.epoch, config.TRAIN.NUM_EPOCHS):
@@ -272,6 +272,13 @@ def train(config, model, val_loader, logger):
         records.close()
     logger.info(f'best Acc@1 {state.best_acc1:.4f} at epoch {state.best_epoch}')
     return state
+
+
+def resumed_inside(state, steps):
+    """Where a run resumed inside an epoch starts in it ('' at an epoch boundary)."""
+    if not state.step:
+        return ''
+    return f', step {state.step + 1}' if state.step < steps else ', at its evaluation'
 
 
 def run_epoch(config, state, epoch, criterion, train_loader, val_loader, mixup_fn, records, logger):
@@ -314,14 +321,13 @@ def stop_inside_epoch(config, state, train_loader, since, where):
     if signum == signal.SIGTERM and trained >= config.SAVE_ON_SIGTERM_AFTER:
         if get_rank() == 0:
             checkpoint.save(config.SAVE, state, config, train_loader.dataset.classes)
-        raise stops.StopRequested(signum, f'{stopped}: saved here in {os.path.join(config.SAVE, checkpoint.LATEST)}; '
-                                          're-run with -resume auto to continue from this step')
+        raise stops.StopRequested(signum, f'{stopped}: saved in {os.path.join(config.SAVE, checkpoint.LATEST)}; '
+                                          're-run with -resume auto to continue from there')
     why = ('SIGINT does not save' if signum != signal.SIGTERM else
            f'{trained:.0f} s trained since the last checkpoint < SAVE_ON_SIGTERM_AFTER={config.SAVE_ON_SIGTERM_AFTER}')
-    since_last = ('the last checkpoint' if checkpoint.latest_path(config.SAVE) else
-                  'the start (no checkpoint yet)')
-    raise stops.StopRequested(signum, f'{stopped}, not saved ({why}); re-run with -resume auto to continue from '
-                                      f'{since_last}')
+    then = ('re-run with -resume auto to continue from the last checkpoint' if checkpoint.latest_path(config.SAVE)
+            else 'no checkpoint yet: a re-run starts over')
+    raise stops.StopRequested(signum, f'{stopped}, not saved ({why}); {then}')
 
 
 def evaluate_weights(config, model, val_loader, logger):

@@ -33,8 +33,9 @@ pytestmark = pytest.mark.slow
 
 SHRINK = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
           'MODEL.TRANS.BASE_DIMS', '[8,8,8]', 'MODEL.TRANS.DEPTH', '[1,1,1]', 'MODEL.TRANS.HEADS', '[2,4,8]',
-          'TRAIN.NUM_EPOCHS', '2', 'TRAIN.WARMUP_EPOCHS', '1', 'REPORT_FREQ', '2', 'SAVE_ON_SIGTERM_AFTER', '0']
-BATCH = '16'  # 320 train images: 20 steps per epoch in one process, 10 in each of two
+          'TRAIN.NUM_EPOCHS', '2', 'TRAIN.WARMUP_EPOCHS', '1', 'REPORT_FREQ', '2', 'SAVE_ON_SIGTERM_AFTER', '0',
+          'DATA.BATCH_SIZE_EVAL', '1']
+BATCH = '16'  # 320 train images: 20 steps per epoch in one process, 10 in each of two; 50 val batches
 
 
 @pytest.fixture(scope='module')
@@ -167,10 +168,11 @@ def straight_runs(digits, tmp_path_factory):
 
 # ---------------------------------------------------------------- SIGTERM / SIGINT
 
-def stop_inside_first_epoch(cmd, save, signum, target=lambda run: run.proc.pid):
-    """Start cmd, send signum to target(run) at step 4 of epoch 1; returns (status, seconds, the stderr line)."""
+def stop_inside_first_epoch(cmd, save, signum, target=lambda run: run.proc.pid, at=r'Epoch\[001/002\] Step\[0004'):
+    """Start cmd, send signum to target(run) once the log matches `at` (step 4 of epoch 1); returns (status,
+    seconds, the stderr line)."""
     run = Run(cmd, save + '.out')
-    run.wait_for_log(save, r'Epoch\[001/002\] Step\[0004')
+    run.wait_for_log(save, at)
     os.kill(target(run), signum)
     status, seconds = run.finish()
     return status, seconds, one_line(run.stderr())
@@ -192,6 +194,21 @@ def test_sigterm_inside_an_epoch_saves_it_there_and_the_resumed_run_ends_bit_ide
     assert f'0 epoch(s) and {stopped["step"]} batch(es) of epoch 1 done' in log
     assert_same_training_state(latest(straight_runs[processes]), latest(save))
     assert [r['epoch'] for r in read_records(save)] == [1, 2]
+
+
+def test_sigterm_in_the_evaluation_after_an_epoch_saves_the_trained_epoch_and_the_resumed_run_evaluates_it(
+        digits, straight_runs, tmp_path):
+    save = str(tmp_path / 'stopped')
+    cmd = command(digits, save)
+    status, _, line = stop_inside_first_epoch(cmd, save, signal.SIGTERM, at=r'Eval model: batch 4/50')
+    assert status == 128 + signal.SIGTERM
+    assert line.startswith('error: stopped by SIGTERM in the evaluation after epoch 1: saved in '), line
+    assert (latest(save)['epoch'], latest(save)['step']) == (0, 20)
+    run_to_end(cmd, save + '.resumed')
+    assert 'training pit_ti for 2 epochs from epoch 1, at its evaluation' in open(os.path.join(save, 'log.txt')).read()
+    assert_same_training_state(latest(straight_runs[1]), latest(save))
+    assert read_records(save) == [dict(r, seconds=s['seconds'], train_img_s=s['train_img_s'])
+                                  for r, s in zip(read_records(straight_runs[1]), read_records(save))]
 
 
 def test_sigint_stops_one_process_in_one_line_without_saving(digits, tmp_path):
