@@ -24,7 +24,8 @@ import checkpoint
 import runlock
 import stops
 from config import ConfigError
-from main_single_gpu import check_config, fail, get_arguments, load_config, main, prepare_save_dir, run
+from main_single_gpu import (check_config, fail, get_arguments, hold_save_folder, load_config, main,
+                             prepare_save_dir, run)
 from utils import setup_logger
 
 STOP_GRACE = 120  # seconds the training processes get to stop after a stop signal (rank 0 may be saving)
@@ -177,8 +178,8 @@ def launch(args):
 
 
 def spawn_and_wait(args):
-    """Check the config once, take SAVE's run lock for the training processes, spawn them and wait; exits with
-    the status of the run."""
+    """Check the config once, take SAVE's run lock for the training processes (not for -eval), spawn them and
+    wait; exits with the status of the run."""
     config = load_config(args)
     nprocs = num_processes(config)
     check_config(config, nprocs)  # bad input fails here once, before any process starts
@@ -187,7 +188,8 @@ def spawn_and_wait(args):
         os.environ['PADDLE_DISTRI_BACKEND'] = 'gloo'  # a set CUDA_VISIBLE_DEVICES otherwise breaks CPU runs
     warnings.filterwarnings('ignore', message='Your model will be trained under CPUONLY mode')
     logging.getLogger('root').setLevel(logging.WARNING)  # paddle's launch logger: its "find free ports" line
-    with hold_save_folder(config) as lock:
+    prepare_save_dir(config.SAVE)
+    with hold_save_folder(config) as lock:  # held here for the processes spawned below (rank 0 finds it so)
         if lock is not None and lock.note:
             setup_logger(config.SAVE, 0).warning(lock.note)
         stopping = Stopping()
@@ -205,15 +207,6 @@ def spawn_and_wait(args):
     if text:
         print(text, file=sys.stderr)
     sys.exit(status)
-
-
-def hold_save_folder(config):
-    """SAVE's run lock, held by the launcher for the processes it spawns (rank 0 finds its parent holding it);
-    none for -eval."""
-    if config.EVAL:
-        return contextlib.nullcontext()
-    prepare_save_dir(config.SAVE)
-    return runlock.RunLock(config.SAVE)
 
 
 if __name__ == '__main__':

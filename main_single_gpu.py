@@ -134,8 +134,9 @@ def setup_process(config):
 
 
 def hold_save_folder(config):
-    """The run lock of SAVE (runlock.py) for a training run, taken by rank 0 (or found held for it by the
-    launcher that spawned it); nothing for -eval, which writes no checkpoint, or for the other ranks."""
+    """The run lock of SAVE (runlock.py) for a training run, taken by the process that starts it: a single
+    process, rank 0 under paddle.distributed.launch, main_multi_gpu's launcher (its rank 0 then finds the lock held
+    by its parent). Nothing for -eval, which writes no checkpoint, or for the other ranks."""
     if config.EVAL or get_rank() != 0:
         return contextlib.nullcontext()
     return runlock.RunLock(config.SAVE)
