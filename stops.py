@@ -116,11 +116,12 @@ def pending():
 def agreed():
     """The stop signal of any process of the run (0: none), the same in every process: a collective, so every
     process calls it at the same points (after the same optimizer steps)."""
-    from utils import get_world_size  # paddle is imported only by the processes that train
-    if get_world_size() == 1:
-        return _STATE.signum
+    # imported here: DataLoader workers import this module for init_dataloader_worker and need none of it
     import paddle
     import paddle.distributed as dist
+    from utils import get_world_size
+    if get_world_size() == 1:
+        return _STATE.signum
     flag = paddle.to_tensor([_STATE.signum], dtype='int64')
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # SIGTERM (15) wins over SIGINT (2): the mid-epoch save is kept
     return int(flag.numpy()[0])
