@@ -1,17 +1,22 @@
 """Training checkpoints: the one format (versioned, self-describing), saved crash-consistently, read without code.
 
 Files in SAVE (paddle.save pickles, `.pdparams`):
+    checkpoint-latest.pdparams   after every epoch, and when a run is stopped inside an epoch (a mid-epoch state)
     checkpoint-epoch{N}.pdparams every SAVE_FREQ epochs; the oldest pruned beyond KEEP_CHECKPOINTS
-    checkpoint-best.pdparams     on a new best Acc@1
-    checkpoint-latest.pdparams   after every epoch, written last: the commit point of a save
-A save serialises the state once, then writes each file to a temporary name, fsyncs it, renames it into place
-and fsyncs the folder: `latest` only ever refers to an epoch whose numbered and best files are already on disk.
-A crash leaves at most a `.checkpoint-*.tmp<pid>` file, removed by the next run in that folder.
+    checkpoint-best.pdparams     the state after the best epoch (highest Acc@1) of the run
+Each file is written to a temporary name, fsynced, renamed into place and the folder fsynced, so a crash leaves
+either the old file or the new one (at most a `.checkpoint-*.tmp<pid>` file, removed by the next run in that
+folder). A save writes the numbered file, then latest (either one commits the epoch: -resume auto takes the
+newest readable file), then best: best only ever copies a committed state. A kill before best is written leaves
+the best epoch's state in the file the run resumes from, and `repair_best` rewrites best from it on resume; so
+after a resume, best holds the epoch recorded as best_epoch in the resumed state.
 
-Each file holds (FORMAT_VERSION 2): version, epoch (epochs completed), model, model_ema (or None), optimizer,
-lr_scheduler, scaler, best_acc1, best_epoch, classes, model_config and preprocess (the config keys that rebuild
-the model and its eval transform, so predict/eval/export need no -cfg), config (yaml of the whole run; compared
-on resume). Reading goes through weights.read_paddle_file: an allow-list unpickler, no code runs.
+Each file holds (FORMAT_VERSION 3): version, epoch (epochs completed), step and train_progress (batches of the next
+epoch already trained and their metric sums: 0 and None at an epoch boundary), model, model_ema (or None),
+optimizer, lr_scheduler, scaler, best_acc1, best_epoch, processes and total_batch (of the run that wrote it),
+classes, model_config and preprocess (the config keys that rebuild the model and its eval transform, so
+predict/eval/export need no -cfg), config (yaml of the whole run; compared on resume). Version 2 files are read
+as epoch-boundary states. Reading goes through weights.read_paddle_file: an allow-list unpickler, no code runs.
 """
 import glob
 import io
@@ -21,11 +26,12 @@ import re
 
 import paddle
 
-from config import describe, dump_config, load_run_config
+from config import describe, dump_config, load_run_config, total_batch_size
 from gpu import scaler_state_to_load
+from utils import get_world_size
 from weights import WeightsError, fit_state_dict, read_paddle_file, resolve_weights_path
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 LATEST = 'checkpoint-latest.pdparams'
 BEST = 'checkpoint-best.pdparams'
 _PERIODIC = re.compile(r'checkpoint-epoch(\d+)\.pdparams$')
@@ -89,25 +95,66 @@ def atomic_save(obj, path):
 
 
 def training_state_dict(state, config, classes):
-    """The checkpoint dict of a TrainState (engine.py) after state.epoch epochs."""
+    """The checkpoint dict of a TrainState (engine.py) after state.epoch epochs and state.step batches."""
     return {
-        'version': FORMAT_VERSION, 'epoch': state.epoch, 'model': state.model.state_dict(),
+        'version': FORMAT_VERSION, 'epoch': state.epoch, 'step': state.step,
+        'train_progress': state.progress if state.step else None, 'model': state.model.state_dict(),
         'model_ema': state.model_ema.state_dict() if state.model_ema is not None else None,
         'optimizer': state.optimizer.state_dict(), 'lr_scheduler': state.lr_scheduler.state_dict(),
         'scaler': state.scaler.state_dict(), 'best_acc1': state.best_acc1, 'best_epoch': state.best_epoch,
+        'processes': get_world_size(), 'total_batch': total_batch_size(config, get_world_size()),
         'classes': list(classes), **describe(config), 'config': dump_config(config),
     }
 
 
-def save(save_dir, state, config, classes, is_best):
-    """Write the numbered (every SAVE_FREQ epochs) and best (is_best) files, then latest, then prune."""
+def save(save_dir, state, config, classes, is_best=False):
+    """Write the numbered file (at an epoch boundary every SAVE_FREQ epochs), latest, then best (is_best), then
+    prune; returns the path of latest. A mid-epoch state (state.step > 0) goes to latest only."""
     payload = serialize(training_state_dict(state, config, classes))
-    if state.epoch % config.SAVE_FREQ == 0:
-        _write_bytes(payload, os.path.join(save_dir, f'checkpoint-epoch{state.epoch}.pdparams'))
+    if state.step == 0 and state.epoch % config.SAVE_FREQ == 0:
+        _write_bytes(payload, _numbered(save_dir, state.epoch))
+    latest = os.path.join(save_dir, LATEST)
+    _write_bytes(payload, latest)
     if is_best:
         _write_bytes(payload, os.path.join(save_dir, BEST))
-    _write_bytes(payload, os.path.join(save_dir, LATEST))
     prune_periodic(save_dir, config.KEEP_CHECKPOINTS)
+    return latest
+
+
+def _numbered(save_dir, epoch):
+    return os.path.join(save_dir, f'checkpoint-epoch{epoch}.pdparams')
+
+
+def repair_best(save_dir, path, ckpt):
+    """Make checkpoint-best hold the best epoch recorded in ckpt (read from path, the file a run resumes from)
+    after a save was cut short, rewriting it from the file that holds that epoch's end state: path itself or the
+    numbered file of that epoch. Returns the log line of what was done, or None when best was right."""
+    best_epoch, best_path = ckpt['best_epoch'], os.path.join(save_dir, BEST)
+    held = _end_state_epoch(best_path)
+    if best_epoch < 1 or held == best_epoch:
+        return None
+    held = f'epoch {held}' if held is not None else 'no readable epoch'
+    numbered = _numbered(save_dir, best_epoch)
+    if progress_of(ckpt) == (best_epoch, 0):
+        source = path
+    elif _end_state_epoch(numbered) == best_epoch:
+        source = numbered
+    else:
+        return (f'{best_path} holds {held}, not the best epoch {best_epoch} of this run, and no checkpoint in '
+                f'{save_dir} holds that epoch any more')
+    with open(source, 'rb') as f:
+        _write_bytes(f.read(), best_path)
+    return f'{best_path} held {held}, not the best epoch {best_epoch} of this run (its save was cut short): ' \
+           f'rewritten from {source}'
+
+
+def _end_state_epoch(path):
+    """The epoch of the epoch-boundary state in path; None when the file is missing, unreadable or mid-epoch."""
+    try:
+        ckpt = load(path)
+    except CheckpointError:
+        return None
+    return ckpt['epoch'] if not ckpt.get('step') else None
 
 
 def prune_periodic(save_dir, keep):
@@ -182,7 +229,8 @@ def latest_path(save_dir):
 
 
 def find_resume(save_dir):
-    """(path, state) of the readable checkpoint with the most completed epochs in save_dir, or (None, None)
+    """(path, state) of the readable checkpoint with the most training done (epochs, then batches of a stopped
+    epoch) in save_dir, or (None, None)
     when the folder holds none. Unreadable files are skipped with a warning when an older readable one exists;
     when every one is unreadable, CheckpointError names them (so nothing unreadable is overwritten)."""
     best_path, best_state, errors = None, None, []
@@ -192,7 +240,7 @@ def find_resume(save_dir):
         except CheckpointError as e:
             errors.append(str(e))
             continue
-        if best_state is None or state['epoch'] > best_state['epoch']:
+        if best_state is None or progress_of(state) > progress_of(best_state):
             best_path, best_state = path, state
     if best_state is None and errors:
         raise CheckpointError(f"-resume auto: no checkpoint in '{save_dir}' can be read ({'; '.join(errors)}); "
@@ -202,8 +250,13 @@ def find_resume(save_dir):
     return best_path, best_state
 
 
+def progress_of(ckpt):
+    """(epochs completed, batches of the next epoch done) of a checkpoint dict."""
+    return ckpt['epoch'], ckpt.get('step', 0)
+
+
 def restore(ckpt, state, path):
-    """Load a checkpoint dict into a TrainState (model, EMA, optimizer, LR schedule, scaler, epoch, best); the
+    """Load a checkpoint dict into a TrainState (model, EMA, optimizer, LR schedule, scaler, epoch and step, best); the
     model's keys and shapes are checked first, so a checkpoint of another variant fails before anything moves."""
     fit = fit_state_dict(ckpt['model'], state.model, from_torch=False)
     if fit.problems():
@@ -219,6 +272,7 @@ def restore(ckpt, state, path):
     if note:
         logger.info(f'{path}: {note}')
     state.epoch, state.best_acc1, state.best_epoch = ckpt['epoch'], ckpt['best_acc1'], ckpt['best_epoch']
+    state.step, state.progress = progress_of(ckpt)[1], ckpt.get('train_progress')
     return state
 
 

@@ -112,6 +112,7 @@ _C.AUG.MIXUP_MODE = 'batch'  # 'batch', 'pair' or 'elem': how mixing parameters 
 _C.SAVE = './output'  # output folder: log.txt, checkpoints
 _C.SAVE_FREQ = 10  # also keep a numbered checkpoint every SAVE_FREQ epochs
 _C.KEEP_CHECKPOINTS = 3  # numbered checkpoints kept (latest and best are always kept); 0: keep all
+_C.SAVE_ON_SIGTERM_AFTER = 300  # seconds: a SIGTERM mid-epoch saves the state there if it trained this long unsaved
 _C.REPORT_FREQ = 50  # log (and VisualDL) every REPORT_FREQ train steps and eval batches
 _C.VALIDATE_FREQ = 1  # evaluate every VALIDATE_FREQ epochs (and after the last)
 _C.SEED = 0  # random seed (offset by rank in each process)
@@ -444,6 +445,7 @@ _AT_LEAST_1 = ('DATA.BATCH_SIZE', 'DATA.IMAGE_SIZE', 'MODEL.NUM_CLASSES', 'TRAIN
                'DATA.REPEATED_AUG_REPEATS', 'AUG.RE_COUNT')
 _AT_LEAST_0 = ('DATA.NUM_WORKERS', 'TRAIN.LAST_EPOCH', 'TRAIN.WARMUP_EPOCHS', 'TRAIN.COOLDOWN_EPOCHS',
                'TRAIN.WEIGHT_DECAY', 'TRAIN.WARMUP_START_LR', 'TRAIN.END_LR', 'KEEP_CHECKPOINTS', 'CPU_THREADS',
+               'SAVE_ON_SIGTERM_AFTER',
                'AUG.COLOR_JITTER', 'AUG.MIXUP', 'AUG.CUTMIX', 'TRAIN.OPTIMIZER.MOMENTUM', 'TRAIN.OPTIMIZER.WD_RATIO',
                'TRAIN.OPTIMIZER.DELTA', 'SEED')
 _POSITIVE = ('TRAIN.BASE_LR', 'TRAIN.OPTIMIZER.EPS', 'TRAIN.DISTILLATION_TAU', 'MODEL.TRANS.MLP_RATIO')  # divisors

@@ -10,6 +10,7 @@ the number of files it skipped (summed by `engine.train_one_epoch` over workers 
 shared between processes and the dataset pickles plainly); in evaluation it comes back as a zero image with
 label -1, which `engine.evaluate` counts and excludes (the run then fails unless DATA.SKIP_BAD_EVAL_IMAGES).
 """
+import functools
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ import paddle
 from PIL import Image
 
 import gpu
+from stops import init_dataloader_worker
 from transforms import build_transforms
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
@@ -275,13 +277,15 @@ class ExactlyOnceSampler(paddle.io.BatchSampler):
 
 class SeededBatchSampler(paddle.io.BatchSampler):
     """Wraps a training batch sampler: yields batches of (index, seed), the seed a function of (SEED, epoch,
-    rank, position in this rank's epoch), for ImageNetDataset to seed each sample's augmentation with."""
+    rank, position in this rank's epoch), for ImageNetDataset to seed each sample's augmentation with. An epoch
+    may start at a later batch (a run resumed inside it): the batches before are skipped, not drawn again."""
 
     def __init__(self, batch_sampler, seed, rank):
-        self.batch_sampler, self.seed, self.rank, self.epoch = batch_sampler, seed, rank, 0
+        self.batch_sampler, self.seed, self.rank, self.epoch, self.start = batch_sampler, seed, rank, 0, 0
 
-    def set_epoch(self, epoch):
-        self.epoch = epoch
+    def set_epoch(self, epoch, start=0):
+        """The next iteration yields batch `start` onwards of `epoch` (0-based)."""
+        self.epoch, self.start = epoch, start
         self.batch_sampler.set_epoch(epoch)
 
     def sample_seed(self, position):
@@ -289,8 +293,9 @@ class SeededBatchSampler(paddle.io.BatchSampler):
 
     def __iter__(self):
         position = 0
-        for batch in self.batch_sampler:
-            yield [(index, self.sample_seed(position + i)) for i, index in enumerate(batch)]
+        for number, batch in enumerate(self.batch_sampler):
+            if number >= self.start:
+                yield [(index, self.sample_seed(position + i)) for i, index in enumerate(batch)]
             position += len(batch)
 
     def __len__(self):
@@ -299,9 +304,10 @@ class SeededBatchSampler(paddle.io.BatchSampler):
 
 def build_dataloader(config, dataset, mode, world_size=1, rank=0, shm_free_bytes=None):
     """DataLoader of (images float32 [B, 3, S, S], labels int64 [B]). Train: shuffled, last partial batch dropped,
-    `loader.batch_sampler.set_epoch(e)` each epoch; repeated augmentation with DATA.REPEATED_AUG. Val: in order,
-    each image exactly once over all ranks. Batches pass through shared memory as use_shared_memory decides
-    (shm_free_bytes: the free /dev/shm to decide by; None: measured)."""
+    `loader.batch_sampler.set_epoch(e, start)` each epoch; repeated augmentation with DATA.REPEATED_AUG. Val: in
+    order, each image exactly once over all ranks (a rank may get none when there are fewer images than ranks).
+    Batches pass through shared memory as use_shared_memory decides (shm_free_bytes: the free /dev/shm to decide
+    by; None: measured). Workers ignore SIGINT/SIGTERM and die with their process (stops.init_dataloader_worker)."""
     batch_size = config.DATA.BATCH_SIZE if mode == 'train' else config.DATA.BATCH_SIZE_EVAL or config.DATA.BATCH_SIZE
     if mode == 'train' and config.DATA.REPEATED_AUG:
         sampler = RepeatedAugSampler(dataset, config.DATA.BATCH_SIZE, world_size, rank,
@@ -311,7 +317,7 @@ def build_dataloader(config, dataset, mode, world_size=1, rank=0, shm_free_bytes
                                                     rank=rank, shuffle=True, drop_last=True)
     else:
         sampler = ExactlyOnceSampler(len(dataset), batch_size, world_size, rank)
-    if len(sampler) == 0:
+    if mode == 'train' and len(sampler) == 0:
         raise DatasetError(f'{mode} split of {len(dataset)} images gives no batch of DATA.BATCH_SIZE='
                            f'{config.DATA.BATCH_SIZE} per process')
     if mode == 'train':
@@ -321,7 +327,8 @@ def build_dataloader(config, dataset, mode, world_size=1, rank=0, shm_free_bytes
     workers = config.DATA.NUM_WORKERS
     return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                                 use_shared_memory=use_shared_memory(config, batch_size, mode, shm_free_bytes),
-                                return_list=True, persistent_workers=workers > 0)
+                                return_list=True, persistent_workers=workers > 0,
+                                worker_init_fn=functools.partial(init_dataloader_worker, os.getpid()))
 
 
 # mode -> (need, free) of the loaders of this process that pass batches through /dev/shm, for the message of a

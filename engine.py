@@ -11,7 +11,7 @@ import time
 import paddle
 import paddle.nn.functional as F
 
-from utils import MetricSums, format_seconds, get_rank, get_world_size
+from utils import MetricSums, format_seconds, get_rank, get_world_size, seed_everything, step_seed
 
 logger = logging.getLogger('pit')
 
@@ -23,7 +23,8 @@ class NonFiniteLossError(RuntimeError):
 class TrainState:
     """What a training run updates and a checkpoint holds: the model (and its DataParallel wrapper when there
     are several processes), the EMA (or None), optimizer, LR schedule, AMP scaler and auto_cast settings, and the
-    loop's counters: epochs completed, best Acc@1 and its epoch."""
+    loop's counters: epochs completed, best Acc@1 and its epoch, and inside an epoch (a run stopped mid-epoch) the
+    batches of the next epoch already trained (`step`) with their metric sums over all ranks (`progress`)."""
 
     def __init__(self, model, optimizer, lr_scheduler, scaler, amp, model_ema=None):
         self.model = model
@@ -31,12 +32,13 @@ class TrainState:
         self.optimizer, self.lr_scheduler, self.scaler, self.amp = optimizer, lr_scheduler, scaler, amp
         self.model_ema = model_ema
         self.epoch, self.best_acc1, self.best_epoch = 0, 0.0, -1
+        self.step, self.progress = 0, None
 
-    def update_best(self, acc1):
-        """Record the Acc@1 of the epoch just completed; True when it is a new best."""
+    def update_best(self, acc1, epoch):
+        """Record the Acc@1 of epoch (1-based, just trained); True when it is a new best."""
         if acc1 <= self.best_acc1:
             return False
-        self.best_acc1, self.best_epoch = acc1, self.epoch
+        self.best_acc1, self.best_epoch = acc1, epoch
         return True
 
 
@@ -55,27 +57,37 @@ def accumulation_scale(step, steps, accum):
     return 1.0 / (steps - last_group_start) if step >= last_group_start else 1.0 / accum
 
 
-def train_one_epoch(state, criterion, loader, epoch, config, mixup_fn=None, records=None):
-    """One pass over `loader` of (images, labels, skipped undecodable files) batches (epoch is 0-based);
-    returns {'loss', 'acc1' (nan with mixup), 'images', 'skipped', 'seconds'} over all ranks, and
-    'skipped_steps': the optimizer steps the GradScaler skipped for non-finite gradients (float16 AMP).
+def train_one_epoch(state, criterion, loader, epoch, config, mixup_fn=None, records=None, stop=None):
+    """Train on batch state.step (0, or where a stopped run left epoch `epoch`, 0-based) to the end of `loader`
+    (batches of (images, labels, skipped undecodable files)); returns {'loss', 'acc1' (nan with mixup), 'images',
+    'skipped', 'seconds'} of the batches of this epoch trained so far, over all ranks, and 'skipped_steps': the
+    optimizer steps the GradScaler skipped for non-finite gradients (float16 AMP) in this pass.
 
-    The optimizer steps every TRAIN.ACCUM_ITER batches (and after the last batch); the EMA follows each
-    optimizer step; with LR_SCHEDULER.PER_STEP the LR moves every step. Every REPORT_FREQ steps rank 0 logs
-    progress (with the ETA of the epoch and of the run) and records the step's loss and LR (`records`).
+    After each optimizer step but the last, `stop()` (a collective: every rank calls it at the same steps) may end
+    the pass early. Either way state.step is the number of batches of the epoch done and state.progress their
+    sums over all ranks (what a mid-epoch checkpoint keeps), so the caller tells a stop by state.step < len(loader).
+
+    Each step is seeded by (SEED, epoch, rank, step): python, numpy, paddle (drop path) and mixup draw the same
+    at a step whether or not the run was stopped before it. The optimizer steps every TRAIN.ACCUM_ITER batches
+    (and after the last batch), so a stop never drops accumulated gradients; the EMA follows each optimizer step;
+    with LR_SCHEDULER.PER_STEP the LR moves every step. Every REPORT_FREQ steps rank 0 logs progress (with the
+    ETA of the epoch and of the run) and records the step's loss and LR (`records`).
     """
     state.model_ddp.train()
-    accum, steps = config.TRAIN.ACCUM_ITER, len(loader)
-    sums, start = MetricSums('loss', 'acc1', 'skipped'), time.time()
+    accum, steps, first = config.TRAIN.ACCUM_ITER, len(loader), state.step
+    sums, start = epoch_sums(state), time.time()
     skipped_total = 0  # a tensor after the first batch: read once at the end, not one device sync per step
     skipped_steps = 0  # this rank's count is every rank's: each checks the same all-reduced gradients
     state.optimizer.clear_grad()
-    for step, (images, labels, skipped) in enumerate(loader):
+    for step, (images, labels, skipped) in enumerate(loader if first < steps else (), first):
+        seed = step_seed(config, epoch, get_rank(), step)
+        seed_everything(seed)
         skipped_total = skipped_total + skipped.sum()
         if config.TRAIN.LR_SCHEDULER.PER_STEP:
             state.lr_scheduler.step_to(epoch, step)
         targets = labels
         if mixup_fn is not None:
+            mixup_fn.seed(seed)
             images, targets = mixup_fn(images, labels)
         with paddle.amp.auto_cast(**state.amp):
             outputs = state.model_ddp(images)
@@ -85,7 +97,8 @@ def train_one_epoch(state, criterion, loader, epoch, config, mixup_fn=None, reco
             raise NonFiniteLossError(f'loss is {loss_value} at epoch {epoch + 1} step {step} on rank {get_rank()}; '
                                      'stopping (the last checkpoint on disk is untouched)')
         state.scaler.scale(loss * accumulation_scale(step, steps, accum)).backward()
-        if (step + 1) % accum == 0 or step + 1 == steps:
+        boundary = (step + 1) % accum == 0 or step + 1 == steps
+        if boundary:
             skipped_steps += optimizer_step(state)
         n = images.shape[0]
         sums.add('loss', loss_value * n, n)
@@ -93,14 +106,28 @@ def train_one_epoch(state, criterion, loader, epoch, config, mixup_fn=None, reco
             logits = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
             sums.add('acc1', topk_correct(logits.astype('float32'), labels, ks=(1,))[0], n)
         if (step + 1) % config.REPORT_FREQ == 0 or step + 1 == steps:
-            log_progress(sums, epoch, step, steps, start, state.optimizer.get_lr(), config)
+            log_progress(sums, epoch, step, steps, step + 1 - first, start, state.optimizer.get_lr(), config)
             if records is not None:
                 records.step(epoch * steps + step + 1, loss=loss_value, lr=state.optimizer.get_lr())
-    seconds = time.time() - start
+        state.step = step + 1
+        if boundary and step + 1 < steps and stop is not None and stop():
+            break
     sums.add('skipped', float(skipped_total), 0)
     sums.synchronize()
+    seconds = (state.progress or {}).get('seconds', 0.0) + time.time() - start
+    state.progress = {'sums': dict(sums.sums), 'counts': dict(sums.counts), 'seconds': seconds}
     return {'loss': sums.avg('loss'), 'acc1': sums.avg('acc1'), 'images': sums.count('loss'),
             'skipped': int(sums.total('skipped')), 'seconds': seconds, 'skipped_steps': skipped_steps}
+
+
+def epoch_sums(state):
+    """The metric sums an epoch starts from: empty, or on rank 0 those of a run stopped inside it (sums over
+    all ranks: after the final all-reduce every rank's batches are counted once)."""
+    sums = MetricSums('loss', 'acc1', 'skipped')
+    if state.step and state.progress and get_rank() == 0:
+        sums.sums.update(state.progress['sums'])
+        sums.counts.update(state.progress['counts'])
+    return sums
 
 
 def optimizer_step(state):
@@ -123,30 +150,37 @@ def step_was_skipped(optimizer):
     return bool(optimizer._get_auxiliary_var('found_inf'))
 
 
-def log_progress(sums, epoch, step, steps, start, lr, config):
+def log_progress(sums, epoch, step, steps, done, start, lr, config):
     """One line: epoch/step, running loss (and accuracy without mixup), LR, images/s of this rank, ETA of the
-    epoch and of the whole run (the remaining epochs at this epoch's pace, evaluation not counted)."""
+    epoch and of the whole run (the remaining epochs at the pace of the `done` steps since `start`, evaluation
+    not counted)."""
     elapsed = time.time() - start
-    per_step = elapsed / (step + 1)
+    per_step, rate = elapsed / done, done * config.DATA.BATCH_SIZE / max(elapsed, 1e-9)
     epoch_left = (steps - step - 1) * per_step
     run_left = epoch_left + (config.TRAIN.NUM_EPOCHS - epoch - 1) * steps * per_step
     acc = f'acc {sums.avg("acc1"):.4f} ' if sums.count('acc1') else ''
     logger.info(f'Epoch[{epoch + 1:03d}/{config.TRAIN.NUM_EPOCHS:03d}] Step[{step + 1:04d}/{steps:04d}] '
-                f'loss {sums.avg("loss"):.4f} {acc}lr {lr:.3e} {sums.count("loss") / max(elapsed, 1e-9):.1f} img/s '
+                f'loss {sums.avg("loss"):.4f} {acc}lr {lr:.3e} {rate:.1f} img/s '
                 f'ETA epoch {format_seconds(epoch_left)} run {format_seconds(run_left)}')
 
 
 @paddle.no_grad()
-def evaluate(model, loader, config, amp, name='model'):
-    """Loss, Acc@1, Acc@5 over every val image of all ranks exactly once (weighted by counts).
+def evaluate(model, loader, config, amp, name='model', stop=None):
+    """Loss, Acc@1, Acc@5 over every val image of all ranks exactly once (weighted by counts); a rank may have
+    no image at all (a val set smaller than the number of processes).
 
     Samples with label -1 are images the dataset could not decode: excluded from the metrics and counted in
     'bad' (synced over ranks); the caller decides whether that fails the run (DATA.SKIP_BAD_EVAL_IMAGES).
-    Rank 0 logs progress every REPORT_FREQ batches (its images so far, img/s, ETA).
+    `stop()` (local, no communication) is asked before each batch: when it says so this rank stops evaluating
+    and 'stopped' is True on every rank (the one all-reduce at the end carries it). Rank 0 logs progress every
+    REPORT_FREQ batches (its images so far, img/s, ETA).
     """
     model.eval()
-    sums, start, batches = MetricSums('loss', 'acc1', 'acc5', 'bad'), time.time(), len(loader)
+    sums, start, batches = MetricSums('loss', 'acc1', 'acc5', 'bad', 'stopped'), time.time(), len(loader)
     for index, (images, labels) in enumerate(loader):
+        if stop is not None and stop():
+            sums.add('stopped', 1, 0)
+            break
         labels = labels.reshape([-1])
         valid = labels >= 0
         n_valid = int(valid.astype('int64').sum())
@@ -169,4 +203,4 @@ def evaluate(model, loader, config, amp, name='model'):
                         f'ETA {format_seconds((batches - index - 1) * elapsed / (index + 1))}')
     sums.synchronize()
     return {'loss': sums.avg('loss'), 'acc1': sums.avg('acc1'), 'acc5': sums.avg('acc5'),
-            'images': sums.count('acc1'), 'bad': int(sums.total('bad'))}
+            'images': sums.count('acc1'), 'bad': int(sums.total('bad')), 'stopped': sums.total('stopped') > 0}

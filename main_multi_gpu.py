@@ -8,38 +8,35 @@ Started by paddle's launcher instead (also multi-node; run the same command on e
 """
 import quiet  # noqa: F401  (first: quiets paddle's import in this and every child process)
 
+import contextlib
 import logging
 import multiprocessing.connection
 import os
 import signal
 import sys
+import time
 import warnings
 
 import paddle
 import paddle.distributed as dist
 
 import checkpoint
-from main_single_gpu import check_config, get_arguments, load_config, main, run
+import runlock
+import stops
+from config import ConfigError
+from main_single_gpu import (check_config, fail, get_arguments, hold_save_folder, load_config, main,
+                             prepare_save_dir, run)
+from utils import setup_logger
+
+STOP_GRACE = 120  # seconds the training processes get to stop after a stop signal (rank 0 may be saving)
+STOP_STATUSES = {128 + signum for signum in stops.STOP_SIGNALS}
 
 
 def _worker(args):
-    """Body of one spawned process: dies with the launcher, then runs main (one-line errors, exit 2/1)."""
-    die_with_parent()
+    """Body of one spawned process: dies with the launcher, then runs main (one-line errors, exit 2/1, clean
+    stops)."""
+    stops.die_with_parent()
     run(main, args)
-
-
-def die_with_parent():
-    """Ask Linux to SIGKILL this process when the launcher dies: a killed launcher (SIGKILL, a closed task)
-    must not leave orphan trainers that go on writing checkpoints into SAVE."""
-    if not sys.platform.startswith('linux'):
-        return
-    import ctypes
-    try:
-        ctypes.CDLL('libc.so.6').prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the launcher died before prctl took effect
-        os._exit(1)
 
 
 def num_processes(config):
@@ -55,24 +52,86 @@ def use_gpu(config):
     return config.DEVICE != 'cpu' and paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 
 
-def wait_for(context):
+class Stopping:
+    """The launcher's part of a clean stop. The first SIGTERM/SIGINT it receives, or a training process that ends
+    because it was stopped (exit 128 + signal), is passed on once to every training process: they stop together
+    at their next optimizer step and rank 0 reports in one line. A second signal to the launcher kills them at
+    once; so does STOP_GRACE seconds without them all ending."""
+
+    def __init__(self):
+        self.processes, self.signum, self.forced, self.deadline = [], 0, False, None
+
+    def handle(self, signum, frame):
+        if self.signum:
+            self.forced = True
+            self.kill_all()
+        else:
+            self.begin(signum)
+
+    def attach(self, processes):
+        """The training processes, once spawned (a signal that came during the spawn is passed on now)."""
+        self.processes = processes
+        if self.signum:
+            self.forward()
+
+    def begin(self, signum):
+        if not self.signum:
+            self.signum, self.deadline = signum, time.time() + STOP_GRACE
+            self.forward()
+
+    def forward(self):
+        for process in self.processes:
+            if process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, self.signum)
+
+    def kill_all(self):
+        for process in self.processes:
+            if process.is_alive():
+                process.kill()
+
+    def overdue(self):
+        return self.deadline is not None and time.time() > self.deadline
+
+
+def wait_for(context, stopping):
     """Wait for every process of a dist.spawn(join=False) context. When one fails, the others are killed at once
-    (SIGKILL: a SIGTERM would make each print paddle's C++ termination report) and (rank, exit code, traceback
-    or None) of the failed one is returned; None when all succeeded."""
+    (SIGKILL: nothing of theirs is worth waiting for) and (rank, exit code, traceback or None) of the failed one is
+    returned; None when all succeeded or the run was stopped (stopping.signum; then failures that follow from
+    the stop are not reported, and processes still running after STOP_GRACE seconds are killed)."""
     running = {process.sentinel: rank for rank, process in enumerate(context.processes)}
     while running:
-        for sentinel in multiprocessing.connection.wait(list(running)):
+        for sentinel in multiprocessing.connection.wait(list(running), timeout=1.0):
             rank = running.pop(sentinel)
             process = context.processes[rank]
             process.join()
-            if process.exitcode != 0:
+            if process.exitcode in STOP_STATUSES:
+                stopping.begin(process.exitcode - 128)
+            elif process.exitcode != 0 and not stopping.signum:
                 for other in context.processes:
                     if other.is_alive():
                         other.kill()
                     other.join()
                 queue = context.error_queues[rank]
                 return rank, process.exitcode, None if queue.empty() else queue.get()
+        if running and stopping.overdue():
+            stopping.kill_all()
     return None
+
+
+def stop_summary(stopping, exit_codes, config):
+    """(text for stderr or None, exit status) of a stopped run: rank 0 said where it stopped (nothing to add),
+    unless the processes had to be killed."""
+    name = stops.signal_name(stopping.signum)
+    status = exit_codes[0] if exit_codes[0] and exit_codes[0] > 0 else 128 + stopping.signum
+    killed = [rank for rank, code in enumerate(exit_codes) if code == -9]
+    if stopping.forced:
+        return (f'error: stopped at once by a second {name}: training processes killed; the checkpoints in '
+                f'{config.SAVE} are intact{_resume_hint(config)}'), 128 + stopping.signum
+    if killed:
+        return (f'error: training process(es) {killed} did not stop within {STOP_GRACE} s of {name} and were '
+                f'killed{_resume_hint(config)}'), 128 + stopping.signum
+    return None, status
 
 
 def failure_summary(rank, code, trace, config, nprocs):
@@ -115,17 +174,44 @@ def spawn(target, args, nprocs, gpu):
 
 
 def launch(args):
+    """Start the training processes (or, under paddle.distributed.launch, be one); SIGTERM/SIGINT stop them
+    cleanly (Stopping)."""
     if 'PADDLE_TRAINERS_NUM' in os.environ:  # started by paddle.distributed.launch: this is one worker already
         return run(main, args)
+    with stops.handled():
+        try:
+            spawn_and_wait(args)
+        except stops.StopRequested as e:  # a signal before the training processes started
+            fail(e, e.exit_status)
+        except (ConfigError, runlock.RunLockError) as e:
+            fail(e)
+
+
+def spawn_and_wait(args):
+    """Check the config once, take SAVE's run lock for the training processes (not for -eval), spawn them and
+    wait; exits with the status of the run."""
     config = load_config(args)
     nprocs = num_processes(config)
     check_config(config, nprocs)  # bad input fails here once, before any process starts
-    context = spawn(_worker, (args,), nprocs, use_gpu(config))
-    failure = wait_for(context)
+    prepare_save_dir(config.SAVE)
+    with hold_save_folder(config) as lock:  # held here for the processes spawned below (rank 0 finds it so)
+        if lock is not None and lock.note:
+            setup_logger(config.SAVE, 0).warning(lock.note)
+        stopping = Stopping()
+        for signum in stops.STOP_SIGNALS:
+            signal.signal(signum, stopping.handle)
+        context = spawn(_worker, (args,), nprocs, use_gpu(config))
+        stopping.attach(context.processes)
+        failure = wait_for(context, stopping)
     if failure is not None:  # a failed worker (error, crash, killed DataLoader worker): fail the whole run
         text, status = failure_summary(*failure, config, nprocs)
+    elif stopping.signum:
+        text, status = stop_summary(stopping, [process.exitcode for process in context.processes], config)
+    else:
+        return
+    if text:
         print(text, file=sys.stderr)
-        sys.exit(status)
+    sys.exit(status)
 
 
 if __name__ == '__main__':

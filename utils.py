@@ -20,18 +20,18 @@ def get_rank():
 
 
 def seed_everything(seed):
-    """Seed python, numpy and paddle. Called at each epoch start with (SEED, epoch, rank), so a resumed run
-    draws the same augmentations, shuffles and drop-path masks as an uninterrupted one (DataLoader workers
-    derive their seeds from numpy's state when an epoch's iterator starts)."""
+    """Seed python, numpy and paddle. Training seeds them before every step with step_seed, so a run resumed at
+    any step (after a stop inside an epoch, or at an epoch boundary) draws the same drop-path masks and mixup
+    parameters as an uninterrupted one; augmentations are seeded per sample (datasets.SeededBatchSampler)."""
     seed = int(seed) % (2 ** 31)
     random.seed(seed)
     np.random.seed(seed)
     paddle.seed(seed)
 
 
-def epoch_seed(config, epoch, rank):
-    """The seed of one process for one epoch."""
-    return config.SEED + 10007 * epoch + rank
+def step_seed(config, epoch, rank, step):
+    """The seed of one process for one training step (epoch and step 0-based)."""
+    return int(np.random.SeedSequence([config.SEED % 2 ** 63, epoch, rank, step]).generate_state(1)[0])
 
 
 def setup_logger(save_dir, rank, name='pit'):

@@ -75,23 +75,77 @@ def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path
     assert not [n for n in os.listdir(tmp_path) if '.tmp' in n]
 
 
-def test_latest_is_written_last_so_a_crash_in_best_leaves_the_previous_epoch_committed(tmp_path, monkeypatch):
-    save_epochs(tmp_path, [1], best=[1])
-    config, state = micro_state(epoch=2)
-    real_write = checkpoint._write_bytes
+def mark_epoch(state, epoch):
+    """Give the state of each epoch its own weights (the first parameter filled with the epoch number)."""
+    state.epoch = epoch
+    first = next(iter(state.model.parameters()))
+    first.set_value(paddle.full(first.shape, float(epoch), first.dtype))
 
-    def killed_while_writing_best(payload, path):
-        if path.endswith(checkpoint.BEST):
+
+def epoch_mark(path):
+    return float(next(iter(load(str(path))['model'].values())).flat[0])
+
+
+@pytest.mark.parametrize('files_written', [0, 1, 2, 3])
+def test_a_kill_at_any_point_of_a_best_epochs_save_leaves_best_right_after_resume(tmp_path, monkeypatch, files_written):
+    """Epoch 1 and epoch 2 are each a new best; the save of epoch 2 (numbered, latest, best, then prune) is killed
+    after `files_written` of its files. Resuming then finds best holding the best epoch of the resumed state."""
+    config, state = micro_state(save_freq=1)
+    mark_epoch(state, 1)
+    state.best_acc1, state.best_epoch = 0.3, 1
+    checkpoint.save(str(tmp_path), state, config, ['c'] * 5, is_best=True)
+    mark_epoch(state, 2)
+    state.best_acc1, state.best_epoch = 0.4, 2
+    real_write, written = checkpoint._write_bytes, []
+
+    def killed_after_some_files(payload, path):
+        if len(written) == files_written:
             raise KeyboardInterrupt('killed')
+        written.append(os.path.basename(path))
         real_write(payload, path)
 
-    monkeypatch.setattr(checkpoint, '_write_bytes', killed_while_writing_best)
+    monkeypatch.setattr(checkpoint, '_write_bytes', killed_after_some_files)
+    monkeypatch.setattr(checkpoint, 'prune_periodic', lambda *args: killed_after_some_files(None, ''))
     with pytest.raises(KeyboardInterrupt):
         checkpoint.save(str(tmp_path), state, config, ['c'] * 5, is_best=True)
-    # the numbered file of epoch 2 is on disk, but latest still says 1: resuming redoes epoch 2 and its best file
-    assert load(str(tmp_path / checkpoint.LATEST))['epoch'] == 1
-    assert find_resume(str(tmp_path))[1]['epoch'] == 2  # the numbered file is complete and the newest
-    assert load(str(tmp_path / checkpoint.BEST))['epoch'] == 1
+    monkeypatch.undo()
+    assert written == ['checkpoint-epoch2.pdparams', checkpoint.LATEST, checkpoint.BEST][:files_written]
+    path, ckpt = find_resume(str(tmp_path))
+    note = checkpoint.repair_best(str(tmp_path), path, ckpt)
+    assert ckpt['epoch'] == (2 if files_written else 1)  # the numbered file alone commits epoch 2
+    best = load(str(tmp_path / checkpoint.BEST))
+    assert best['epoch'] == ckpt['best_epoch'] and epoch_mark(tmp_path / checkpoint.BEST) == ckpt['best_epoch']
+    assert (note is not None) == (files_written in (1, 2))  # killed after the commit, before best was written
+    assert not [n for n in os.listdir(tmp_path) if '.tmp' in n]
+
+
+def test_best_is_rewritten_from_the_numbered_file_of_the_best_epoch_when_resuming_later(tmp_path):
+    config, state = micro_state(save_freq=1)
+    mark_epoch(state, 1)
+    state.best_acc1, state.best_epoch = 0.3, 1
+    checkpoint.save(str(tmp_path), state, config, ['c'] * 5, is_best=True)
+    (tmp_path / checkpoint.BEST).write_bytes(b'damaged in transfer')
+    mark_epoch(state, 2)
+    checkpoint.save(str(tmp_path), state, config, ['c'] * 5, is_best=False)
+    path, ckpt = find_resume(str(tmp_path))
+    note = checkpoint.repair_best(str(tmp_path), path, ckpt)
+    assert 'rewritten from' in note and note.endswith('checkpoint-epoch1.pdparams')
+    assert epoch_mark(tmp_path / checkpoint.BEST) == 1.0
+
+
+def test_a_mid_epoch_state_goes_to_latest_only_and_resumes_after_the_epoch_it_is_in(tmp_path):
+    config, state = micro_state(save_freq=1)
+    mark_epoch(state, 2)
+    checkpoint.save(str(tmp_path), state, config, ['c'] * 5)
+    state.step, state.progress = 7, {'sums': {'loss': 3.5}, 'counts': {'loss': 14}, 'seconds': 12.0}
+    checkpoint.save(str(tmp_path), state, config, ['c'] * 5)
+    assert sorted(os.listdir(tmp_path)) == ['checkpoint-epoch2.pdparams', checkpoint.LATEST]
+    path, ckpt = find_resume(str(tmp_path))
+    assert path.endswith(checkpoint.LATEST) and (ckpt['epoch'], ckpt['step']) == (2, 7)
+    _, fresh = micro_state()
+    checkpoint.restore(ckpt, fresh, path)
+    assert (fresh.epoch, fresh.step, fresh.progress) == (2, 7, state.progress)
+    assert checkpoint.repair_best(str(tmp_path), path, ckpt) is None  # no best epoch yet
 
 
 def test_auto_resume_skips_a_truncated_checkpoint_when_an_older_one_reads(tmp_path):

@@ -195,11 +195,15 @@ def test_an_empty_class_folder_is_reported_and_a_symlink_loop_ends(tmp_path, mon
     assert 'holds no images' in warnings[0]
 
 
-def test_a_dead_dataloader_worker_ends_the_run_in_one_line(capsys):
+@pytest.mark.parametrize('paddle_error', [
+    '(Fatal) Blocking queue is killed because the data reader raises an exception.',  # seen by the loader thread
+    '(Fatal) DataLoader process (pid 4242) exited is killed by signal: Killed.',  # raised by paddle's SIGCHLD handler
+])
+def test_a_dead_dataloader_worker_ends_the_run_in_one_line(capsys, paddle_error):
     import main_single_gpu
 
     def worker_killed(config):
-        raise SystemError('(Fatal) Blocking queue is killed because the data reader raises an exception.')
+        raise SystemError(paddle_error)
     args = main_single_gpu.argparse.Namespace(cfg=None, opts=['TRAIN.NUM_EPOCHS', '1', 'TRAIN.WARMUP_EPOCHS', '0'])
     with pytest.raises(SystemExit) as exit_info:
         main_single_gpu.run(worker_killed, args)
