@@ -318,29 +318,24 @@ def _write_index(save_dir):
 
 
 def _read_index(save_dir):
-    """Learn the headers of the files save_dir's index describes as they are on disk (same inode, size and
-    mtime). An index that is missing or of another version teaches nothing; a damaged one, with a warning."""
+    """Learn the headers save_dir's index records, each for the file identity it records: a file that is no longer
+    as the index describes it has another identity and stays unknown. An index that is missing or of another
+    version teaches nothing; a damaged one, with a warning."""
     path = os.path.join(save_dir, INDEX)
     try:
         with open(path, 'rb') as f:
             index = json.load(f)
         if index.get('version') != INDEX_VERSION:
             return
-        entries = [(os.path.join(save_dir, name), _header(entry), (entry['inode'], entry['size'], entry['mtime_ns']))
-                   for name, entry in index['files'].items() if _is_checkpoint_name(name)]
+        entries = {(entry['inode'], entry['size'], entry['mtime_ns']): _header(entry)
+                   for entry in index['files'].values()}
     except FileNotFoundError:
         return
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         logger.warning(f"'{path}' cannot be read ({type(e).__name__}: {e}); the checkpoints it would describe are "
                        'read instead')
         return
-    for checkpoint_path, header, identity in entries:
-        if _identity(checkpoint_path) == identity:
-            _known[identity] = header
-
-
-def _is_checkpoint_name(name):
-    return name in (LATEST, BEST) or _PERIODIC.fullmatch(name) is not None
+    _known.update(entries)
 
 
 # ---------------------------------------------------------------- reading

@@ -336,13 +336,17 @@ def test_a_file_copied_in_is_read_and_the_index_spares_the_older_ones(tmp_path, 
 
 
 def test_a_file_replaced_since_the_index_was_written_is_read_not_trusted(tmp_path, monkeypatch):
-    """latest replaced by best's epoch 1 (a hand-copied file): the index's epoch 5 for it no longer holds."""
+    """checkpoint-epoch3 replaced by a copy of a file holding epoch 6: the index's epoch 3 for that name no longer
+    holds, so it is read (and the files the index describes as older than it are not)."""
     five_candidates(tmp_path)
-    replace_file(tmp_path / checkpoint.LATEST, (tmp_path / checkpoint.BEST).read_bytes())
+    (tmp_path / 'elsewhere').mkdir()
+    save_epochs(tmp_path / 'elsewhere', [6])
+    replace_file(tmp_path / 'checkpoint-epoch3.pdparams', (tmp_path / 'elsewhere' / checkpoint.LATEST).read_bytes())
+    new_process()
     reads = counted_reads(monkeypatch)
     path, ckpt = find_resume(str(tmp_path))
-    assert path.endswith('checkpoint-epoch5.pdparams') and ckpt['epoch'] == 5
-    assert reads == [checkpoint.LATEST, 'checkpoint-epoch5.pdparams']
+    assert path.endswith('checkpoint-epoch3.pdparams') and ckpt['epoch'] == 6
+    assert reads == ['checkpoint-epoch3.pdparams']
 
 
 def test_an_indexed_file_that_cannot_be_read_falls_back_to_the_next(tmp_path, monkeypatch, caplog):
