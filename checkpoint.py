@@ -64,7 +64,7 @@ _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, err
 logger = logging.getLogger('pit')
 
 # What this process knows of checkpoint files, by identity (_identity: inode, size, mtime): the header (_header)
-# of each file it wrote or read, and of each file an index describes as it is on disk.
+# of each file it wrote or read, and those the indexes it read record.
 _known = {}
 
 
@@ -361,8 +361,12 @@ def load(path):
     missing = [key for key in _REQUIRED if key not in state and not (key == 'version' and version == 1)]
     if missing:
         raise CheckpointError(f"'{path}' lacks checkpoint entries {missing}")
+    try:
+        header = _header(state)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"'{path}' has a malformed epoch, step or best entry ({e})") from e
     if _identity(path) == identity:  # the file was not replaced while it was read
-        _learn(path, _header(state))
+        _learn(path, header)
     return state
 
 

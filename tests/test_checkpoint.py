@@ -441,6 +441,14 @@ def test_a_checkpoint_of_a_newer_format_is_refused_by_name(tmp_path):
         load(path)
 
 
+def test_a_checkpoint_with_a_malformed_epoch_is_refused_by_name(tmp_path):
+    path = str(tmp_path / checkpoint.LATEST)
+    atomic_save({'version': 3, 'epoch': 'two', 'model': {}, 'model_ema': None, 'optimizer': {}, 'lr_scheduler': {},
+                 'scaler': {}, 'best_acc1': 0.0, 'best_epoch': -1}, path)
+    with pytest.raises(CheckpointError, match=r"'.*checkpoint-latest.pdparams' has a malformed epoch, step or best"):
+        load(path)
+
+
 class Payload:
     def __reduce__(self):
         return (os.system, (f'touch {self.marker}',))
