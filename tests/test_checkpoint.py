@@ -4,6 +4,7 @@ import itertools
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -370,6 +371,22 @@ def test_a_damaged_index_is_named_and_the_checkpoints_are_read(tmp_path, monkeyp
     path, ckpt = find_resume(str(tmp_path))
     assert path.endswith(checkpoint.LATEST) and ckpt['epoch'] == 5
     assert f"'{tmp_path / checkpoint.INDEX}' cannot be read (JSONDecodeError" in caplog.text
+
+
+@pytest.mark.slow
+def test_the_measurement_tool_finds_one_file_written_per_save_and_one_read_per_resume(tmp_path):
+    tiny = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE',
+            '2', 'MODEL.TRANS.BASE_DIMS', '[8,8,8]', 'MODEL.TRANS.DEPTH', '[1,1,1]', 'MODEL.TRANS.HEADS', '[2,4,8]']
+    runs = tmp_path / 'runs.json'
+    done = subprocess.run([sys.executable, 'tools/measure_checkpoints.py', '-cfg', 'configs/pit_ti.yaml', '-folder',
+                           str(tmp_path / 'measure'), '-repeats', '1', '-json', str(runs), '-opts', *tiny], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.search(r'^save: seconds [\d.]+ s \([\d.]+-[\d.]+\), peak_rss', done.stdout, re.M), done.stdout
+    (save,), (resume,) = json.loads(runs.read_text()).values()
+    assert save['written'] == save['disk'] > 10000  # one file, whatever its names
+    assert save['disk'] < resume['read'] < save['disk'] + 4096  # that file, and the index
+    assert not (tmp_path / 'measure').exists()
 
 
 def test_auto_resume_refuses_when_no_checkpoint_can_be_read(tmp_path):

@@ -1,6 +1,6 @@
 """Time, peak memory and bytes of a checkpoint save and of -resume auto, for one config (Linux).
 
-    python tools/measure_checkpoints.py -cfg configs/pit_b.yaml -folder /tmp/ckpt-measure -repeats 3
+    python tools/measure_checkpoints.py -cfg configs/pit_b.yaml -folder /tmp/ckpt-measure -repeats 3 [-json runs.json]
 
 It builds the config's model, EMA and optimizer and takes one training step on a random image (so the optimizer
 holds its moments), then measures, each time in a fresh process:
@@ -64,9 +64,9 @@ def measured(step):
     """{'seconds', 'peak_rss', 'read', 'written'} of step() in this process (bytes; peak RSS above the RSS before
     it)."""
     gc.collect()
-    rss, read, written = _proc('status', 'VmRSS:') * 1024, _proc('io', 'rchar:'), _proc('io', 'wchar:')
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # the peak RSS (VmHWM) starts again from the RSS now
+    rss, read, written = _proc('status', 'VmRSS:') * 1024, _proc('io', 'rchar:'), _proc('io', 'wchar:')
     start = time.perf_counter()
     step()
     return {'seconds': time.perf_counter() - start, 'peak_rss': _proc('status', 'VmHWM:') * 1024 - rss,
@@ -124,6 +124,7 @@ def main():
     parser.add_argument('-cfg', required=True)
     parser.add_argument('-folder', required=True, help='a folder to create; removed at the end')
     parser.add_argument('-repeats', type=int, default=3)
+    parser.add_argument('-json', help='also write every run (bytes, seconds) to this file')
     parser.add_argument('-child', choices=['prepare', 'save', 'resume'], help=argparse.SUPPRESS)
     parser.add_argument('-opts', nargs='*', default=[])
     args = parser.parse_args()
@@ -142,6 +143,9 @@ def main():
             runs['resume'].append(run_child(args, 'resume', resume_folder))
     finally:
         shutil.rmtree(args.folder)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(runs, f, indent=1)
     print(f'{args.cfg}, medians of {args.repeats} (lowest-highest):')
     for kind, results in runs.items():
         cells = []
