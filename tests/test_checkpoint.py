@@ -2,6 +2,7 @@
 import errno
 import itertools
 import json
+import logging
 import os
 import pickle
 import re
@@ -318,6 +319,7 @@ def test_without_an_index_every_file_is_read_once(tmp_path, monkeypatch, caplog)
     """A folder of a run from before the index: each file is read (epoch 5's numbered file is latest's file)."""
     five_candidates(tmp_path)
     os.remove(tmp_path / checkpoint.INDEX)
+    caplog.set_level(logging.INFO, logger='pit')
     reads = counted_reads(monkeypatch)
     path, ckpt = find_resume(str(tmp_path))
     assert path.endswith(checkpoint.LATEST) and ckpt['epoch'] == 5
