@@ -1,15 +1,28 @@
 """Training checkpoints: the one format (versioned, self-describing), saved crash-consistently, read without code.
 
-Files in SAVE (paddle.save pickles, `.pdparams`):
+Files in SAVE (paddle.save pickles, `.pdparams`, and one index):
     checkpoint-latest.pdparams   after every epoch, and when a run is stopped inside an epoch (a mid-epoch state)
     checkpoint-epoch{N}.pdparams every SAVE_FREQ epochs; the oldest pruned beyond KEEP_CHECKPOINTS
     checkpoint-best.pdparams     the state after the best epoch (highest Acc@1) of the run
-Each file is written to a temporary name, fsynced, renamed into place and the folder fsynced, so a crash leaves
-either the old file or the new one (at most a `.checkpoint-*.tmp<pid>` file, removed by the next run in that
-folder). A save writes the numbered file, then latest (either one commits the epoch: -resume auto takes the
-newest readable file), then best: best only ever copies a committed state. A kill before best is written leaves
-the best epoch's state in the file the run resumes from, and `repair_best` rewrites best from it on resume; so
-after a resume, best holds the epoch recorded as best_epoch in the resumed state.
+    checkpoints.json             the index: what each of those files holds (epoch, step, best), so that -resume auto
+                                 reads the one file it resumes from
+A save streams the state once into a temporary file (each tensor becomes bytes only while it is written), fsyncs
+it and renames it to its first name (the numbered file, else latest). Its other names (latest, best) are hard
+links to that file (copies where the file system has no hard links), each made under a temporary name and renamed
+into place; the folder is fsynced after each rename. Then numbered names beyond KEEP_CHECKPOINTS are removed (a
+file lives on while another name holds it) and the index is rewritten the same way. So a state takes the space of
+one file whatever its names, and a crash at any point leaves every name holding a whole file, old or new (at most
+a `.checkpoint*.tmp<pid>` file, removed by the next run in that folder). Names share a file: replace a checkpoint
+file (write a new one, then mv), never write into it.
+
+The numbered file and latest each commit the epoch (-resume auto takes the newest readable file); best only ever
+names a committed state. A kill before best is linked leaves the best epoch's state in the file the run resumes
+from, and `repair_best` links best to it on resume; so after a resume, best holds the epoch recorded as best_epoch
+in the resumed state.
+
+The index describes each file by name, inode, size and mtime as the index was written. A file it does not
+describe as it is on disk (a save cut short before the index was written, a file copied in, a run from before the
+index) is read to learn what it holds; with no index, -resume auto reads every file as it always did.
 
 Each file holds (FORMAT_VERSION 3): version, epoch (epochs completed), step and train_progress (batches of the next
 epoch already trained and their metric sums: 0 and None at an epoch boundary), model, model_ema (or None),
@@ -18,11 +31,16 @@ classes, model_config and preprocess (the config keys that rebuild the model and
 predict/eval/export need no -cfg), config (yaml of the whole run; compared on resume). Version 2 files are read
 as epoch-boundary states. Reading goes through weights.read_paddle_file: an allow-list unpickler, no code runs.
 """
+import errno
+import functools
 import glob
 import io
+import json
 import logging
 import os
+import pickle
 import re
+import shutil
 
 import paddle
 
@@ -34,12 +52,20 @@ from weights import WeightsError, fit_state_dict, read_paddle_file, resolve_weig
 FORMAT_VERSION = 3
 LATEST = 'checkpoint-latest.pdparams'
 BEST = 'checkpoint-best.pdparams'
+INDEX = 'checkpoints.json'
+INDEX_VERSION = 1
 _PERIODIC = re.compile(r'checkpoint-epoch(\d+)\.pdparams$')
-_TEMPORARY = re.compile(r'^\.checkpoint-.*\.pdparams\.tmp(\d+)$')
+_TEMPORARY = re.compile(r'^\.checkpoint.*\.tmp(\d+)$')
 _REQUIRED = ('version', 'epoch', 'model', 'model_ema', 'optimizer', 'lr_scheduler', 'scaler', 'best_acc1',
              'best_epoch')
+# os.link's errors where the file system (some network and FUSE mounts) has no hard links: copy instead
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}
 
 logger = logging.getLogger('pit')
+
+# What this process knows of checkpoint files, by identity (_identity: inode, size, mtime): the header (_header)
+# of each file it wrote or read, and those the indexes it read record.
+_known = {}
 
 
 class CheckpointError(ValueError):
@@ -53,45 +79,93 @@ class CheckpointWriteError(CheckpointError):
 
 # ---------------------------------------------------------------- writing
 
-def _write_bytes(payload, path):
-    """payload into path through a temporary file in the same folder (fsync, rename, fsync the folder): a crash
-    leaves either the old file or the new one, never a mix."""
+class _StreamingPickler(pickle.Pickler):
+    """paddle.save's format (a Tensor pickled as a (name, ndarray) tuple) written as it goes: each tensor becomes a
+    numpy array only while it is written. paddle.save's own pickler memoizes every array and its bytes until the
+    end, two copies of the state in memory."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, paddle.Tensor):
+            return tuple, ((obj.name, obj.numpy()),)
+        return NotImplemented
+
+
+def _stream(obj, f):
+    """Pickle obj into the binary file f as paddle.save does (protocol 4), keeping nothing written in memory."""
+    pickler = _StreamingPickler(f, protocol=4)
+    pickler.fast = True  # no memo, which would keep every array alive; a checkpoint holds no cycles
+    pickler.dump(obj)
+
+
+def serialize(obj):
+    """The bytes of a paddle.save file of obj, built in memory (for small objects: saves stream to the file)."""
+    buffer = io.BytesIO()
+    _stream(obj, buffer)
+    return buffer.getvalue()
+
+
+def _place(path, fill):
+    """Give path the file that fill(temporary) makes complete and fsynced at a temporary name in path's folder:
+    rename it over path, fsync the folder. A crash leaves path's old file or the new one, never a mix;
+    CheckpointWriteError naming path when the disk refuses (full, read-only), the files there intact."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp{os.getpid()}')
     try:
-        with open(tmp, 'wb') as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
+        fill(tmp)
         os.replace(tmp, path)
-        _fsync_folder(folder)
+        _fsync(folder)
     except OSError as e:
         raise CheckpointWriteError(f"cannot write checkpoint '{path}': {e.strerror or e}; the files already in "
-                              f"'{folder}' are intact") from e
+                                   f"'{folder}' are intact") from e
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.remove(tmp)
 
 
-def _fsync_folder(folder):
-    fd = os.open(folder, os.O_RDONLY)
+def _write(path, write):
+    """Write path atomically (_place): write(f) fills a new binary file, which is then fsynced."""
+    def fill(tmp):
+        with open(tmp, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    _place(path, fill)
+
+
+def _duplicate(source, path):
+    """Make path name source's file, atomically (_place): a hard link (nothing written), or a copy where the file
+    system has no hard links."""
+    def fill(tmp):
+        try:
+            os.link(source, tmp)
+        except OSError as e:
+            if e.errno not in _NO_HARD_LINKS:
+                raise
+            _note_copies(os.path.dirname(os.path.abspath(path)), e.strerror)
+            shutil.copyfile(source, tmp)
+            _fsync(tmp)
+    _place(path, fill)
+    _learn(path, _header_of(source))
+
+
+@functools.lru_cache(maxsize=None)
+def _note_copies(folder, reason):
+    """Warn once per folder that its checkpoint names are copies (the disk holds a file per name)."""
+    logger.warning(f"'{folder}' takes no hard links ({reason}): checkpoint files of one state are copies")
+
+
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def serialize(obj):
-    """paddle.save bytes of obj (serialised once, written to several files)."""
-    buffer = io.BytesIO()
-    paddle.save(obj, buffer)
-    return buffer.getvalue()
-
-
 def atomic_save(obj, path):
     """paddle.save obj to path atomically (CheckpointError naming path when it cannot be written)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    _write_bytes(serialize(obj), path)
+    _write(path, functools.partial(_stream, obj))
 
 
 def training_state_dict(state, config, classes):
@@ -108,17 +182,21 @@ def training_state_dict(state, config, classes):
 
 
 def save(save_dir, state, config, classes, is_best=False):
-    """Write the numbered file (at an epoch boundary every SAVE_FREQ epochs), latest, then best (is_best), then
-    prune; returns the path of latest. A mid-epoch state (state.step > 0) goes to latest only."""
-    payload = serialize(training_state_dict(state, config, classes))
+    """Save the state under its names, in this order: the numbered file (at an epoch boundary every SAVE_FREQ
+    epochs), latest, best (is_best); a mid-epoch state (state.step > 0) goes to latest only. The first name gets
+    the one written file, the others link to it; then numbered names are pruned and the index rewritten.
+    Returns the path of latest."""
+    names = [os.path.join(save_dir, LATEST)] + ([os.path.join(save_dir, BEST)] if is_best else [])
     if state.step == 0 and state.epoch % config.SAVE_FREQ == 0:
-        _write_bytes(payload, _numbered(save_dir, state.epoch))
-    latest = os.path.join(save_dir, LATEST)
-    _write_bytes(payload, latest)
-    if is_best:
-        _write_bytes(payload, os.path.join(save_dir, BEST))
+        names.insert(0, _numbered(save_dir, state.epoch))
+    ckpt = training_state_dict(state, config, classes)
+    _write(names[0], functools.partial(_stream, ckpt))
+    _learn(names[0], _header(ckpt))
+    for path in names[1:]:
+        _duplicate(names[0], path)
     prune_periodic(save_dir, config.KEEP_CHECKPOINTS)
-    return latest
+    _write_index(save_dir)
+    return os.path.join(save_dir, LATEST)
 
 
 def _numbered(save_dir, epoch):
@@ -127,9 +205,10 @@ def _numbered(save_dir, epoch):
 
 def repair_best(save_dir, path, ckpt):
     """Make checkpoint-best hold the best epoch recorded in ckpt (read from path, the file a run resumes from)
-    after a save was cut short, rewriting it from the file that holds that epoch's end state: path itself or the
+    after a save was cut short, linking it to the file that holds that epoch's end state: path itself or the
     numbered file of that epoch. Returns the log line of what was done, or None when best was right."""
     best_epoch, best_path = ckpt['best_epoch'], os.path.join(save_dir, BEST)
+    _read_index(save_dir)
     held = _end_state_epoch(best_path)
     if best_epoch < 1 or held == best_epoch:
         return None
@@ -142,23 +221,22 @@ def repair_best(save_dir, path, ckpt):
     else:
         return (f'{best_path} holds {held}, not the best epoch {best_epoch} of this run, and no checkpoint in '
                 f'{save_dir} holds that epoch any more')
-    with open(source, 'rb') as f:
-        _write_bytes(f.read(), best_path)
+    _duplicate(source, best_path)
+    _write_index(save_dir)
     return f'{best_path} held {held}, not the best epoch {best_epoch} of this run (its save was cut short): ' \
            f'rewritten from {source}'
 
 
 def _end_state_epoch(path):
-    """The epoch of the epoch-boundary state in path; None when the file is missing, unreadable or mid-epoch."""
-    try:
-        ckpt = load(path)
-    except CheckpointError:
-        return None
-    return ckpt['epoch'] if not ckpt.get('step') else None
+    """The epoch of the epoch-boundary state in path, from the index when it describes the file, else read;
+    None when the file is missing, unreadable or mid-epoch."""
+    header = _header_of(path, read=True)
+    return header['epoch'] if header is not None and not header['step'] else None
 
 
 def prune_periodic(save_dir, keep):
-    """Remove numbered checkpoints beyond the newest `keep` (0 keeps all)."""
+    """Remove the names of numbered checkpoints beyond the newest `keep` (0 keeps all); a file another name
+    holds (best) stays."""
     if keep <= 0:
         return
     for path in _periodic(save_dir)[keep:]:
@@ -168,7 +246,7 @@ def prune_periodic(save_dir, keep):
 def remove_stale_temporaries(save_dir):
     """Delete the temporary files of saves that crashed in save_dir (their writer process is gone)."""
     removed = []
-    for path in glob.glob(os.path.join(save_dir, '.checkpoint-*.tmp*')):
+    for path in glob.glob(os.path.join(save_dir, '.checkpoint*.tmp*')):
         match = _TEMPORARY.match(os.path.basename(path))
         if match and not _process_alive(int(match.group(1))):
             os.remove(path)
@@ -186,6 +264,80 @@ def _process_alive(pid):
     return pid != os.getpid()
 
 
+# ---------------------------------------------------------------- the index
+
+def _identity(path):
+    """(inode, size, mtime in ns) of path, None when it is missing: hard links share it; a new file, a copy or a
+    file written into gets another one."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _header(ckpt):
+    """What the index records of a checkpoint dict: epoch, step (batches of the next epoch), best Acc@1 and
+    its epoch."""
+    return {'epoch': int(ckpt['epoch']), 'step': int(ckpt.get('step', 0)), 'best_acc1': float(ckpt['best_acc1']),
+            'best_epoch': int(ckpt['best_epoch'])}
+
+
+def _learn(path, header):
+    """Remember header as what the file now at path holds (nothing when header is None)."""
+    identity = _identity(path)
+    if header is not None and identity is not None:
+        _known[identity] = header
+
+
+def _header_of(path, read=False):
+    """The header of the file at path when this process knows it (wrote it, read it, or found it in an index
+    read by _read_index); else, with read, from reading the file (None when it cannot be read); else None."""
+    header = _known.get(_identity(path))
+    if header is None and read:
+        try:
+            header = _header(load(path))
+        except CheckpointError:
+            return None
+    return header
+
+
+def _write_index(save_dir):
+    """Rewrite save_dir's index (INDEX) with an entry for each checkpoint file whose header this process knows;
+    a file it does not know is left out (-resume auto reads it)."""
+    files = {}
+    for path in candidates(save_dir):
+        identity = _identity(path)
+        header = _known.get(identity)
+        if header is not None:
+            inode, size, mtime_ns = identity
+            is_best = header['step'] == 0 and header['epoch'] == header['best_epoch']
+            files[os.path.basename(path)] = dict(header, is_best=is_best, size=size, mtime_ns=mtime_ns, inode=inode)
+    payload = json.dumps({'version': INDEX_VERSION, 'files': files}, indent=1).encode()
+    _write(os.path.join(save_dir, INDEX), lambda f: f.write(payload))
+
+
+def _read_index(save_dir):
+    """Learn the headers save_dir's index records, each for the file identity it records: a file that is no longer
+    as the index describes it has another identity and stays unknown. An index that is missing or of another
+    version teaches nothing; a damaged one, with a warning."""
+    path = os.path.join(save_dir, INDEX)
+    try:
+        with open(path, 'rb') as f:
+            index = json.load(f)
+        if index.get('version') != INDEX_VERSION:
+            return
+        entries = {(entry['inode'], entry['size'], entry['mtime_ns']): _header(entry)
+                   for entry in index['files'].values()}
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        logger.warning(f"'{path}' cannot be read ({type(e).__name__}: {e}); the checkpoints it would describe are "
+                       'read instead')
+        return
+    _known.update(entries)
+
+
 # ---------------------------------------------------------------- reading
 
 def load(path):
@@ -194,6 +346,7 @@ def load(path):
     path = resolve_weights_path(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint '{path}' not found")
+    identity = _identity(path)
     try:
         state = read_paddle_file(path)
     except WeightsError as e:
@@ -208,6 +361,12 @@ def load(path):
     missing = [key for key in _REQUIRED if key not in state and not (key == 'version' and version == 1)]
     if missing:
         raise CheckpointError(f"'{path}' lacks checkpoint entries {missing}")
+    try:
+        header = _header(state)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"'{path}' has a malformed epoch, step or best entry ({e})") from e
+    if _identity(path) == identity:  # the file was not replaced while it was read
+        _learn(path, header)
     return state
 
 
@@ -230,11 +389,23 @@ def latest_path(save_dir):
 
 def find_resume(save_dir):
     """(path, state) of the readable checkpoint with the most training done (epochs, then batches of a stopped
-    epoch) in save_dir, or (None, None)
-    when the folder holds none. Unreadable files are skipped with a warning when an older readable one exists;
-    when every one is unreadable, CheckpointError names them (so nothing unreadable is overwritten)."""
+    epoch) in save_dir, or (None, None) when the folder holds none. The files the index describes are read newest
+    first until one can be read; files it does not describe are read first, each (with no index: every file).
+    Unreadable files are skipped with a warning when another readable one exists; when every one is unreadable,
+    CheckpointError names them (so nothing unreadable is overwritten)."""
+    _read_index(save_dir)
+    paths = candidates(save_dir)
+    unknown = [path for path in paths if _header_of(path) is None]
+    if unknown:
+        logger.info(f'-resume auto: {", ".join(os.path.basename(p) for p in unknown)} in {save_dir} not described '
+                    f'by {INDEX} as on disk: reading them')
+    described = sorted((p for p in paths if p not in unknown), key=lambda p: progress_of(_header_of(p)),
+                       reverse=True)
     best_path, best_state, errors = None, None, []
-    for path in candidates(save_dir):
+    for path in unknown + described:
+        header = _header_of(path)
+        if header is not None and best_state is not None and progress_of(header) <= progress_of(best_state):
+            continue  # holds no more training than the state in hand (another name of its file, or older)
         try:
             state = load(path)
         except CheckpointError as e:

@@ -12,7 +12,7 @@ import pytest
 import checkpoint
 from config import build_config
 from main_single_gpu import build_model, build_state
-from tools.check_setup import advised_workers, checkpoint_bytes
+from tools.check_setup import advised_workers, checkpoint_bytes, checkpoint_files
 from tools.prepare_data import write_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,6 +91,25 @@ def test_a_checkpoint_is_as_large_as_the_estimate(tmp_path):
     checkpoint.save(str(tmp_path), state, config, [str(i) for i in range(10)], is_best=False)
     written = os.path.getsize(tmp_path / checkpoint.LATEST)
     assert 0.9 * written <= checkpoint_bytes(model, config) <= 1.1 * written
+
+
+@pytest.mark.parametrize('keep, save_freq', [(2, 1), (0, 2), (3, 2)])
+def test_the_disk_estimate_counts_the_distinct_files_a_run_leaves(tmp_path, keep, save_freq):
+    """Four epochs saved, the best the first, then a stop inside the fifth and last: as many distinct files in
+    SAVE as the disk check counts (numbered files kept, best, latest)."""
+    config = build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'), TINY + [
+        'SAVE', str(tmp_path), 'TRAIN.NUM_EPOCHS', '5', 'KEEP_CHECKPOINTS', str(keep), 'SAVE_FREQ', str(save_freq)],
+        world_size=1)
+    model = build_model(config)
+    state = build_state(config, model, 1, logging.getLogger('test'))
+    classes = [str(i) for i in range(10)]
+    for epoch in range(1, 5):
+        state.epoch = epoch
+        checkpoint.save(str(tmp_path), state, config, classes, is_best=epoch == 1)
+    state.step = 3
+    checkpoint.save(str(tmp_path), state, config, classes)
+    files = {os.stat(path).st_ino for path in checkpoint.candidates(str(tmp_path))}
+    assert len(files) == checkpoint_files(config)
 
 
 def test_advised_workers_scale_with_the_shortfall_and_stay_within_the_cores():

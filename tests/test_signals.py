@@ -259,16 +259,16 @@ def test_a_sigkilled_dataloader_worker_ends_the_run_within_60_s_with_its_line(di
 KILL_AT = """
 import os, runpy, signal, sys
 import checkpoint
-save, write = checkpoint.save, checkpoint._write_bytes
+save, place = checkpoint.save, checkpoint._place
 
-def write_or_die(payload, path):
+def place_or_die(path, fill):
     if os.path.basename(path) == os.environ['KILL_AT']:
-        os.kill(os.getpid(), signal.SIGKILL)  # the machine dies before this file is written
-    write(payload, path)
+        os.kill(os.getpid(), signal.SIGKILL)  # the machine dies before this file gets its name
+    place(path, fill)
 
 def save_or_die(save_dir, state, config, classes, is_best=False):
     if is_best and os.path.exists(os.path.join(save_dir, checkpoint.BEST)):  # a new best after an older one
-        checkpoint._write_bytes = write_or_die
+        checkpoint._place = place_or_die
     return save(save_dir, state, config, classes, is_best)
 
 checkpoint.save = save_or_die
@@ -279,8 +279,8 @@ runpy.run_path(sys.argv[0], run_name='__main__')
 
 @pytest.mark.parametrize('point', ['checkpoint-latest.pdparams', 'checkpoint-best.pdparams'])
 def test_a_kill_while_a_new_best_epoch_is_saved_leaves_best_holding_it_after_resume(digits, tmp_path, point):
-    """The process is SIGKILLed in the save of an epoch that beats an earlier best, before the file `point` is
-    written (its numbered file is on disk: SAVE_FREQ 1); checkpoint-best still holds the earlier epoch. After the
+    """The process is SIGKILLed in the save of an epoch that beats an earlier best, before the name `point` is
+    given (its numbered file is on disk: SAVE_FREQ 1); checkpoint-best still holds the earlier epoch. After the
     resume it holds the best epoch of the resumed state, the killed epoch's own weights."""
     save = str(tmp_path / 'run')
     opts = ['SAVE_FREQ', '1', 'TRAIN.NUM_EPOCHS', '3', 'TRAIN.WARMUP_EPOCHS', '0', 'TRAIN.BASE_LR', '0.002',

@@ -167,17 +167,27 @@ def checkpoint_bytes(model, config):
     return params * 4 * (2 + moments if config.TRAIN.MODEL_EMA else 1 + moments)
 
 
+def checkpoint_files(config):
+    """The most distinct checkpoint files SAVE holds between saves (the names of one state share a file): the
+    numbered files kept, best unless every epoch keeps its numbered file, and latest, a file of its own after a
+    stop inside an epoch (and after epochs without a numbered file)."""
+    numbered = config.TRAIN.NUM_EPOCHS // config.SAVE_FREQ
+    kept = min(config.KEEP_CHECKPOINTS, numbered) if config.KEEP_CHECKPOINTS else numbered
+    every_epoch_kept = kept == config.TRAIN.NUM_EPOCHS
+    return kept + (0 if every_epoch_kept else 1) + 1
+
+
 def check_disk(report, config, model):
     report.section('disk')
     folder = config.SAVE
     while not os.path.isdir(folder) and os.path.dirname(os.path.abspath(folder)) != os.path.abspath(folder):
         folder = os.path.dirname(os.path.abspath(folder))
     size = checkpoint_bytes(model, config)
-    files = (config.KEEP_CHECKPOINTS or math.ceil(config.TRAIN.NUM_EPOCHS / config.SAVE_FREQ)) + 2  # + best, latest
-    need = size * (files + 1)  # + the temporary file of a save in progress
+    files = checkpoint_files(config)
+    need = size * (files + 1)  # + the file of a save in progress
     free = shutil.disk_usage(folder).free
     text = (f"SAVE '{config.SAVE}': {free / 2 ** 30:,.1f} GiB free; a checkpoint is {size / 2 ** 20:,.0f} MiB, "
-            f'up to {files} kept plus one being written: {need / 2 ** 30:,.2f} GiB')
+            f'up to {files} distinct files kept plus one being written: {need / 2 ** 30:,.2f} GiB')
     if not os.access(folder, os.W_OK):
         report.line(FAIL, f"'{folder}' is not writable", 'choose a writable -save_path')
     elif free < need:
