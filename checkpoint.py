@@ -27,6 +27,7 @@ import re
 import paddle
 
 from config import describe, dump_config, load_run_config, total_batch_size
+from errors import RunFailed, UserError
 from gpu import scaler_state_to_load
 from utils import get_world_size
 from weights import WeightsError, fit_state_dict, read_paddle_file, resolve_weights_path
@@ -42,11 +43,11 @@ _REQUIRED = ('version', 'epoch', 'model', 'model_ema', 'optimizer', 'lr_schedule
 logger = logging.getLogger('pit')
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable or not a training checkpoint; the message names the file."""
 
 
-class CheckpointWriteError(CheckpointError):
+class CheckpointWriteError(RunFailed):
     """A checkpoint that cannot be written (disk full, read-only folder): the run fails, the files on disk are
     intact; the message names the file."""
 

@@ -9,12 +9,14 @@ losses.py: kl_div's log_target; quiet.py: Pillow's zlib; tools/export_model.py: 
 """
 import re
 
+from errors import UserError
+
 MINIMUM = (2, 6)  # oldest supported release
 NEWEST_MAJOR = 3  # newest supported major version
 SUPPORTED = 'Paddle 2.6 or 3.x'
 
 
-class PaddleVersionError(RuntimeError):
+class PaddleVersionError(UserError):
     """The installed Paddle is not a version this repo supports; the message names it and what is needed."""
 
 

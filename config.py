@@ -14,6 +14,8 @@ import re
 import yaml
 from yacs.config import CfgNode as CN
 
+from errors import UserError
+
 _C = CN()
 _C.BASE = ['']  # yaml files merged before this one, paths relative to the including file
 
@@ -126,7 +128,7 @@ _C.NGPUS = -1  # processes for main_multi_gpu.py; -1: all visible GPUs (CPU: 2)
 _C.VISUALDL = True  # also write VisualDL scalars to SAVE/vdl when visualdl is installed (SAVE/metrics.jsonl always)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file, key or value that cannot be used; the message names it."""
 
 

@@ -11,12 +11,13 @@ import time
 import paddle
 import paddle.nn.functional as F
 
+from errors import RunFailed
 from utils import MetricSums, format_seconds, get_rank, get_world_size, seed_everything, step_seed
 
 logger = logging.getLogger('pit')
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunFailed):
     """The loss became NaN/inf: training stops, the last checkpoint on disk stays the good one."""
 
 

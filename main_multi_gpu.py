@@ -21,10 +21,9 @@ import paddle
 import paddle.distributed as dist
 
 import checkpoint
-import runlock
 import stops
-from config import ConfigError
-from main_single_gpu import (check_config, fail, get_arguments, hold_save_folder, load_config, main,
+from cli import fail, run_command
+from main_single_gpu import (check_config, get_arguments, hold_save_folder, load_config, main,
                              prepare_save_dir, run)
 from utils import setup_logger
 
@@ -180,11 +179,9 @@ def launch(args):
         return run(main, args)
     with stops.handled():
         try:
-            spawn_and_wait(args)
+            run_command(spawn_and_wait, args)
         except stops.StopRequested as e:  # a signal before the training processes started
             fail(e, e.exit_status)
-        except (ConfigError, runlock.RunLockError) as e:
-            fail(e)
 
 
 def spawn_and_wait(args):

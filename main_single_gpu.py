@@ -25,11 +25,12 @@ import cpu_kernels
 import gpu
 import runlock
 import stops
-from compat import PaddleVersionError, check_paddle
+from cli import fail, run_command
+from compat import check_paddle
 from config import (MODEL_KEYS, ConfigError, build_config, contradicting_key, described_keys, finalize_config,
                     get_key, total_batch_size)
-from datasets import DatasetError, build_dataloader, build_dataset, shared_memory_note
-from engine import NonFiniteLossError, TrainState, evaluate, train_one_epoch
+from datasets import build_dataloader, build_dataset
+from engine import TrainState, evaluate, train_one_epoch
 from losses import build_criterion
 from metrics import RunRecords
 from mixup import build_mixup
@@ -37,6 +38,7 @@ from model_ema import ModelEma
 from optim import build_lr_scheduler, build_optimizer
 from pit import build_pit
 from utils import get_rank, get_world_size, seed_everything, setup_logger
+from errors import RunFailed
 from weights import WeightsError, load_pretrained, read_paddle_file, resolve_weights_path
 
 
@@ -67,44 +69,26 @@ def get_arguments(description=__doc__, extra=None):
     return parser.parse_args()
 
 
-def rank_prefix():
-    world = int(os.environ.get('PADDLE_TRAINERS_NUM', '1'))
-    return f"[rank {os.environ.get('PADDLE_TRAINER_ID', '0')}] " if world > 1 else ''
-
-
-def fail(error, status=2):
-    """One line on stderr (with the rank when there are several processes), exit status 2 (bad input) or 1
-    (the run failed), no traceback."""
-    print(f'error: {rank_prefix()}{" ".join(str(error).split())}', file=sys.stderr)
-    sys.exit(status)
-
-
 # ---------------------------------------------------------------- config
 
 def load_config(args):
     """The run's config from the command line (checked, not yet finalized); exits with one line on bad input.
     For -eval without -cfg, the evaluated checkpoint describes the model and preprocessing."""
-    try:
-        check_paddle()
-        config = build_config(args=args)
-        if config.EVAL and (config.MODEL.PRETRAINED or config.MODEL.RESUME):
-            path = eval_weights_path(config)
-            described = described_keys(read_paddle_file(path)) if path.endswith('.pdparams') else {}
-            if described:
-                config = build_config(args=args, described=described, described_by=path)
-            if config.MODEL.RESUME == 'auto' and not config.MODEL.PRETRAINED:  # found once, not again in main
-                config.MODEL.RESUME = path
-        return config
-    except (ConfigError, WeightsError, checkpoint.CheckpointError, PaddleVersionError) as e:
-        fail(e)
+    check_paddle()
+    config = build_config(args=args)
+    if config.EVAL and (config.MODEL.PRETRAINED or config.MODEL.RESUME):
+        path = eval_weights_path(config)
+        described = described_keys(read_paddle_file(path)) if path.endswith('.pdparams') else {}
+        if described:
+            config = build_config(args=args, described=described, described_by=path)
+        if config.MODEL.RESUME == 'auto' and not config.MODEL.PRETRAINED:  # found once, not again in main
+            config.MODEL.RESUME = path
+    return config
 
 
 def check_config(config, world_size):
     """Finalize a copy for world_size processes (scaled LR, checks): bad input fails here, before any work."""
-    try:
-        finalize_config(config.clone(), world_size)
-    except ConfigError as e:
-        fail(e)
+    finalize_config(config.clone(), world_size)
 
 
 def eval_weights_path(config):
@@ -486,7 +470,7 @@ def check_ranks_agree(state, config):
             f'SAVE={config.SAVE} must be one folder that every node sees (shared storage)')
 
 
-class BadImagesError(RuntimeError):
+class BadImagesError(RunFailed):
     """Val images that could not be decoded, without DATA.SKIP_BAD_EVAL_IMAGES."""
 
 
@@ -503,25 +487,13 @@ def report_eval(stats, name, config, logger):
 
 def run(main_fn, args):
     """Entry point shared by the launchers: config from args, one-line errors for user and environment faults
-    (exit 2: bad input; 1: the run failed), clean stops on SIGTERM/SIGINT (exit 128 + the signal, one line from
-    the first process); programming errors keep their traceback."""
+    (cli.run_command: exit 2 bad input, 1 the run failed), clean stops on SIGTERM/SIGINT (exit 128 + the signal,
+    one line from the first process); programming errors keep their traceback."""
     with stops.handled():
         try:
-            main_fn(load_config(args))
+            run_command(lambda: main_fn(load_config(args)))
         except stops.StopRequested as e:
             report_stop(e)
-        except (NonFiniteLossError, BadImagesError, checkpoint.CheckpointWriteError) as e:  # the run itself failed
-            fail(e, 1)
-        except (ConfigError, WeightsError, checkpoint.CheckpointError, DatasetError, FileNotFoundError,
-                runlock.RunLockError) as e:
-            fail(e)
-        except OSError as e:  # disk full, permissions, a vanished file system: the environment, not the code
-            fail(f'{e.strerror or e}' + (f" ('{e.filename}')" if e.filename else ''), 1)
-        except SystemError as e:
-            if not any(text in str(e) for text in ('Blocking queue is killed', 'DataLoader process')):
-                raise
-            fail('a DataLoader worker process died while loading data (killed, often by the out-of-memory killer'
-                 f'{shared_memory_note()}); lower DATA.NUM_WORKERS or DATA.BATCH_SIZE and re-run with -resume auto', 1)
 
 
 def report_stop(stop):

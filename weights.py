@@ -31,9 +31,10 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
+from errors import UserError
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
     """A weights file that cannot be read or does not fit the model; the message names the file."""
 
 

@@ -36,7 +36,7 @@ def within_tolerance(diffs, reference):
 def converted_model(cfg, src, tmp_path):
     """Convert src with the CLI, then load the result into a fresh model of cfg without drop path."""
     dst = str(tmp_path / 'converted.pdparams')
-    assert convert_weights.main(['-cfg', cfg, '-src', src, '-dst', dst]) == 0
+    convert_weights.convert(cfg, src, dst)
     model = build_pit(merge_opts(get_config(cfg), ['MODEL.DROP_PATH', '0.0']))
     model.set_state_dict(paddle.load(dst)['model'])
     return model

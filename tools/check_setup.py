@@ -30,6 +30,7 @@ import paddle  # noqa: E402
 import paddle.distributed as dist  # noqa: E402
 
 import gpu  # noqa: E402
+from cli import run_command  # noqa: E402
 from compat import parse_version, unsupported_reason  # noqa: E402
 from config import ConfigError, finalize_config  # noqa: E402
 from datasets import DatasetError, build_dataloader, build_dataset  # noqa: E402
@@ -386,4 +387,4 @@ def main():
 
 if __name__ == '__main__':
     multiprocessing.freeze_support()
-    main()
+    run_command(main)

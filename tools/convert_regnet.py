@@ -5,7 +5,7 @@
 writes output/regnety_160.pdparams (the extension is added when missing), used by `-teacher_model
 output/regnety_160`. The source is DeiT's checkpoint (weights under 'model') or a timm regnety_160 state dict
 (.pth or .safetensors), read without torch. Every key and shape is checked; the file appears only when the
-conversion succeeded (temporary file, then rename). Errors print one line to stderr and exit with status 2.
+conversion succeeded (temporary file, then rename). Errors print one line to stderr and exit with status 2 (bad input) or 1 (the output could not be written).
 """
 import argparse
 import os
@@ -17,8 +17,8 @@ import quiet  # noqa: E402,F401  (before paddle)
 import paddle  # noqa: E402
 
 from checkpoint import atomic_save  # noqa: E402
+from cli import run_command  # noqa: E402
 from regnet import build_regnet, teacher_state_dict  # noqa: E402
-from weights import WeightsError  # noqa: E402
 
 
 def convert(src, dst, cfg=None, num_classes=1000):
@@ -38,13 +38,8 @@ def main(argv=None):
     parser.add_argument('-dst', required=True, help='output path; .pdparams is appended when missing')
     parser.add_argument('-num_classes', type=int, default=1000, help='classifier outputs of the source')
     args = parser.parse_args(argv)
-    try:
-        print(convert(args.src, args.dst, num_classes=args.num_classes))
-    except (WeightsError, OSError) as e:
-        print(f'convert_regnet: error: {e}', file=sys.stderr)
-        return 2
-    return 0
+    print(convert(args.src, args.dst, num_classes=args.num_classes))
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)

@@ -8,7 +8,7 @@ eval transform; 'classes': the ImageNet-1k wnids for 1000-class weights}. So `-p
 works in predict.py, -eval and tools/export_model.py without -cfg, and plain paddle users load it with
 `model.set_state_dict(paddle.load(f)['model'])`. Needs no torch; never unpickles anything but tensors. The file
 appears only when the conversion succeeded (written to a temporary file, then renamed). Errors print one line to
-stderr and exit with status 2.
+stderr and exit with status 2 (bad input) or 1 (the output could not be written).
 """
 import argparse
 import os
@@ -17,11 +17,12 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import quiet  # noqa: E402,F401  (before paddle)
 
-from checkpoint import CheckpointError, FORMAT_VERSION, atomic_save  # noqa: E402
-from config import ConfigError, build_config, describe  # noqa: E402
+from checkpoint import FORMAT_VERSION, atomic_save  # noqa: E402
+from cli import run_command  # noqa: E402
+from config import build_config, describe  # noqa: E402
 from pit import build_pit  # noqa: E402
 from predict import read_imagenet_index  # noqa: E402
-from weights import WeightsError, load_pretrained  # noqa: E402
+from weights import load_pretrained  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -49,13 +50,8 @@ def convert(cfg, src, dst, prefer_ema=False, opts=()):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        print(convert(args.cfg, args.src, args.dst, prefer_ema=args.ema, opts=args.opts))
-    except (WeightsError, ConfigError, CheckpointError, OSError) as e:
-        print(f'convert_weights: error: {e}', file=sys.stderr)
-        return 2
-    return 0
+    print(convert(args.cfg, args.src, args.dst, prefer_ema=args.ema, opts=args.opts))
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)

@@ -18,7 +18,8 @@ import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 import paddle.nn as nn  # noqa: E402
 
-from config import ConfigError, build_config  # noqa: E402
+from cli import run_command  # noqa: E402
+from config import build_config  # noqa: E402
 from pit import Attention, build_pit  # noqa: E402
 
 LAYERNORM_MACS_PER_ELEMENT = 5  # fvcore: mean, variance, normalise (4) + affine (1)
@@ -79,19 +80,14 @@ def main(argv=None):
     parser.add_argument('-cfg', required=True, help='model config yaml, e.g. configs/pit_ti.yaml')
     parser.add_argument('-opts', nargs='+', default=[], help='config overrides KEY VALUE ...')
     args = parser.parse_args(argv)
-    try:
-        config = build_config(args.cfg, args.opts)
-    except ConfigError as e:
-        print(f'model_info: error: {e}', file=sys.stderr)
-        return 2
+    config = build_config(args.cfg, args.opts)
     model = build_pit(config)
     size = config.DATA.IMAGE_SIZE
     macs = count_macs(model, size)
     parts = ', '.join(f'{k} {v / 1e9:.3f}' for k, v in macs.items() if k != 'total')
     print(f'{config.MODEL.NAME} @ {size}px: {count_params(model) / 1e6:.2f}M params, '
           f"{macs['total'] / 1e9:.2f} GMACs ({parts})")
-    return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)

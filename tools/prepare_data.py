@@ -13,8 +13,13 @@ import gzip
 import os
 import sys
 
-import numpy as np
-from PIL import Image
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import quiet  # noqa: E402,F401  (before paddle)
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from cli import run_command  # noqa: E402
 
 FASHION_DIR = '/usr/share/datasets/fashion-mnist'
 FASHION_CLASSES = ['t-shirt_top', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt', 'sneaker', 'bag',
@@ -96,15 +101,11 @@ def main():
     parser.add_argument('-val_per_class', type=int, default=51)
     parser.add_argument('-seed', type=int, default=0)
     args = parser.parse_args()
-    try:
-        info = write_dataset(args.dst, args.source, args.layout, args.image_size, args.train_per_class,
-                             args.val_per_class, args.seed)
-    except FileNotFoundError as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
+    info = write_dataset(args.dst, args.source, args.layout, args.image_size, args.train_per_class,
+                         args.val_per_class, args.seed)
     print(f"wrote {info['source']} to {args.dst} ({args.layout} layout): {info['train']} train, {info['val']} val, "
           f"{info['heldout']} held-out images, classes {', '.join(info['classes'])}")
 
 
 if __name__ == '__main__':
-    main()
+    run_command(main)
