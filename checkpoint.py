@@ -23,14 +23,17 @@ import io
 import logging
 import os
 import re
+from dataclasses import dataclass
 
 import paddle
 
-from config import describe, dump_config, load_run_config, total_batch_size
+from config import MODEL_KEYS, PREPROCESS_KEYS, dump_config, get_key, load_run_config, total_batch_size
 from errors import RunFailed, UserError
 from gpu import scaler_state_to_load
+from inference import read_imagenet_index
+from pit import build_model
 from utils import get_world_size
-from weights import WeightsError, fit_state_dict, read_paddle_file, resolve_weights_path
+from weights import WeightsError, fit_state_dict, load_state, read_file, read_paddle_file, resolve_weights_path
 
 FORMAT_VERSION = 3
 LATEST = 'checkpoint-latest.pdparams'
@@ -280,3 +283,78 @@ def restore(ckpt, state, path):
 def run_config_of(ckpt):
     """The config a checkpoint was trained with (None for files that do not carry one)."""
     return load_run_config(ckpt['config']) if isinstance(ckpt.get('config'), str) else None
+
+
+# ---------------------------------------------------------------- weights files of every kind: what they describe
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A weights file as a command reads it, once: its path (with .pdparams added where the name lacked it) and
+    what it holds (tensors as numpy arrays): a training checkpoint, converted weights (convert_weights) or any
+    state dict weights.read_file reads (naver-ai/timm .pth, .safetensors)."""
+    path: str
+    content: object
+
+    @property
+    def described(self):
+        """{dotted config key: value} of the model and preprocessing the file describes ({} when it does not)."""
+        return described_keys(self.content)
+
+    @property
+    def classes(self):
+        """The file's class list, or None."""
+        return self.content.get('classes') if isinstance(self.content, dict) else None
+
+    def load_into(self, model, strict=True, prefer_ema=False, finetune=False):
+        """Load the file's weights into model (weights.load_state); returns the LoadReport."""
+        return load_state(model, self.content, self.path, strict=strict, prefer_ema=prefer_ema, finetune=finetune)
+
+
+def write_weights(model, config, path, classes=None):
+    """Write model's weights as converted weights to path (.pdparams added when missing), atomically: {'version',
+    'model': the state dict, 'classes', 'model_config' and 'preprocess' (describe(config))}, so predict, -eval and
+    export need no -cfg for them, and plain paddle users load them with
+    `model.set_state_dict(paddle.load(f)['model'])`. Returns the path written."""
+    path = path if path.endswith('.pdparams') else path + '.pdparams'
+    atomic_save({'version': FORMAT_VERSION, 'model': model.state_dict(), 'classes': classes, **describe(config)}, path)
+    return path
+
+
+def convert_weights(config, src, dst, prefer_ema=False):
+    """Convert the weights file src (naver-ai/timm .pth, .safetensors, a .pdparams) into converted weights at dst
+    for the model of config, every key and shape checked (WeightsError naming src otherwise); 1000-class weights
+    get the ImageNet-1k wnids as their class list. prefer_ema: the file's EMA weights where it holds both. Returns
+    a one-line summary."""
+    model = build_model(config)
+    report = read_weights(src).load_into(model, prefer_ema=prefer_ema)
+    classes = [wnid for wnid, _ in read_imagenet_index()] if config.MODEL.NUM_CLASSES == 1000 else None
+    path = write_weights(model, config, dst, classes)
+    params = sum(int(p.size) for p in model.parameters())
+    return f"{report} -> '{path}' ({config.MODEL.NAME}, {params / 1e6:.2f}M params)"
+
+
+def read_weights(path):
+    """The WeightsFile at path (.pdparams optional), read once; WeightsError naming the file when it is missing,
+    unreadable or refused (weights.read_file)."""
+    path = resolve_weights_path(path)
+    return WeightsFile(path, read_file(path))
+
+
+def describe(config):
+    """{'model_config': {...}, 'preprocess': {...}}: the dotted keys a checkpoint stores to rebuild its model
+    and its eval transform (build_config(described=...) reads them back)."""
+    def pick(keys):
+        return {k: list(v) if isinstance(v, (list, tuple)) else v for k in keys for v in [get_key(config, k)]}
+    return {'model_config': pick(MODEL_KEYS), 'preprocess': pick(PREPROCESS_KEYS)}
+
+
+def described_keys(ckpt):
+    """The flat {dotted key: value} that a checkpoint dict describes, or {} (files of other tools)."""
+    if not isinstance(ckpt, dict):
+        return {}
+    out = {}
+    for part in ('model_config', 'preprocess'):
+        entries = ckpt.get(part)
+        if isinstance(entries, dict):
+            out.update({k: v for k, v in entries.items() if k in MODEL_KEYS + PREPROCESS_KEYS})
+    return out

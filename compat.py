@@ -3,7 +3,7 @@
 Supported: Paddle 2.6 (the last 2.x line, still offered by AI Studio images, whose Paddle run.sh keeps) and 3.x.
 CI runs the whole test suite on both (scripts/test.sh). Where the two differ, the code that meets the difference
 handles it in place and says why (pit.py: TruncatedNormal bounds, sdpa; optim.py: accumulator bookkeeping;
-losses.py: kl_div's log_target; quiet.py: Pillow's zlib; tools/export_model.py: paddle2onnx 2 needs Paddle 3).
+losses.py: kl_div's log_target; quiet.py: Pillow's zlib; export.py: paddle2onnx 2 needs Paddle 3).
 
     python compat.py      # one line: the installed paddle and whether it is supported (exit 2 when it is not)
 """

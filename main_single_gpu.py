@@ -27,7 +27,7 @@ import runlock
 import stops
 from cli import fail, run_command
 from compat import check_paddle
-from config import (MODEL_KEYS, ConfigError, build_config, contradicting_key, described_keys, finalize_config,
+from config import (MODEL_KEYS, ConfigError, build_config, contradicting_key, finalize_config,
                     get_key, total_batch_size)
 from datasets import build_dataloader, build_dataset
 from engine import TrainState, evaluate, train_one_epoch
@@ -36,7 +36,7 @@ from metrics import RunRecords
 from mixup import build_mixup
 from model_ema import ModelEma
 from optim import build_lr_scheduler, build_optimizer
-from pit import build_pit
+from pit import build_model
 from utils import get_rank, get_world_size, seed_everything, setup_logger
 from errors import RunFailed
 from weights import WeightsError, load_pretrained, read_paddle_file, resolve_weights_path
@@ -78,7 +78,7 @@ def load_config(args):
     config = build_config(args=args)
     if config.EVAL and (config.MODEL.PRETRAINED or config.MODEL.RESUME):
         path = eval_weights_path(config)
-        described = described_keys(read_paddle_file(path)) if path.endswith('.pdparams') else {}
+        described = checkpoint.described_keys(read_paddle_file(path)) if path.endswith('.pdparams') else {}
         if described:
             config = build_config(args=args, described=described, described_by=path)
         if config.MODEL.RESUME == 'auto' and not config.MODEL.PRETRAINED:  # found once, not again in main
@@ -186,16 +186,6 @@ def prepare_save_dir(save_dir):
 
 
 # ---------------------------------------------------------------- builders
-
-MODEL_BUILDERS = {'PiT': build_pit}  # MODEL.TYPE -> builder(config)
-
-
-def build_model(config):
-    """The model of config (MODEL.TYPE), built under a fresh name scope: its parameter names (which key the
-    optimizer state) are the same whatever was built before it, so a checkpoint resumes with EMA and teacher in
-    any order."""
-    with paddle.utils.unique_name.guard():
-        return MODEL_BUILDERS[config.MODEL.TYPE](config)
 
 
 def build_teacher(config, logger):
@@ -419,7 +409,7 @@ def repair_best(config, path, ckpt):
 
 def check_same_model(config, ckpt, path):
     """A checkpoint of another model is an error naming the first differing key (before any tensor moves)."""
-    described = described_keys(ckpt)
+    described = checkpoint.described_keys(ckpt)
     key = contradicting_key(config, described, [k for k in MODEL_KEYS if k != 'MODEL.NAME'])
     if key:
         raise checkpoint.CheckpointError(f"'{path}' holds a model with {key}={described[key]!r}, but this run "

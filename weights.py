@@ -380,27 +380,29 @@ def _strip_prefixes(state, path):
     return out
 
 
-def read_checkpoint(path, prefer_ema=False):
-    """Read a weights file into {name: numpy array}, unwrapped and without `module.` prefixes.
-
-    Format by extension: `.safetensors`, `.pdparams` (paddle.load), anything else a PyTorch zip checkpoint.
-    Wrapped files give their `model` (else `state_dict`, `model_ema`, `state_dict_ema`) entry; prefer_ema
-    tries the EMA entries first. bfloat16 tensors come back as float32. Raises WeightsError naming the file
-    (and the tensor, for one holding NaN/Inf).
-    """
-    return _read(path, prefer_ema)[0]
-
-
-def _read(path, prefer_ema):
-    """(state, entry): read_checkpoint plus the name of the entry used (None for a raw state dict)."""
+def read_file(path):
+    """The object a weights file holds, tensors as numpy arrays, read once and checked finite. Format by extension:
+    `.safetensors`, `.pdparams`/`.pdopt` (paddle.save), anything else a PyTorch zip checkpoint; bfloat16 tensors
+    come back as float32. Raises WeightsError naming the file (and the tensor, for one holding NaN/Inf)."""
     if not os.path.isfile(path):
         raise WeightsError(f"weights file '{path}' not found")
     if path.endswith(('.pdparams', '.pdopt')):
-        obj = read_paddle_file(path)  # checks finiteness itself (it is also read directly)
-    else:
-        obj = check_finite(_read_safetensors(path) if path.endswith('.safetensors') else _read_torch(path), path)
+        return read_paddle_file(path)  # checks finiteness itself (it is also read directly)
+    return check_finite(_read_safetensors(path) if path.endswith('.safetensors') else _read_torch(path), path)
+
+
+def weights_in(obj, path, prefer_ema=False):
+    """(state dict {name: numpy array} without `module.` prefixes, entry name or None) of obj, the object read from
+    path: a raw state dict as it is, else its `model` (else `state_dict`, `model_ema`, `state_dict_ema`) entry;
+    prefer_ema tries the EMA entries first. WeightsError naming path when obj holds no weights."""
     state, entry = _select_entry(obj, path, prefer_ema)
     return _strip_prefixes(state, path), entry
+
+
+def read_checkpoint(path, prefer_ema=False):
+    """The state dict of a weights file ({name: numpy array}, unwrapped, without `module.` prefixes; see
+    read_file and weights_in)."""
+    return weights_in(read_file(path), path, prefer_ema)[0]
 
 
 # ---------------------------------------------------------------- fitting a state dict onto a model
@@ -528,15 +530,22 @@ def resolve_weights_path(path):
 
 
 def load_pretrained(model, path, strict=True, prefer_ema=False, finetune=False):
-    """Load weights from path (any format read_checkpoint reads) into model; returns a LoadReport.
+    """Load the weights file at path (any format read_file reads) into model; returns a LoadReport (see
+    load_state)."""
+    path = resolve_weights_path(path)
+    return load_state(model, read_file(path), path, strict=strict, prefer_ema=prefer_ema, finetune=finetune)
+
+
+def load_state(model, obj, path, strict=True, prefer_ema=False, finetune=False):
+    """Load the weights of obj, the object read from the weights file at path (read_file), into model; returns a
+    LoadReport.
 
     strict: any missing, unexpected or mis-shaped key raises WeightsError and leaves the model unchanged.
     finetune: a classifier (head, head_dist) of another class count is re-initialised, not an error; every
     other tensor must still fit when strict. Not strict: the keys that fit are loaded, the rest is reported.
     `.pdparams` files already hold Paddle layouts; all other formats are PyTorch layouts (transposed Linear).
     """
-    path = resolve_weights_path(path)
-    state, entry = _read(path, prefer_ema)
+    state, entry = weights_in(obj, path, prefer_ema)
     fit = fit_state_dict(state, model, from_torch=not path.endswith('.pdparams'), finetune=finetune)
     if strict and fit.problems():
         raise WeightsError(_misfit_message(path, fit))

@@ -11,7 +11,8 @@ import pytest
 
 import checkpoint
 from config import build_config
-from main_single_gpu import build_model, build_state
+from main_single_gpu import build_state
+from pit import build_model
 from tools.check_setup import advised_workers, checkpoint_bytes
 from tools.prepare_data import write_dataset
 

@@ -230,7 +230,7 @@ OUT_OF_RANGE = {
     'AUG.RATIO': '[0, 1]', 'AUG.HFLIP': '1.5', 'AUG.COLOR_JITTER': '-0.4', 'AUG.RE_PROB': '-0.1', 'AUG.RE_COUNT': '0',
     'AUG.MIXUP': '-1', 'AUG.CUTMIX': '-1', 'AUG.CUTMIX_MINMAX': '[0.8, 0.2]', 'AUG.MIXUP_PROB': '2',
     'AUG.MIXUP_SWITCH_PROB': '-1', 'SAVE_FREQ': '0', 'KEEP_CHECKPOINTS': '-1', 'REPORT_FREQ': '0',
-    'VALIDATE_FREQ': '0', 'SEED': '-1', 'CPU_THREADS': '-1', 'NGPUS': '0',
+    'VALIDATE_FREQ': '0', 'SEED': '-1', 'CPU_THREADS': '-1', 'NGPUS': '0', 'SAVE_ON_SIGTERM_AFTER': '-1',
 }
 
 

@@ -7,10 +7,9 @@ import numpy as np
 import paddle
 import pytest
 
-from checkpoint import CheckpointWriteError
-from config import get_config
+from checkpoint import CheckpointWriteError, convert_weights, described_keys
+from config import build_config, get_config
 from pit import build_pit
-from tools import convert_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
@@ -33,7 +32,7 @@ def logits_of(pdparams, cfg=MICRO_CFG):
 @pytest.mark.parametrize('source', MICRO_SOURCES)
 def test_every_source_layout_converts_to_the_reference_logits(tmp_path, source):
     dst = tmp_path / 'out'
-    convert_weights.convert(MICRO_CFG, os.path.join(FIXTURES, source), str(dst))
+    convert_weights(build_config(MICRO_CFG), os.path.join(FIXTURES, source), str(dst))
     assert sorted(os.listdir(tmp_path)) == ['out.pdparams']
     reference = np.load(os.path.join(FIXTURES, 'pit_micro.npz'))['logits']
     np.testing.assert_allclose(logits_of(str(dst) + '.pdparams'), reference, atol=1e-5)
@@ -42,7 +41,7 @@ def test_every_source_layout_converts_to_the_reference_logits(tmp_path, source):
 def test_ema_flag_converts_the_ema_weights(tmp_path):
     dst = str(tmp_path / 'ema.pdparams')
     src = os.path.join(FIXTURES, 'pit_micro_deit.pth')
-    convert_weights.convert(MICRO_CFG, src, dst, prefer_ema=True)
+    convert_weights(build_config(MICRO_CFG), src, dst, prefer_ema=True)
     reference = np.load(os.path.join(FIXTURES, 'pit_micro.npz'))['logits_ema']
     np.testing.assert_allclose(logits_of(dst), reference, atol=1e-5)
 
@@ -89,14 +88,13 @@ def test_failed_save_keeps_an_existing_output_and_leaves_no_temp_file(tmp_path, 
         raise OSError(28, 'No space left on device')
     monkeypatch.setattr(os, 'fsync', disk_full)
     with pytest.raises(CheckpointWriteError, match='No space left on device'):  # the run failed: exit status 1
-        convert_weights.convert(MICRO_CFG, os.path.join(FIXTURES, 'pit_micro_timm.pth'), str(dst))
+        convert_weights(build_config(MICRO_CFG), os.path.join(FIXTURES, 'pit_micro_timm.pth'), str(dst))
     assert dst.read_bytes() == b'previous' and os.listdir(tmp_path) == ['out.pdparams']
 
 
 def test_converted_weights_describe_their_model_and_imagenet_classes(tmp_path):
-    from config import described_keys
     from weights import read_paddle_file
-    convert_weights.convert(MICRO_CFG, os.path.join(FIXTURES, 'pit_micro_timm.pth'), str(tmp_path / 'x'))
+    convert_weights(build_config(MICRO_CFG), os.path.join(FIXTURES, 'pit_micro_timm.pth'), str(tmp_path / 'x'))
     saved = read_paddle_file(str(tmp_path / 'x.pdparams'))
     config = get_config(MICRO_CFG)
     assert described_keys(saved)['MODEL.TRANS.BASE_DIMS'] == list(config.MODEL.TRANS.BASE_DIMS)

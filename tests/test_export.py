@@ -8,9 +8,11 @@ import paddle
 import pytest
 from paddle import inference
 
+from errors import error_line
+from export import export_inference_model, publish_export
+from inference import (GPU_MEMORY_POOL_MB, ExportError, PredictorSettings, apply_settings, model_files,
+                       predictor_settings, tensorrt_config)
 from test_faults import one_line_error, tmpfs
-from tools.export_model import (GPU_MEMORY_POOL_MB, ExportError, PredictorSettings, apply_settings, error_line,
-                                model_files, predictor_settings, publish_export, tensorrt_config)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
@@ -189,7 +191,6 @@ def tiny_weights(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def tiny_export(tiny_weights, tmp_path_factory):
-    from tools.export_model import export_inference_model
     return export_inference_model(tiny_weights[1], 32, str(tmp_path_factory.mktemp('export') / 'inference'))
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import paddle
 import pytest
 
-from config import get_config, merge_opts
+from config import build_config, get_config, merge_opts
 from pit import build_pit
-from tools import convert_weights
+from checkpoint import convert_weights
 from tools.model_info import count_macs, count_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +36,7 @@ def within_tolerance(diffs, reference):
 def converted_model(cfg, src, tmp_path):
     """Convert src with the CLI, then load the result into a fresh model of cfg without drop path."""
     dst = str(tmp_path / 'converted.pdparams')
-    convert_weights.convert(cfg, src, dst)
+    convert_weights(build_config(cfg), src, dst)
     model = build_pit(merge_opts(get_config(cfg), ['MODEL.DROP_PATH', '0.0']))
     model.set_state_dict(paddle.load(dst)['model'])
     return model

@@ -118,7 +118,8 @@ def run_phase(phase, args):
                 model(x).numpy()
         rate, rates = timed(infer, batch, args.repeats)
     elif phase == 'exported_infer':
-        from export_model import create_predictor, export_inference_model, run_predictor
+        from export import export_inference_model
+        from inference import create_predictor, run_predictor
         prefix = export_inference_model(model, size, os.path.join(args.tmp, 'inference'))
         predictor = create_predictor(prefix, device='gpu' if paddle.get_device().startswith('gpu') else 'cpu',
                                      threads=threads)

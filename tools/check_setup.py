@@ -191,7 +191,8 @@ def check_disk(report, config, model):
 
 def _process(args, nprocs, out_dir, steps):
     """Body of each process: join the group, time an all-reduce, run training steps; writes rank{r}.json."""
-    from main_single_gpu import build_model, build_state, load_config, setup_device
+    from main_single_gpu import build_state, load_config, setup_device
+    from pit import build_model
     rank = int(os.environ.get('PADDLE_TRAINER_ID', '0'))
     result = {}
     try:
@@ -367,7 +368,8 @@ def get_arguments():
 
 def main():
     from main_multi_gpu import num_processes
-    from main_single_gpu import build_model, load_config
+    from main_single_gpu import load_config
+    from pit import build_model
     args = get_arguments()
     config = load_config(args)
     nprocs = num_processes(config)

@@ -17,40 +17,24 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import quiet  # noqa: E402,F401  (before paddle)
 
-from checkpoint import FORMAT_VERSION, atomic_save  # noqa: E402
+from checkpoint import convert_weights  # noqa: E402
 from cli import run_command  # noqa: E402
-from config import build_config, describe  # noqa: E402
-from pit import build_pit  # noqa: E402
-from predict import read_imagenet_index  # noqa: E402
-from weights import load_pretrained  # noqa: E402
+from config import build_config  # noqa: E402
 
 
-def parse_args(argv=None):
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('-cfg', required=True, help='model config yaml, e.g. configs/pit_ti.yaml')
     parser.add_argument('-src', required=True, help='source weights: .pth/.pt (PyTorch zip), .safetensors, .pdparams')
     parser.add_argument('-dst', required=True, help='output path; .pdparams is appended when missing')
     parser.add_argument('-ema', action='store_true', help='take the EMA weights when the file holds both')
     parser.add_argument('-opts', nargs='+', default=[], help='config overrides KEY VALUE ...')
-    return parser.parse_args(argv)
+    return parser.parse_args()
 
 
-def convert(cfg, src, dst, prefer_ema=False, opts=()):
-    """Convert src for the model of cfg into dst (.pdparams added when missing); returns a one-line summary."""
-    config = build_config(cfg, list(opts))
-    dst = dst if dst.endswith('.pdparams') else dst + '.pdparams'
-    model = build_pit(config)
-    report = load_pretrained(model, src, strict=True, prefer_ema=prefer_ema)
-    classes = [wnid for wnid, _ in read_imagenet_index()] if config.MODEL.NUM_CLASSES == 1000 else None
-    atomic_save({'version': FORMAT_VERSION, 'model': model.state_dict(), 'classes': classes, **describe(config)},
-                dst)
-    params = sum(int(p.size) for p in model.parameters())
-    return f"{report} -> '{dst}' ({config.MODEL.NAME}, {params / 1e6:.2f}M params)"
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    print(convert(args.cfg, args.src, args.dst, prefer_ema=args.ema, opts=args.opts))
+def main():
+    args = parse_args()
+    print(convert_weights(build_config(args.cfg, args.opts), args.src, args.dst, prefer_ema=args.ema))
 
 
 if __name__ == '__main__':
