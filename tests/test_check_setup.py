@@ -1,6 +1,5 @@
 """The preflight command (tools/check_setup.py): every section and a verdict on this CPU machine, advice where the
 machine falls short (a tiny /dev/shm, a data path without data), and the estimates it rests on."""
-import logging
 import os
 import shutil
 import subprocess
@@ -11,7 +10,7 @@ import pytest
 
 import checkpoint
 from config import build_config
-from main_single_gpu import build_state
+from engine import build_train_state
 from pit import build_model
 from tools.check_setup import advised_workers, checkpoint_bytes
 from tools.prepare_data import write_dataset
@@ -85,7 +84,7 @@ def test_a_checkpoint_is_as_large_as_the_estimate(tmp_path):
     config = build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'), TINY + ['SAVE', str(tmp_path)],
                           world_size=1)
     model = build_model(config)
-    state = build_state(config, model, 1, logging.getLogger('test'))
+    state = build_train_state(config, model, 1)
     x = paddle.randn([2, 3, 32, 32])
     paddle.nn.functional.cross_entropy(model(x), paddle.to_tensor([1, 2])).backward()
     state.optimizer.step()  # creates the moments

@@ -10,8 +10,7 @@ import numpy as np
 import paddle
 import pytest
 
-from regnet import REGNETY_160, build_regnet, load_teacher, stage_plan, teacher_state_dict
-from tools import convert_regnet
+from regnet import REGNETY_160, build_regnet, convert_teacher, load_teacher, stage_plan, teacher_state_dict
 from tools.make_regnet_fixture import NUM_CLASSES, TINY
 from weights import WeightsError
 
@@ -55,7 +54,7 @@ def test_timm_weights_give_timms_logits(reference):
 
 
 def test_converted_file_loads_as_teacher_without_extension_and_in_eval_mode(tmp_path, reference):
-    summary = convert_regnet.convert(TINY_PTH, str(tmp_path / 'teacher'), cfg=TINY, num_classes=NUM_CLASSES)
+    summary = convert_teacher(TINY_PTH, str(tmp_path / 'teacher'), cfg=TINY, num_classes=NUM_CLASSES)
     assert os.listdir(tmp_path) == ['teacher.pdparams'] and 'teacher.pdparams' in summary
     teacher = load_teacher(str(tmp_path / 'teacher'), num_classes=NUM_CLASSES, cfg=TINY)
     assert not teacher.training
