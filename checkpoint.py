@@ -341,6 +341,13 @@ def convert_weights(config, src, dst, prefer_ema=False):
     return f"{report} -> '{path}' ({config.MODEL.NAME}, {params / 1e6:.2f}M params)"
 
 
+def checkpoint_bytes(model, config):
+    """Bytes of one checkpoint: float32 model, EMA and two optimizer moments (Adam) or one (SGD)."""
+    params = sum(int(p.size) for p in model.parameters())
+    moments = 1 if config.TRAIN.OPTIMIZER.NAME == 'SGD' else 2
+    return params * 4 * (2 + moments if config.TRAIN.MODEL_EMA else 1 + moments)
+
+
 def read_weights(path):
     """The WeightsFile at path (.pdparams optional), read once; WeightsError naming the file when it is missing,
     unreadable or refused (weights.read_file)."""

@@ -13,6 +13,7 @@ Each rule cites the Paddle code it rests on (2.6 and 3.x read side by side).
 """
 import functools
 import logging
+import math
 import os
 from typing import NamedTuple, Optional, Tuple
 
@@ -288,6 +289,13 @@ def shared_memory_decision(need_bytes, free_bytes, requested):
     if requested == 'auto':
         return False, f'shared memory off for the DataLoader: {sizes}; to keep it on, {fix}'
     return True, f'DATA.SHARED_MEMORY True but {sizes}: workers may die; {fix}, or set DATA.SHARED_MEMORY auto'
+
+
+def advised_workers(workers, loader_speed, model_speed, cores=None):
+    """Workers per process for the loader to keep up with the model (loader speed taken as proportional to the
+    workers), bounded by the cores per process."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(math.ceil(max(workers, 1) * model_speed / max(loader_speed, 1e-9)), cores))
 
 
 def free_shared_memory(path='/dev/shm'):

@@ -24,7 +24,6 @@ with a throughput line. Output cut short by its reader (`| head -1`) ends the ru
 """
 import quiet  # noqa: F401  (first: quiets paddle's import)
 
-import argparse
 import os
 import sys
 import time
@@ -35,7 +34,7 @@ from PIL import Image, UnidentifiedImageError
 
 import cpu_kernels
 from checkpoint import read_weights
-from cli import run_command
+from cli import argument_parser, run_command
 from config import build_config
 from datasets import IMAGE_EXTENSIONS, build_transforms, load_rgb
 from errors import RunFailed, UserError, error_line
@@ -95,21 +94,19 @@ def softmax(logits):
 
 
 def get_arguments():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('-cfg', type=str, default=None,
-                        help='yaml config of the model (optional for weights and exports of this repo)')
-    parser.add_argument('-pretrained', type=str, default=None, help='weights (.pdparams optional): converted or a checkpoint')
-    parser.add_argument('-infer_model', type=str, default=None, help='exported model prefix (tools/export_model.py)')
-    parser.add_argument('-onnx_model', type=str, default=None, help='ONNX file (export_model.py -onnx); onnxruntime')
-    parser.add_argument('-img_path', type=str, nargs='+', required=True, help='images and/or folders')
-    parser.add_argument('-topk', type=int, default=5)
-    parser.add_argument('-batch_size', type=int, default=16)
-    parser.add_argument('-device', choices=('auto', 'gpu', 'cpu'), default='auto',
-                        help='auto: the GPU when paddle has CUDA and sees one (-onnx_model: CPU only)')
-    parser.add_argument('-use_trt', action='store_true', help='-infer_model through TensorRT (GPU)')
-    parser.add_argument('-precision', choices=('fp32', 'fp16'), default='fp32',
-                        help='-infer_model precision (fp16: GPU)')
-    parser.add_argument('-opts', nargs='+', default=None, metavar='KEY VALUE', help='override config keys')
+    parser = argument_parser(__doc__, flags=('-cfg', '-pretrained', '-batch_size', '-device', '-opts'), extra={
+        '-cfg': dict(help='yaml config of the model (optional for weights and exports of this repo)'),
+        '-pretrained': dict(help='weights (.pdparams optional): converted or a checkpoint'),
+        '-batch_size': dict(default=16, help='images per batch'),
+        '-device': dict(choices=('auto', 'gpu', 'cpu'), default='auto',
+                        help='auto: the GPU when paddle has CUDA and sees one (-onnx_model: CPU only)'),
+        '-infer_model': dict(type=str, default=None, help='exported model prefix (tools/export_model.py)'),
+        '-onnx_model': dict(type=str, default=None, help='ONNX file (export_model.py -onnx); onnxruntime'),
+        '-img_path': dict(type=str, nargs='+', required=True, help='images and/or folders'),
+        '-topk': dict(type=int, default=5, help='classes shown per image'),
+        '-use_trt': dict(action='store_true', help='-infer_model through TensorRT (GPU)'),
+        '-precision': dict(choices=('fp32', 'fp16'), default='fp32', help='-infer_model precision (fp16: GPU)'),
+    })
     args = parser.parse_args()
     if sum(bool(m) for m in (args.pretrained, args.infer_model, args.onnx_model)) != 1:
         parser.error('give exactly one of -pretrained, -infer_model and -onnx_model')

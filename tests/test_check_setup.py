@@ -10,10 +10,10 @@ import pytest
 
 import checkpoint
 from config import build_config
+from demo_data import write_dataset
 from engine import build_train_state
+from gpu import advised_workers
 from pit import build_model
-from tools.check_setup import advised_workers, checkpoint_bytes
-from tools.prepare_data import write_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
@@ -90,7 +90,7 @@ def test_a_checkpoint_is_as_large_as_the_estimate(tmp_path):
     state.optimizer.step()  # creates the moments
     checkpoint.save(str(tmp_path), state, config, [str(i) for i in range(10)], is_best=False)
     written = os.path.getsize(tmp_path / checkpoint.LATEST)
-    assert 0.9 * written <= checkpoint_bytes(model, config) <= 1.1 * written
+    assert 0.9 * written <= checkpoint.checkpoint_bytes(model, config) <= 1.1 * written
 
 
 def test_advised_workers_scale_with_the_shortfall_and_stay_within_the_cores():

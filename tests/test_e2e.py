@@ -14,7 +14,7 @@ import numpy as np
 import paddle
 import pytest
 
-from tools.prepare_data import write_dataset
+from demo_data import write_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow

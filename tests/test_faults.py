@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tools.prepare_data import write_dataset
+from demo_data import write_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',

@@ -15,15 +15,15 @@ import pytest
 from paddle.amp.auto_cast import _update_list
 
 import checkpoint
-import datasets
-import gpu
 from config import ConfigError, build_config, finalize_config, get_config, merge_opts
+import datasets
 from datasets import build_dataloader, build_dataset
+from demo_data import write_dataset
 from engine import TrainState, train_one_epoch
+import gpu
 from metrics import RunRecords, read_records
 from optim import build_optimizer
 from pit import Attention
-from tools.prepare_data import write_dataset
 from weights import read_paddle_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

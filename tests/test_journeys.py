@@ -17,8 +17,8 @@ import time
 import numpy as np
 import pytest
 
+from demo_data import write_dataset
 from metrics import read_records
-from tools.prepare_data import write_dataset
 from weights import read_paddle_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

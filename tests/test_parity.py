@@ -17,7 +17,7 @@ import pytest
 from config import build_config, get_config, merge_opts
 from pit import build_pit
 from checkpoint import convert_weights
-from tools.model_info import count_macs, count_params
+from complexity import count_macs, count_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
@@ -70,7 +70,9 @@ OFFICIAL = ['pit_ti', 'pit_xs', 'pit_s', 'pit_b', 'pit_ti_distilled', 'pit_xs_di
 
 
 def write_reference(name, out_dir):
-    """OUT/NAME.pth and OUT/NAME.npz from timm, in this process or in PIT_REFERENCE_PYTHON; skip if neither."""
+    """OUT/NAME.pth and OUT/NAME.npz from timm (tools/make_parity_fixture.py), run by this python when it has torch
+    and timm, else by PIT_REFERENCE_PYTHON; skip if neither."""
+    python = sys.executable
     try:
         import timm  # noqa: F401
         import torch  # noqa: F401
@@ -78,11 +80,8 @@ def write_reference(name, out_dir):
         python = os.environ.get('PIT_REFERENCE_PYTHON')
         if not python:
             pytest.skip(f'torch+timm not importable: {e}; set PIT_REFERENCE_PYTHON to a python that has them')
-        script = os.path.join(ROOT, 'tools', 'make_parity_fixture.py')
-        subprocess.run([python, script, 'variant', name, str(out_dir)], check=True)
-        return
-    from tools import make_parity_fixture
-    make_parity_fixture.write_variant(name, str(out_dir))
+    script = os.path.join(ROOT, 'tools', 'make_parity_fixture.py')
+    subprocess.run([python, script, 'variant', name, str(out_dir)], check=True)
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 Reference data: tests/fixtures/regnet_tiny.{pth,npz}, written by tools/make_regnet_fixture.py with timm.
 """
+import json
 import os
 import subprocess
 import sys
@@ -11,12 +12,14 @@ import paddle
 import pytest
 
 from regnet import REGNETY_160, build_regnet, convert_teacher, load_teacher, stage_plan, teacher_state_dict
-from tools.make_regnet_fixture import NUM_CLASSES, TINY
 from weights import WeightsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
 TINY_PTH = os.path.join(FIXTURES, 'regnet_tiny.pth')
+with open(os.path.join(FIXTURES, 'regnet_tiny.json')) as f:  # sizes of the model tools/make_regnet_fixture.py wrote
+    TINY_SIZES = json.load(f)
+TINY, NUM_CLASSES = TINY_SIZES['config'], TINY_SIZES['num_classes']
 
 
 @pytest.fixture(scope='module')

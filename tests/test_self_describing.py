@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from tools.prepare_data import write_dataset
+from demo_data import write_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow

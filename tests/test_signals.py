@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 from checkpoint import find_resume
+from demo_data import write_dataset
 from metrics import read_records
-from tools.prepare_data import write_dataset
 from weights import read_paddle_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

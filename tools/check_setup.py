@@ -25,11 +25,11 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 import paddle.distributed as dist  # noqa: E402
 
 import gpu  # noqa: E402
+from checkpoint import checkpoint_bytes  # noqa: E402
 from cli import argument_parser, command_config, num_processes, run_command, setup_device, spawn, use_gpu  # noqa: E402
 from compat import parse_version, unsupported_reason  # noqa: E402
 from config import ConfigError, finalize_config  # noqa: E402
@@ -164,13 +164,6 @@ def check_shared_memory(report, config, nprocs):
     else:
         shown = 'not measurable here' if free is None else f'{gpu.gigabytes(free)} free'
         report.line(OK, f'/dev/shm: {shown}, the DataLoader workers of this node need about {gpu.gigabytes(need)}')
-
-
-def checkpoint_bytes(model, config):
-    """Bytes of one checkpoint: float32 model, EMA and two optimizer moments (Adam) or one (SGD)."""
-    params = sum(int(np.prod(p.shape)) for p in model.parameters())
-    moments = 1 if config.TRAIN.OPTIMIZER.NAME == 'SGD' else 2
-    return params * 4 * (2 + moments if config.TRAIN.MODEL_EMA else 1 + moments)
 
 
 def check_disk(report, config, model):
@@ -318,7 +311,7 @@ def check_loader(report, config, batches, model_speed):
     if model_speed is None:
         report.line(OK, text)
     elif speed < model_speed:
-        workers = advised_workers(config.DATA.NUM_WORKERS, speed, model_speed)
+        workers = gpu.advised_workers(config.DATA.NUM_WORKERS, speed, model_speed)
         report.line(WARN, f'{text}: the loader feeds {speed:,.0f} img/s, the model takes {model_speed:,.0f}',
                     f'set DATA.NUM_WORKERS {workers} (the loader bounds the run at {speed / model_speed:.0%} of '
                     f'the model speed)')
@@ -341,13 +334,6 @@ def loader_speed(config, batches):
         if index + 1 == LOADER_WARMUP_BATCHES + batches:
             break
     return count / max(time.time() - start, 1e-9)
-
-
-def advised_workers(workers, loader_speed, model_speed, cores=None):
-    """Workers per process for the loader to keep up with the model (loader speed taken as proportional to the
-    workers), bounded by the cores per process."""
-    cores = cores or os.cpu_count() or 1
-    return max(1, min(math.ceil(max(workers, 1) * model_speed / max(loader_speed, 1e-9)), cores))
 
 
 def get_arguments():

@@ -10,7 +10,6 @@ works in predict.py, -eval and tools/export_model.py without -cfg, and plain pad
 appears only when the conversion succeeded (written to a temporary file, then renamed). Errors print one line to
 stderr and exit with status 2 (bad input) or 1 (the output could not be written).
 """
-import argparse
 import os
 import sys
 
@@ -18,23 +17,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import quiet  # noqa: E402,F401  (before paddle)
 
 from checkpoint import convert_weights  # noqa: E402
-from cli import run_command  # noqa: E402
+from cli import argument_parser, run_command  # noqa: E402
 from config import build_config  # noqa: E402
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('-cfg', required=True, help='model config yaml, e.g. configs/pit_ti.yaml')
-    parser.add_argument('-src', required=True, help='source weights: .pth/.pt (PyTorch zip), .safetensors, .pdparams')
-    parser.add_argument('-dst', required=True, help='output path; .pdparams is appended when missing')
-    parser.add_argument('-ema', action='store_true', help='take the EMA weights when the file holds both')
-    parser.add_argument('-opts', nargs='+', default=[], help='config overrides KEY VALUE ...')
-    return parser.parse_args()
+def get_arguments():
+    return argument_parser(__doc__, flags=('-cfg', '-ema', '-opts'), extra={
+        '-cfg': dict(required=True, help='model config yaml, e.g. configs/pit_ti.yaml'),
+        '-ema': dict(help='take the EMA weights when the file holds both'),
+        '-src': dict(required=True, help='source weights: .pth/.pt (PyTorch zip), .safetensors, .pdparams'),
+        '-dst': dict(required=True, help='output path; .pdparams is appended when missing'),
+    }).parse_args()
 
 
 def main():
-    args = parse_args()
-    print(convert_weights(build_config(args.cfg, args.opts), args.src, args.dst, prefer_ema=args.ema))
+    args = get_arguments()
+    print(convert_weights(build_config(args.cfg, args.opts or ()), args.src, args.dst, prefer_ema=args.ema))
 
 
 if __name__ == '__main__':

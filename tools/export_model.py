@@ -29,7 +29,6 @@ are installed (never installing anything itself): opset 13 (`-opset N`), input `
 batch.
 """
 
-import argparse
 import os
 import sys
 
@@ -37,31 +36,29 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import quiet  # noqa: E402,F401  (before paddle)
 
 from checkpoint import read_weights  # noqa: E402
-from cli import run_command  # noqa: E402
+from cli import argument_parser, run_command  # noqa: E402
 from config import build_config  # noqa: E402
 from export import DEFAULT_ONNX_OPSET, export_weights  # noqa: E402
 
 
 def get_arguments():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('-cfg', default=None, help='model config (optional for weights of this repo)')
-    parser.add_argument('-pretrained', required=True, help='weights (.pdparams optional)')
-    parser.add_argument('-save_path', default='output/inference', help='output prefix')
-    parser.add_argument('-device', choices=('auto', 'gpu', 'cpu'), default='auto',
-                        help='where the export is checked (auto: the GPU when paddle has CUDA and sees one)')
-    parser.add_argument('-use_trt', action='store_true', help='check the export through TensorRT (GPU)')
-    parser.add_argument('-precision', choices=('fp32', 'fp16'), default='fp32',
-                        help='precision of the check (fp16: GPU)')
-    parser.add_argument('-onnx', action='store_true', help='also export ONNX (needs paddle2onnx and onnx)')
-    parser.add_argument('-opset', type=int, default=DEFAULT_ONNX_OPSET, help='ONNX opset of -onnx')
-    parser.add_argument('-opts', nargs='+', default=[], help='config overrides KEY VALUE ...')
-    return parser.parse_args()
+    return argument_parser(__doc__, flags=('-cfg', '-pretrained', '-save_path', '-device', '-opts'), extra={
+        '-cfg': dict(help='model config (optional for weights of this repo)'),
+        '-pretrained': dict(required=True, help='weights (.pdparams optional)'),
+        '-save_path': dict(default='output/inference', help='output prefix'),
+        '-device': dict(choices=('auto', 'gpu', 'cpu'), default='auto',
+                        help='where the export is checked (auto: the GPU when paddle has CUDA and sees one)'),
+        '-use_trt': dict(action='store_true', help='check the export through TensorRT (GPU)'),
+        '-precision': dict(choices=('fp32', 'fp16'), default='fp32', help='precision of the check (fp16: GPU)'),
+        '-onnx': dict(action='store_true', help='also export ONNX (needs paddle2onnx and onnx)'),
+        '-opset': dict(type=int, default=DEFAULT_ONNX_OPSET, help='ONNX opset of -onnx'),
+    }).parse_args()
 
 
 def main():
     args = get_arguments()
     weights = read_weights(args.pretrained)
-    config = build_config(cfg=args.cfg, opts=args.opts, described=weights.described, described_by=weights.path,
+    config = build_config(cfg=args.cfg, opts=args.opts or (), described=weights.described, described_by=weights.path,
                           world_size=1)
     print('\n'.join(export_weights(config, weights, args.save_path, args.device, args.use_trt, args.precision,
                                    onnx_opset=args.opset if args.onnx else None)))
