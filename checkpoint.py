@@ -35,7 +35,8 @@ from gpu import scaler_state_to_load
 from inference import read_imagenet_index
 from pit import build_model
 from utils import get_rank, get_world_size
-from weights import WeightsError, fit_state_dict, load_state, read_file, read_paddle_file, resolve_weights_path
+from weights import (WeightsError, fit_state_dict, load_state, read_file, read_paddle_description, read_paddle_file,
+                     resolve_weights_path)
 
 FORMAT_VERSION = 3
 LATEST = 'checkpoint-latest.pdparams'
@@ -299,9 +300,11 @@ def run_config_of(ckpt):
 class WeightsFile:
     """A weights file as a command reads it, once: its path (with .pdparams added where the name lacked it) and
     what it holds (tensors as numpy arrays): a training checkpoint, converted weights (convert_weights) or any
-    state dict weights.read_file reads (naver-ai/timm .pth, .safetensors)."""
+    state dict weights.read_file reads (naver-ai/timm .pth, .safetensors). tensors False: read for what it
+    describes only (read_description), its arrays left out."""
     path: str
     content: object
+    tensors: bool = True
 
     @property
     def described(self):
@@ -315,6 +318,8 @@ class WeightsFile:
 
     def load_into(self, model, strict=True, prefer_ema=False, finetune=False):
         """Load the file's weights into model (weights.load_state); returns the LoadReport."""
+        if not self.tensors:
+            raise ValueError(f"'{self.path}' was read for its description only: it has no tensors to load")
         return load_state(model, self.content, self.path, strict=strict, prefer_ema=prefer_ema, finetune=finetune)
 
 
@@ -355,6 +360,16 @@ def read_weights(path):
     return WeightsFile(path, read_file(path))
 
 
+def read_description(path):
+    """The WeightsFile at path read for what it describes only (weights.read_paddle_description: its arrays are
+    neither built nor checked), for a process that checks a config but loads nothing; other formats than
+    .pdparams describe nothing and are not read. WeightsError naming the file when it is missing or refused."""
+    path = resolve_weights_path(path)
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file '{path}' not found")
+    return WeightsFile(path, read_paddle_description(path) if path.endswith('.pdparams') else {}, tensors=False)
+
+
 def describe(config):
     """{'model_config': {...}, 'preprocess': {...}}: the dotted keys a checkpoint stores to rebuild its model
     and its eval transform (build_config(described=...) reads them back)."""
@@ -377,15 +392,17 @@ def described_keys(ckpt):
 
 # ---------------------------------------------------------------- resuming a run, and what -eval evaluates
 
-def eval_weights(config):
+def eval_weights(config, tensors=True):
     """The WeightsFile -eval evaluates, read once: -pretrained, else -resume PATH, else (-resume auto) the newest
-    checkpoint of SAVE (find_resume's read). ConfigError when config names none."""
+    checkpoint of SAVE (find_resume's read). tensors False: a file named by path is read for its description only
+    (read_description). ConfigError when config names none."""
+    read = read_weights if tensors else read_description
     if config.MODEL.PRETRAINED:
-        return read_weights(config.MODEL.PRETRAINED)
+        return read(config.MODEL.PRETRAINED)
     if config.MODEL.RESUME is None:
         raise ConfigError('-eval evaluates a weights file: give -pretrained PATH, -resume PATH or -resume auto')
     if config.MODEL.RESUME != 'auto':
-        return read_weights(config.MODEL.RESUME)
+        return read(config.MODEL.RESUME)
     path, ckpt = find_resume(config.SAVE)
     if path is None:
         raise CheckpointError(f"-eval -resume auto: no checkpoint in '{config.SAVE}' (SAVE)")

@@ -82,17 +82,17 @@ def argument_parser(description, flags=tuple(FLAGS), extra=None):
     return parser
 
 
-def command_config(args):
+def command_config(args, tensors=True):
     """(config, weights) of a training or evaluation command line: its config (defaults, -cfg, flags, -opts;
     checked, not yet finalized) and, for -eval, the weights file it evaluates (checkpoint.eval_weights), read once,
     whose description of the model and preprocessing is the base of the config: -eval needs no -cfg for a file of
     this repo (a given -cfg/-opts still applies; one that contradicts the file's model is a ConfigError). weights
-    is None for training."""
+    is None for training. tensors False: the file is read for its description only (the launcher's check)."""
     check_paddle()
     config = build_config(args=args)
     if not config.EVAL:
         return config, None
-    weights = checkpoint.eval_weights(config)
+    weights = checkpoint.eval_weights(config, tensors)
     if weights.described:
         config = build_config(args=args, described=weights.described, described_by=weights.path)
     return config, weights
@@ -423,7 +423,7 @@ def launch(main, args):
 def spawn_and_wait(main, args):
     """Check the config once, take SAVE's run lock for the training processes (not for -eval), spawn them and
     wait; exits with the status of the run."""
-    config, _ = command_config(args)
+    config, _ = command_config(args, tensors=False)  # each process reads the weights itself: they are not passed
     nprocs = num_processes(config)
     finalize_config(config.clone(), nprocs)  # bad input fails here once, before any process starts
     prepare_save_dir(config.SAVE)

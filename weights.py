@@ -266,7 +266,8 @@ _PADDLE_GLOBALS = {
     ('paddle.base.libpaddle', 'GeneratorState'): _Ignored,
     ('paddle.fluid.libpaddle', 'GeneratorState'): _Ignored,
 }
-for _module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+_NUMPY_MODULES = ('numpy.core.multiarray', 'numpy._core.multiarray')  # numpy 1.x and 2.x pickles
+for _module in _NUMPY_MODULES:
     _PADDLE_GLOBALS[(_module, '_reconstruct')] = _numpy_global('_reconstruct')
     _PADDLE_GLOBALS[(_module, 'scalar')] = _numpy_global('scalar')
 
@@ -275,6 +276,22 @@ class _PaddleUnpickler(_AllowListUnpickler):
     """paddle.save files: dicts/lists/tuples of numbers, strings and numpy arrays (tensors are pickled as
     (name, ndarray) tuples). Object arrays can only hold what the allow-list rebuilds."""
     ALLOWED = _PADDLE_GLOBALS
+
+
+class _SkippedArray:
+    """Stand-in for an array in a description read: absorbs the data BUILD hands it, builds and checks nothing."""
+
+    def __setstate__(self, state):
+        pass
+
+
+def _skipped_array(*args):
+    return _SkippedArray()
+
+
+class _DescriptionUnpickler(_AllowListUnpickler):
+    """paddle.save files read for their plain entries only: every array becomes a _SkippedArray."""
+    ALLOWED = {**_PADDLE_GLOBALS, **{(module, '_reconstruct'): _skipped_array for module in _NUMPY_MODULES}}
 
 
 def _tensors_to_arrays(obj):
@@ -294,9 +311,21 @@ def read_paddle_file(path):
     """The object of a paddle.save file (.pdparams, .pdopt, this repo's checkpoints) with tensors as numpy
     arrays, read by the allow-list: WeightsError naming the file for a refused global, a damaged file or a
     tensor holding NaN/Inf (check_finite)."""
+    return check_finite(_tensors_to_arrays(_unpickle(path, _PaddleUnpickler)), path)
+
+
+def read_paddle_description(path):
+    """The object of a paddle.save file with every array left out (a placeholder in its place): its plain entries
+    (a checkpoint's model description and class list) without the cost of building and checking its tensors.
+    WeightsError naming the file for a refused global or a damaged file."""
+    return _unpickle(path, _DescriptionUnpickler)
+
+
+def _unpickle(path, unpickler):
+    """The object unpickler (an _AllowListUnpickler class) reads from the file at path; WeightsError naming it."""
     try:
         with open(path, 'rb') as f:
-            obj = _tensors_to_arrays(_PaddleUnpickler(f).load())
+            return unpickler(f).load()
     except _RefusedGlobal as e:
         raise WeightsError(f"'{path}': {e}") from e
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
@@ -305,7 +334,6 @@ def read_paddle_file(path):
                            f"{' '.join(str(e).split())[:200]})") from e
     except OSError as e:
         raise WeightsError(f"'{path}': cannot be read ({e.strerror or e})") from e
-    return check_finite(obj, path)
 
 
 def check_finite(obj, path):
