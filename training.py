@@ -15,7 +15,7 @@ import stops
 from datasets import build_dataloader, build_dataset
 from gpu import amp_settings
 from losses import build_criterion
-from metrics import RunRecords
+from metrics import RunRecords, write_eval_result
 from mixup import build_mixup
 from pit import build_model
 from regnet import build_teacher
@@ -63,8 +63,9 @@ def train(config, model, val_loader):
 
 
 def evaluate(config, model, val_loader, weights):
-    """-eval: Acc@1/Acc@5 of weights (-pretrained, -resume PATH or the newest checkpoint of SAVE); -ema takes the
-    file's EMA weights. Returns the stats of engine.evaluate."""
+    """-eval: Acc@1/Acc@5 of weights (-pretrained, -resume PATH or the newest checkpoint of SAVE), logged and written
+    to SAVE/eval.json (metrics.write_eval_result); -ema takes the file's EMA weights. Returns the stats of
+    engine.evaluate."""
     report = weights.load_into(model, prefer_ema=config.MODEL.EMA_WEIGHTS)
     if config.MODEL.EMA_WEIGHTS and report.entry not in ('model_ema', 'state_dict_ema'):
         raise checkpoint.WeightsError(f"'{weights.path}' holds no EMA weights (model_ema); evaluate it without -ema")
@@ -76,4 +77,7 @@ def evaluate(config, model, val_loader, weights):
     if stats['stopped']:
         signum = stops.agreed()
         raise stops.StopRequested(signum, f'stopped by {stops.signal_name(signum)} while evaluating {weights.path}')
-    return engine.report_eval(stats, name, config)
+    engine.report_eval(stats, name, config)
+    if get_rank() == 0:
+        write_eval_result(config.SAVE, stats, weights.path, config.MODEL.EMA_WEIGHTS)
+    return stats
