@@ -41,13 +41,20 @@ import os
 import pickle
 import re
 import shutil
+from dataclasses import dataclass
 
 import paddle
+import paddle.distributed as dist
 
-from config import describe, dump_config, load_run_config, total_batch_size
+from config import (MODEL_KEYS, PREPROCESS_KEYS, ConfigError, contradicting_key, dump_config, get_key, load_run_config,
+                    total_batch_size)
+from errors import RunFailed, UserError
 from gpu import scaler_state_to_load
-from utils import get_world_size
-from weights import WeightsError, fit_state_dict, read_paddle_file, resolve_weights_path
+from inference import read_imagenet_index
+from pit import build_model
+from utils import get_rank, get_world_size
+from weights import (WeightsError, fit_state_dict, load_state, read_file, read_paddle_description, read_paddle_file,
+                     resolve_weights_path)
 
 FORMAT_VERSION = 3
 LATEST = 'checkpoint-latest.pdparams'
@@ -68,11 +75,11 @@ logger = logging.getLogger('pit')
 _known = {}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable or not a training checkpoint; the message names the file."""
 
 
-class CheckpointWriteError(CheckpointError):
+class CheckpointWriteError(RunFailed):
     """A checkpoint that cannot be written (disk full, read-only folder): the run fails, the files on disk are
     intact; the message names the file."""
 
@@ -351,6 +358,13 @@ def load(path):
         state = read_paddle_file(path)
     except WeightsError as e:
         raise CheckpointError(str(e)) from e
+    return checked_checkpoint(state, path, identity)
+
+
+def checked_checkpoint(state, path, identity=None):
+    """state, the object read from path, when it is a training checkpoint of this repo; CheckpointError (one line)
+    when it is of another kind or of a format version this code does not know. With the file's identity as it was
+    before the read, its header is remembered (when the file was not replaced meanwhile)."""
     if not isinstance(state, dict) or 'model' not in state or 'epoch' not in state:
         raise CheckpointError(f"'{path}' is not a training checkpoint of this repo (no model/epoch entries); "
                               'use -pretrained for weights only')
@@ -365,7 +379,7 @@ def load(path):
         header = _header(state)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"'{path}' has a malformed epoch, step or best entry ({e})") from e
-    if _identity(path) == identity:  # the file was not replaced while it was read
+    if identity is not None and _identity(path) == identity:  # the file was not replaced while it was read
         _learn(path, header)
     return state
 
@@ -450,3 +464,240 @@ def restore(ckpt, state, path):
 def run_config_of(ckpt):
     """The config a checkpoint was trained with (None for files that do not carry one)."""
     return load_run_config(ckpt['config']) if isinstance(ckpt.get('config'), str) else None
+
+
+# ---------------------------------------------------------------- weights files of every kind: what they describe
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A weights file as a command reads it, once: its path (with .pdparams added where the name lacked it) and
+    what it holds (tensors as numpy arrays): a training checkpoint, converted weights (convert_weights) or any
+    state dict weights.read_file reads (naver-ai/timm .pth, .safetensors). tensors False: read for what it
+    describes only (read_description), its arrays left out."""
+    path: str
+    content: object
+    tensors: bool = True
+
+    @property
+    def described(self):
+        """{dotted config key: value} of the model and preprocessing the file describes ({} when it does not)."""
+        return described_keys(self.content)
+
+    @property
+    def classes(self):
+        """The file's class list, or None."""
+        return self.content.get('classes') if isinstance(self.content, dict) else None
+
+    def load_into(self, model, strict=True, prefer_ema=False, finetune=False):
+        """Load the file's weights into model (weights.load_state); returns the LoadReport."""
+        if not self.tensors:
+            raise ValueError(f"'{self.path}' was read for its description only: it has no tensors to load")
+        return load_state(model, self.content, self.path, strict=strict, prefer_ema=prefer_ema, finetune=finetune)
+
+
+def write_weights(model, config, path, classes=None):
+    """Write model's weights as converted weights to path (.pdparams added when missing), atomically: {'version',
+    'model': the state dict, 'classes', 'model_config' and 'preprocess' (describe(config))}, so predict, -eval and
+    export need no -cfg for them, and plain paddle users load them with
+    `model.set_state_dict(paddle.load(f)['model'])`. Returns the path written."""
+    path = path if path.endswith('.pdparams') else path + '.pdparams'
+    atomic_save({'version': FORMAT_VERSION, 'model': model.state_dict(), 'classes': classes, **describe(config)}, path)
+    return path
+
+
+def convert_weights(config, src, dst, prefer_ema=False):
+    """Convert the weights file src (naver-ai/timm .pth, .safetensors, a .pdparams) into converted weights at dst
+    for the model of config, every key and shape checked (WeightsError naming src otherwise); 1000-class weights
+    get the ImageNet-1k wnids as their class list. prefer_ema: the file's EMA weights where it holds both. Returns
+    a one-line summary."""
+    model = build_model(config)
+    report = read_weights(src).load_into(model, prefer_ema=prefer_ema)
+    classes = [wnid for wnid, _ in read_imagenet_index()] if config.MODEL.NUM_CLASSES == 1000 else None
+    path = write_weights(model, config, dst, classes)
+    params = sum(int(p.size) for p in model.parameters())
+    return f"{report} -> '{path}' ({config.MODEL.NAME}, {params / 1e6:.2f}M params)"
+
+
+def checkpoint_bytes(model, config):
+    """Bytes of one checkpoint: float32 model, EMA and two optimizer moments (Adam) or one (SGD)."""
+    params = sum(int(p.size) for p in model.parameters())
+    moments = 1 if config.TRAIN.OPTIMIZER.NAME == 'SGD' else 2
+    return params * 4 * (2 + moments if config.TRAIN.MODEL_EMA else 1 + moments)
+
+
+def checkpoint_files(config):
+    """The most distinct checkpoint files SAVE holds between saves (the names of one state share a file): the
+    numbered files kept, best unless every epoch keeps its numbered file, and latest, a file of its own after a
+    stop inside an epoch (and after epochs without a numbered file)."""
+    numbered = config.TRAIN.NUM_EPOCHS // config.SAVE_FREQ
+    kept = min(config.KEEP_CHECKPOINTS, numbered) if config.KEEP_CHECKPOINTS else numbered
+    every_epoch_kept = kept == config.TRAIN.NUM_EPOCHS
+    return kept + (0 if every_epoch_kept else 1) + 1
+
+
+def read_weights(path):
+    """The WeightsFile at path (.pdparams optional), read once; WeightsError naming the file when it is missing,
+    unreadable or refused (weights.read_file)."""
+    path = resolve_weights_path(path)
+    return WeightsFile(path, read_file(path))
+
+
+def read_description(path):
+    """The WeightsFile at path read for what it describes only (weights.read_paddle_description: its arrays are
+    neither built nor checked), for a process that checks a config but loads nothing; other formats than
+    .pdparams describe nothing and are not read. WeightsError naming the file when it is missing or refused."""
+    path = resolve_weights_path(path)
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file '{path}' not found")
+    return WeightsFile(path, read_paddle_description(path) if path.endswith('.pdparams') else {}, tensors=False)
+
+
+def describe(config):
+    """{'model_config': {...}, 'preprocess': {...}}: the dotted keys a checkpoint stores to rebuild its model
+    and its eval transform (build_config(described=...) reads them back)."""
+    def pick(keys):
+        return {k: list(v) if isinstance(v, (list, tuple)) else v for k in keys for v in [get_key(config, k)]}
+    return {'model_config': pick(MODEL_KEYS), 'preprocess': pick(PREPROCESS_KEYS)}
+
+
+def described_keys(ckpt):
+    """The flat {dotted key: value} that a checkpoint dict describes, or {} (files of other tools)."""
+    if not isinstance(ckpt, dict):
+        return {}
+    out = {}
+    for part in ('model_config', 'preprocess'):
+        entries = ckpt.get(part)
+        if isinstance(entries, dict):
+            out.update({k: v for k, v in entries.items() if k in MODEL_KEYS + PREPROCESS_KEYS})
+    return out
+
+
+# ---------------------------------------------------------------- resuming a run, and what -eval evaluates
+
+def eval_weights(config, tensors=True):
+    """The WeightsFile -eval evaluates, read once: -pretrained, else -resume PATH, else (-resume auto) the newest
+    checkpoint of SAVE (find_resume's read). tensors False: a file named by path is read for its description only
+    (read_description). ConfigError when config names none."""
+    read = read_weights if tensors else read_description
+    if config.MODEL.PRETRAINED:
+        return read(config.MODEL.PRETRAINED)
+    if config.MODEL.RESUME is None:
+        raise ConfigError('-eval evaluates a weights file: give -pretrained PATH, -resume PATH or -resume auto')
+    if config.MODEL.RESUME != 'auto':
+        return read(config.MODEL.RESUME)
+    path, ckpt = find_resume(config.SAVE)
+    if path is None:
+        raise CheckpointError(f"-eval -resume auto: no checkpoint in '{config.SAVE}' (SAVE)")
+    return WeightsFile(path, ckpt)
+
+
+def guard_existing_run(config):
+    """Never overwrite the checkpoints of another run: training into a SAVE that holds some needs -resume."""
+    found = latest_path(config.SAVE)
+    if found and not config.MODEL.RESUME:
+        raise ConfigError(f"save folder '{config.SAVE}' already holds checkpoints ({os.path.basename(found)}); "
+                          'add -resume auto to continue that run, or choose another -save_path')
+    if get_rank() == 0:
+        remove_stale_temporaries(config.SAVE)
+
+
+def resume(config, state):
+    """Restore everything the checkpoint of MODEL.RESUME holds into state (a path, read once, or 'auto': the one
+    of SAVE with the most training done; -resume auto with an empty SAVE starts from scratch). A file that is no
+    training checkpoint is resumed weights-only with TRAIN.LAST_EPOCH (resume_weights_only), else a
+    CheckpointError. Logs what was resumed, the recipe keys changed since, a changed total batch, and (rank 0) a
+    checkpoint-best of SAVE repaired after a save that was cut short."""
+    if config.MODEL.RESUME == 'auto':
+        path, ckpt = find_resume(config.SAVE)
+        if ckpt is None:
+            logger.info(f'-resume auto: no checkpoint in {config.SAVE} yet, starting from scratch')
+            return state
+    else:
+        weights = read_weights(config.MODEL.RESUME)
+        path = weights.path
+        try:
+            ckpt = checked_checkpoint(weights.content, path)
+        except CheckpointError:
+            if config.TRAIN.LAST_EPOCH <= 0:
+                raise
+            return resume_weights_only(config, state, weights)
+    check_same_model(config, ckpt, path)
+    restore(ckpt, state, path)
+    inside = f' and {state.step} batch(es) of epoch {state.epoch + 1}' if state.step else ''
+    logger.info(f'resumed from {path}: {ckpt["epoch"]} epoch(s){inside} done, best Acc@1 {ckpt["best_acc1"]:.4f}'
+                + changed_keys_note(config, ckpt))
+    # a checkpoint from elsewhere says nothing about SAVE's best file
+    same_folder = os.path.dirname(os.path.abspath(path)) == os.path.abspath(config.SAVE)
+    repaired = repair_best(config.SAVE, path, ckpt) if same_folder and get_rank() == 0 else None
+    for note in (batch_change_note(config, ckpt), repaired):
+        if note:
+            logger.warning(note)
+    return state
+
+
+def batch_change_note(config, ckpt):
+    """The line that says the total batch (and with it the linearly scaled LR) differs from the checkpoint's
+    run, e.g. when it resumes with another number of processes; None when it does not (or the file predates
+    the record)."""
+    old_batch, new_batch = ckpt.get('total_batch'), total_batch_size(config, get_world_size())
+    old = run_config_of(ckpt)
+    if old_batch is None or old is None or old_batch == new_batch:
+        return None
+    old_lr, new_lr = old.TRAIN.BASE_LR, config.TRAIN.BASE_LR
+    lr = f'the LR changes from {old_lr:.3e} to {new_lr:.3e}' if old_lr != new_lr else f'the LR stays {new_lr:.3e}'
+    return (f'total batch {old_batch} ({ckpt.get("processes")} process(es)) in the checkpoint, {new_batch} '
+            f'({get_world_size()} process(es)) now: {lr} (TRAIN.BASE_LR scaled by total batch / '
+            f'TRAIN.LINEAR_SCALED_LR)')
+
+
+def check_same_model(config, ckpt, path):
+    """A checkpoint of another model is an error naming the first differing key (before any tensor moves)."""
+    described = described_keys(ckpt)
+    key = contradicting_key(config, described, [k for k in MODEL_KEYS if k != 'MODEL.NAME'])
+    if key:
+        raise CheckpointError(f"'{path}' holds a model with {key}={described[key]!r}, but this run "
+                              f'has {key}={get_key(config, key)!r}')
+
+
+def changed_keys_note(config, ckpt):
+    """'; keys changed since the checkpoint: ...' for recipe keys that differ from the checkpoint's config."""
+    old = run_config_of(ckpt)
+    if old is None:
+        return ''
+    changes = []
+    for key in ('TRAIN.NUM_EPOCHS', 'TRAIN.BASE_LR', 'DATA.BATCH_SIZE', 'TRAIN.ACCUM_ITER', 'TRAIN.OPTIMIZER.NAME',
+                'TRAIN.WEIGHT_DECAY', 'TRAIN.WARMUP_EPOCHS', 'AUG.AUTO_AUGMENT', 'AUG.MIXUP', 'AUG.CUTMIX',
+                'MODEL.DROP_PATH', 'TRAIN.MODEL_EMA_DECAY', 'SEED'):
+        if get_key(old, key) != get_key(config, key):
+            changes.append(f'{key} {get_key(old, key)!r} -> {get_key(config, key)!r}')
+    return f'; keys changed since the checkpoint: {", ".join(changes)}' if changes else ''
+
+
+def resume_weights_only(config, state, weights):
+    """Seed-style resume from weights (a WeightsFile that is no training checkpoint): its weights (+ optimizer
+    from PATH.pdopt if present), epoch count from -last_epoch."""
+    logger.info(str(weights.load_into(state.model)))
+    opt_path = os.path.splitext(weights.path)[0] + '.pdopt'
+    if os.path.isfile(opt_path):
+        state.optimizer.set_state_dict(read_paddle_file(opt_path))
+    if state.model_ema is not None:
+        state.model_ema.set_state_dict(state.model.state_dict())
+    logger.info(f'resumed weights from {config.MODEL.RESUME} at epoch {config.TRAIN.LAST_EPOCH} (-last_epoch); '
+                'LR schedule restarts from that epoch, best Acc@1 from 0')
+    state.epoch = config.TRAIN.LAST_EPOCH
+    return state
+
+
+def check_ranks_agree(state, config):
+    """Every process must continue from the same epoch and step (each reads SAVE itself): a multi-node run whose
+    SAVE is not one shared folder would otherwise hang or train different models."""
+    if get_world_size() == 1:
+        return
+    low = paddle.to_tensor([state.epoch, state.step], dtype='int64')
+    high = paddle.to_tensor([state.epoch, state.step], dtype='int64')
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    low, high = tuple(low.numpy().tolist()), tuple(high.numpy().tolist())
+    if low != high:
+        raise CheckpointError(f'the processes would continue from different points (epoch, step) {low} and {high}: '
+                              f'SAVE={config.SAVE} must be one folder that every node sees (shared storage)')

@@ -3,18 +3,20 @@
 Supported: Paddle 2.6 (the last 2.x line, still offered by AI Studio images, whose Paddle run.sh keeps) and 3.x.
 CI runs the whole test suite on both (scripts/test.sh). Where the two differ, the code that meets the difference
 handles it in place and says why (pit.py: TruncatedNormal bounds, sdpa; optim.py: accumulator bookkeeping;
-losses.py: kl_div's log_target; quiet.py: Pillow's zlib; tools/export_model.py: paddle2onnx 2 needs Paddle 3).
+losses.py: kl_div's log_target; quiet.py: Pillow's zlib; export.py: paddle2onnx 2 needs Paddle 3).
 
     python compat.py      # one line: the installed paddle and whether it is supported (exit 2 when it is not)
 """
 import re
+
+from errors import UserError
 
 MINIMUM = (2, 6)  # oldest supported release
 NEWEST_MAJOR = 3  # newest supported major version
 SUPPORTED = 'Paddle 2.6 or 3.x'
 
 
-class PaddleVersionError(RuntimeError):
+class PaddleVersionError(UserError):
     """The installed Paddle is not a version this repo supports; the message names it and what is needed."""
 
 

@@ -5,7 +5,7 @@ Every key is defined once below with a one-line comment and is read by the code 
 
     config = build_config(args=args)                    # defaults, -cfg (+ its BASE chain), flags, -opts, checked
     config = build_config('configs/pit_ti.yaml', opts, world_size=4)  # ... then derived values, frozen
-    config = build_config(described=described_keys(ckpt), described_by=path)  # a checkpoint's model as the base
+    config = build_config(described=weights.described, described_by=weights.path)  # a weights file's model
 """
 import math
 import os
@@ -13,6 +13,8 @@ import re
 
 import yaml
 from yacs.config import CfgNode as CN
+
+from errors import UserError
 
 _C = CN()
 _C.BASE = ['']  # yaml files merged before this one, paths relative to the including file
@@ -36,7 +38,7 @@ _C.DATA.REPEATED_AUG_REPEATS = 3  # repeats of each sample per epoch with REPEAT
 
 # ---------------------------------------------------------------- model
 _C.MODEL = CN()
-_C.MODEL.TYPE = 'PiT'  # model family: picks the builder (main_single_gpu.MODEL_BUILDERS); PaddleViT yamls set it
+_C.MODEL.TYPE = 'PiT'  # model family: picks the builder (pit.MODEL_BUILDERS); PaddleViT yamls set it
 _C.MODEL.NAME = 'pit_ti'  # variant name, used in logs, checkpoints and exports
 _C.MODEL.RESUME = None  # checkpoint to resume training from: a path, or 'auto' (newest valid one in SAVE)
 _C.MODEL.PRETRAINED = None  # weights to start from (fine-tuning/eval): pos_embed resized, new classes re-init head
@@ -126,7 +128,7 @@ _C.NGPUS = -1  # processes for main_multi_gpu.py; -1: all visible GPUs (CPU: 2)
 _C.VISUALDL = True  # also write VisualDL scalars to SAVE/vdl when visualdl is installed (SAVE/metrics.jsonl always)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file, key or value that cannot be used; the message names it."""
 
 
@@ -331,7 +333,7 @@ def build_config(cfg=None, opts=(), args=None, described=None, described_by=None
     preprocessing), then -cfg (and its BASE chain), the command-line flags of args, then -opts; every value
     checked; derived values computed and frozen when world_size is given.
 
-    described: {dotted key: value} of a checkpoint (checkpoint.describe); a -cfg/-opts/flag value of a
+    described: {dotted key: value} of a weights file (checkpoint.describe); a -cfg/-opts/flag value of a
     MODEL_KEYS key that differs from it raises ConfigError naming the key and described_by (the file).
     """
     config, touched = _C.clone(), set()
@@ -369,26 +371,6 @@ def contradicting_key(config, described, keys):
         return list(value) if isinstance(value, (list, tuple)) else value
     return next((key for key in keys if key in described and plain(get_key(config, key)) != plain(described[key])),
                 None)
-
-
-def describe(config):
-    """{'model_config': {...}, 'preprocess': {...}}: the dotted keys a checkpoint stores to rebuild its model
-    and its eval transform (build_config(described=...) reads them back)."""
-    def pick(keys):
-        return {k: list(v) if isinstance(v, (list, tuple)) else v for k in keys for v in [get_key(config, k)]}
-    return {'model_config': pick(MODEL_KEYS), 'preprocess': pick(PREPROCESS_KEYS)}
-
-
-def described_keys(ckpt):
-    """The flat {dotted key: value} that a checkpoint dict describes, or {} (files of other tools)."""
-    if not isinstance(ckpt, dict):
-        return {}
-    out = {}
-    for part in ('model_config', 'preprocess'):
-        entries = ckpt.get(part)
-        if isinstance(entries, dict):
-            out.update({k: v for k, v in entries.items() if k in MODEL_KEYS + PREPROCESS_KEYS})
-    return out
 
 
 def dump_config(config):

@@ -21,6 +21,7 @@ import paddle
 from PIL import Image
 
 import gpu
+from errors import UserError
 from stops import init_dataloader_worker
 from transforms import build_transforms
 
@@ -28,7 +29,7 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.t
 logger = logging.getLogger('pit')
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """Dataset files or values that cannot be used; the message names the path/value."""
 
 

@@ -1,22 +1,31 @@
-"""The training state and the training and evaluation loops, shared by 1..N processes, AMP on/off and
-distillation on/off.
+"""The training state, the epoch loop (`fit` over a TrainingRun) and the training and evaluation loops, shared by
+1..N processes, AMP on/off and distillation on/off.
 
 AMP off is a GradScaler that passes through; distillation off is a criterion that only calls the base loss;
 EMA off is `None`. Metrics are sums over samples, reduced over ranks once at the end (utils.MetricSums).
 """
 import logging
 import math
+import os
+import signal
 import time
+from dataclasses import dataclass
 
 import paddle
 import paddle.nn.functional as F
 
+import checkpoint
+import stops
+from errors import RunFailed
+from gpu import amp_settings
+from model_ema import ModelEma
+from optim import build_lr_scheduler, build_optimizer
 from utils import MetricSums, format_seconds, get_rank, get_world_size, seed_everything, step_seed
 
 logger = logging.getLogger('pit')
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunFailed):
     """The loss became NaN/inf: training stops, the last checkpoint on disk stays the good one."""
 
 
@@ -40,6 +49,122 @@ class TrainState:
             return False
         self.best_acc1, self.best_epoch = acc1, epoch
         return True
+
+
+def build_train_state(config, model, steps_per_epoch):
+    """TrainState of a fresh run: EMA of the (pretrained) model, optimizer, LR schedule, AMP scaler and auto_cast
+    settings (gpu.amp_settings)."""
+    amp, scaler = amp_settings(config)
+    model_ema = ModelEma(model, config.TRAIN.MODEL_EMA_DECAY) if config.TRAIN.MODEL_EMA else None
+    lr_scheduler = build_lr_scheduler(config, steps_per_epoch)
+    optimizer = build_optimizer(config, model, lr_scheduler)
+    return TrainState(model, optimizer, lr_scheduler, scaler, amp, model_ema)
+
+
+@dataclass
+class TrainingRun:
+    """What the epoch loop works with: the config (finalized), the TrainState a checkpoint keeps, the loss
+    (criterion(images, outputs, targets)), the batch mixing (mixup.Mixup or None), the train and val loaders and
+    the run's records (metrics.RunRecords)."""
+    config: object
+    state: TrainState
+    criterion: object
+    mixup_fn: object
+    train_loader: object
+    val_loader: object
+    records: object
+
+
+def fit(run):
+    """Train from run.state (the epoch, and the step inside it, where a resumed run continues) to TRAIN.NUM_EPOCHS
+    epochs: each one trained, evaluated when due, recorded and saved (run_epoch). Inside the epochs a stop signal
+    is acted on at the next optimizer step or eval batch (stops.deferred). Returns run.state."""
+    config, state = run.config, run.state
+    logger.info(f'training {config.MODEL.NAME} for {config.TRAIN.NUM_EPOCHS} epochs from epoch {state.epoch + 1}'
+                f'{resumed_inside(state, len(run.train_loader))}, lr {config.TRAIN.BASE_LR:.3e}, '
+                f'{len(run.train_loader.dataset)} train images')
+    with stops.deferred():
+        for epoch in range(state.epoch, config.TRAIN.NUM_EPOCHS):
+            run_epoch(run, epoch)
+    logger.info(f'best Acc@1 {state.best_acc1:.4f} at epoch {state.best_epoch}')
+    return state
+
+
+def run_epoch(run, epoch):
+    """Train epoch `epoch` (0-based; from batch state.step on where a stopped run left it), evaluate when due,
+    record it, save the checkpoint. A stop signal ends the run inside it (stop_inside_epoch)."""
+    config, state, train_loader, val_loader = run.config, run.state, run.train_loader, run.val_loader
+    steps, since = len(train_loader), time.time()
+    train_loader.batch_sampler.set_epoch(epoch, start=state.step)
+    state.lr_scheduler.step_to(epoch)
+    lr = state.optimizer.get_lr()
+    stats = train_one_epoch(state, run.criterion, train_loader, epoch, config, run.mixup_fn, run.records,
+                            stop=stops.agreed)
+    if state.step < steps:
+        stop_inside_epoch(run, since, f'at epoch {epoch + 1}, step {state.step}/{steps}')
+    logger.info(f'Epoch {epoch + 1} done: loss {stats["loss"]:.4f}, {stats["images"]} images in '
+                f'{stats["seconds"]:.0f}s, undecodable train images replaced: {stats["skipped"]}, '
+                f'steps skipped for non-finite gradients: {stats["skipped_steps"]}')
+    val = ema = None
+    is_best = False
+    if (epoch + 1) % config.VALIDATE_FREQ == 0 or epoch + 1 == config.TRAIN.NUM_EPOCHS:
+        val = evaluate(state.model_ddp, val_loader, config, state.amp, stop=stops.pending)
+        if state.model_ema is not None and not val['stopped']:
+            ema = evaluate(state.model_ema.module, val_loader, config, state.amp, 'EMA', stop=stops.pending)
+        if val['stopped'] or (ema is not None and ema['stopped']):
+            stop_inside_epoch(run, since, f'in the evaluation after epoch {epoch + 1}')
+        report_eval(val, 'model', config)
+        if ema is not None:
+            report_eval(ema, 'EMA', config)
+        is_best = state.update_best(val['acc1'], epoch + 1)
+    state.epoch, state.step, state.progress = epoch + 1, 0, None
+    run.records.epoch(state.epoch, stats, lr, val, ema, state.best_acc1)
+    if get_rank() == 0:
+        checkpoint.save(config.SAVE, state, config, train_loader.dataset.classes, is_best)
+
+
+def stop_inside_epoch(run, since, where):
+    """End a run that a signal stopped inside an epoch (every process calls this at the same point). After SIGTERM
+    with SAVE_ON_SIGTERM_AFTER seconds or more trained since this process started the epoch (or resumed inside
+    it), rank 0 first writes the state to checkpoint-latest, so a re-run continues at this step; SIGINT (Ctrl-C)
+    never saves. Raises StopRequested with the one line that says what was kept."""
+    config, state = run.config, run.state
+    signum, trained = stops.agreed(), time.time() - since
+    stopped = f'stopped by {stops.signal_name(signum)} {where}'
+    if signum == signal.SIGTERM and trained >= config.SAVE_ON_SIGTERM_AFTER:
+        if get_rank() == 0:
+            checkpoint.save(config.SAVE, state, config, run.train_loader.dataset.classes)
+        raise stops.StopRequested(signum, f'{stopped}: saved in {os.path.join(config.SAVE, checkpoint.LATEST)}; '
+                                          're-run with -resume auto to continue from there')
+    why = ('SIGINT does not save' if signum != signal.SIGTERM else
+           f'{trained:.0f} s trained since the last checkpoint < SAVE_ON_SIGTERM_AFTER={config.SAVE_ON_SIGTERM_AFTER}')
+    then = ('re-run with -resume auto to continue from the last checkpoint' if checkpoint.latest_path(config.SAVE)
+            else 'no checkpoint yet: a re-run starts over')
+    raise stops.StopRequested(signum, f'{stopped}, not saved ({why}); {then}')
+
+
+def resumed_inside(state, steps):
+    """Where a run resumed inside an epoch starts in it ('' at an epoch boundary)."""
+    if not state.step:
+        return ''
+    return f', step {state.step + 1}' if state.step < steps else ', at its evaluation'
+
+
+class BadImagesError(RunFailed):
+    """Val images that could not be decoded, without DATA.SKIP_BAD_EVAL_IMAGES."""
+
+
+def report_eval(stats, name, config):
+    """Log the Acc@1/Acc@5 line of an evaluation (stats of evaluate) of `name`; val images that could not be
+    decoded fail the run (BadImagesError) unless DATA.SKIP_BAD_EVAL_IMAGES. Returns stats."""
+    if stats['bad']:
+        message = f'{stats["bad"]} val image(s) could not be decoded (paths in the log above)'
+        if not config.DATA.SKIP_BAD_EVAL_IMAGES:
+            raise BadImagesError(message + '; fix them or set DATA.SKIP_BAD_EVAL_IMAGES True to skip them')
+        logger.warning(message + '; skipped (DATA.SKIP_BAD_EVAL_IMAGES)')
+    logger.info(f'Eval {name}: Acc@1 {stats["acc1"]:.4f} Acc@5 {stats["acc5"]:.4f} loss {stats["loss"]:.4f} '
+                f'on {stats["images"]} images')
+    return stats
 
 
 def topk_correct(logits, labels, ks=(1, 5)):

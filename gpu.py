@@ -12,6 +12,8 @@ are kept apart from the decisions.
 Each rule cites the Paddle code it rests on (2.6 and 3.x read side by side).
 """
 import functools
+import logging
+import math
 import os
 from typing import NamedTuple, Optional, Tuple
 
@@ -289,6 +291,13 @@ def shared_memory_decision(need_bytes, free_bytes, requested):
     return True, f'DATA.SHARED_MEMORY True but {sizes}: workers may die; {fix}, or set DATA.SHARED_MEMORY auto'
 
 
+def advised_workers(workers, loader_speed, model_speed, cores=None):
+    """Workers per process for the loader to keep up with the model (loader speed taken as proportional to the
+    workers), bounded by the cores per process."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(math.ceil(max(workers, 1) * model_speed / max(loader_speed, 1e-9)), cores))
+
+
 def free_shared_memory(path='/dev/shm'):
     """Free bytes of the shared-memory file system (None where it does not exist, e.g. macOS, Windows)."""
     try:
@@ -303,3 +312,24 @@ def local_process_count(env=None):
     (dist.spawn runs every process on one node), else 1."""
     env = os.environ if env is None else env
     return int(env.get('PADDLE_LOCAL_SIZE', env.get('PADDLE_TRAINERS_NUM', '1')))
+
+
+def amp_settings(config):
+    """auto_cast arguments and a GradScaler kept for the whole run (pass-through without float16 loss scaling),
+    from the precision this device allows (amp_precision: a bfloat16 request the GPU cannot honour is a
+    ConfigError). Logs the effective precision and the attention kernel once. Evaluation runs in float32."""
+    import paddle
+    logger = logging.getLogger('pit')
+    facts = device_facts()
+    training_amp = config.AMP and not config.EVAL
+    precision, reason = amp_precision(training_amp, config.AMP_DTYPE, facts.kind, facts.capability, facts.cuda)
+    if config.AMP and config.EVAL:
+        reason = '-amp applies to training; evaluation runs in float32'
+    refused_on_gpu = training_amp and facts.kind == 'gpu' and precision == 'float32'
+    log = logger.warning if refused_on_gpu else logger.info
+    log(f'precision {precision} ({reason})')
+    if facts.kind == 'gpu':
+        logger.info(attention_note(facts, precision, config.MODEL.TRANS.BASE_DIMS,
+                                   0.0 if config.EVAL else config.MODEL.ATTENTION_DROPOUT))
+    scaler = paddle.amp.GradScaler(enable=loss_scaling(precision), init_loss_scaling=2.0 ** 16)
+    return autocast_kwargs(precision), scaler

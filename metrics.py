@@ -1,4 +1,5 @@
-"""Machine-readable records of a run, written by rank 0: SAVE/metrics.jsonl and VisualDL scalars (SAVE/vdl).
+"""Machine-readable records of a run, written by rank 0: SAVE/metrics.jsonl and VisualDL scalars (SAVE/vdl) of a
+training run, SAVE/eval.json of an evaluation (-eval).
 
 metrics.jsonl has one JSON object per epoch, appended and flushed when the epoch ends (a resumed run appends
 to the same file; `epoch` is 1-based):
@@ -17,6 +18,7 @@ import math
 import os
 
 METRICS_FILE = 'metrics.jsonl'
+EVAL_FILE = 'eval.json'
 logger = logging.getLogger('pit')
 
 
@@ -105,6 +107,20 @@ def _visualdl_off(folder, error):
     logger.warning(f"cannot write {folder} ({error.strerror or error}: '{error.filename}'): VisualDL records off "
                    '(SAVE/metrics.jsonl has the same figures)')
     return None
+
+
+def write_eval_result(save_dir, stats, weights_path, ema):
+    """save_dir/eval.json, the result of an evaluation (-eval): {"acc1", "acc5", "loss", "images", "weights": the
+    file evaluated, "ema": whether its EMA weights were}; written to a temporary name, then renamed. Returns its
+    path."""
+    result = {key: stats[key] for key in ('acc1', 'acc5', 'loss', 'images')}
+    result.update(weights=os.path.abspath(weights_path), ema=bool(ema))
+    path = os.path.join(save_dir, EVAL_FILE)
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+        json.dump({k: _finite(v) for k, v in result.items()}, f, indent=1)
+        f.write('\n')
+    os.replace(path + '.tmp', path)
+    return path
 
 
 def read_records(save_dir):

@@ -39,7 +39,7 @@ class Mixup:
         self.cutmix_minmax = tuple(cutmix_minmax) if cutmix_minmax is not None else None
         if self.cutmix_minmax is not None:
             if len(self.cutmix_minmax) != 2:
-                raise ValueError(f'AUG.CUTMIX_MINMAX={cutmix_minmax!r} must be [min, max]')
+                raise ValueError(f'cutmix_minmax must be (min, max), got {cutmix_minmax!r}')
             self.cutmix_alpha = 1.0  # minmax replaces alpha, cutmix is on
         self.prob, self.switch_prob = prob, switch_prob
         self.mode = mode

@@ -516,3 +516,14 @@ def build_pit(config, features_only=False):
         cpu_kernels=config.CPU_KERNELS,
     )
     return PiTFeatures(model) if features_only else model
+
+
+MODEL_BUILDERS = {'PiT': build_pit}  # MODEL.TYPE -> builder(config)
+
+
+def build_model(config):
+    """The model of config (MODEL.TYPE), built under a fresh name scope: its parameter names (which key the
+    optimizer state) are the same whatever was built before it, so a checkpoint resumes with EMA and teacher in
+    any order."""
+    with paddle.utils.unique_name.guard():
+        return MODEL_BUILDERS[config.MODEL.TYPE](config)

@@ -24,58 +24,31 @@ with a throughput line. Output cut short by its reader (`| head -1`) ends the ru
 """
 import quiet  # noqa: F401  (first: quiets paddle's import)
 
-import argparse
 import os
 import sys
 import time
 
 import numpy as np
+import paddle
 from PIL import Image, UnidentifiedImageError
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-CLASS_INDEX = os.path.join(ROOT, 'imagenet1k_class_index.txt')
-BROKEN_PIPE_STATUS = 128 + 13  # what a shell reports for a tool that SIGPIPE ended, as in `yes | head -1`
+import cpu_kernels
+from checkpoint import read_weights
+from cli import argument_parser, run_command
+from config import build_config
+from datasets import IMAGE_EXTENSIONS, build_transforms, load_rgb
+from errors import RunFailed, UserError, error_line
+from inference import (build_predictor, check_class_count, class_names, create_onnx_session, describe, gpu_visible,
+                       program_suffix, read_export_description, resolve_device, run_onnx, run_predictor, settings_for)
+from pit import build_model
 
 
-class PredictError(ValueError):
+class PredictError(UserError):
     """Bad input to predict.py (an -img_path, -topk or -batch_size it cannot use); the message names it."""
-
-
-def read_imagenet_index(path=CLASS_INDEX):
-    """[(wnid, name)] of the 1000 ImageNet-1k classes in index order."""
-    rows = []
-    with open(path, encoding='utf-8') as f:
-        for line in f:
-            if line.strip() and not line.startswith('#'):
-                _, wnid, name = line.rstrip('\n').split(' ', 2)
-                rows.append((wnid, name))
-    return rows
-
-
-def class_names(classes, num_classes):
-    """Readable name per class index: from the checkpoint's class list, else ImageNet-1k, else the index."""
-    imagenet = read_imagenet_index()
-    if classes == [str(i) for i in range(num_classes)]:
-        classes = None  # list-layout datasets name classes by index: ImageNet's index when there are 1000
-    if classes:
-        lookup = dict(imagenet)
-        return [f'{lookup[c]} ({c})' if c in lookup else str(c) for c in classes]
-    if num_classes == len(imagenet):
-        return [f'{name} ({wnid})' for wnid, name in imagenet]
-    return [str(i) for i in range(num_classes)]
-
-
-def read_weights_file(path):
-    """(resolved path, the file's object or None): .pdparams files of this repo carry their class list and
-    model description; other formats (.pth, .safetensors) carry neither."""
-    from weights import read_paddle_file, resolve_weights_path
-    path = resolve_weights_path(path)
-    return path, read_paddle_file(path) if path.endswith('.pdparams') and os.path.isfile(path) else None
 
 
 def image_extensions():
     """Extensions of the files predict reads in folders: the datasets' list, plus .gif (first frame)."""
-    from datasets import IMAGE_EXTENSIONS
     return IMAGE_EXTENSIONS + ('.gif',)
 
 
@@ -106,7 +79,6 @@ def list_images(paths):
 def load_image(path, transform):
     """(preprocessed CHW float32 array of the image's first frame, the file's number of frames); raises
     ValueError naming the file when it cannot be decoded (or is larger than PIL's decompression-bomb limit)."""
-    from datasets import load_rgb
     try:
         image = transform(load_rgb(path))
         with Image.open(path) as img:
@@ -122,21 +94,19 @@ def softmax(logits):
 
 
 def get_arguments():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('-cfg', type=str, default=None,
-                        help='yaml config of the model (optional for weights and exports of this repo)')
-    parser.add_argument('-pretrained', type=str, default=None, help='weights (.pdparams optional): converted or a checkpoint')
-    parser.add_argument('-infer_model', type=str, default=None, help='exported model prefix (tools/export_model.py)')
-    parser.add_argument('-onnx_model', type=str, default=None, help='ONNX file (export_model.py -onnx); onnxruntime')
-    parser.add_argument('-img_path', type=str, nargs='+', required=True, help='images and/or folders')
-    parser.add_argument('-topk', type=int, default=5)
-    parser.add_argument('-batch_size', type=int, default=16)
-    parser.add_argument('-device', choices=('auto', 'gpu', 'cpu'), default='auto',
-                        help='auto: the GPU when paddle has CUDA and sees one (-onnx_model: CPU only)')
-    parser.add_argument('-use_trt', action='store_true', help='-infer_model through TensorRT (GPU)')
-    parser.add_argument('-precision', choices=('fp32', 'fp16'), default='fp32',
-                        help='-infer_model precision (fp16: GPU)')
-    parser.add_argument('-opts', nargs='+', default=None, metavar='KEY VALUE', help='override config keys')
+    parser = argument_parser(__doc__, flags=('-cfg', '-pretrained', '-batch_size', '-device', '-opts'), extra={
+        '-cfg': dict(help='yaml config of the model (optional for weights and exports of this repo)'),
+        '-pretrained': dict(help='weights (.pdparams optional): converted or a checkpoint'),
+        '-batch_size': dict(default=16, help='images per batch'),
+        '-device': dict(choices=('auto', 'gpu', 'cpu'), default='auto',
+                        help='auto: the GPU when paddle has CUDA and sees one (-onnx_model: CPU only)'),
+        '-infer_model': dict(type=str, default=None, help='exported model prefix (tools/export_model.py)'),
+        '-onnx_model': dict(type=str, default=None, help='ONNX file (export_model.py -onnx); onnxruntime'),
+        '-img_path': dict(type=str, nargs='+', required=True, help='images and/or folders'),
+        '-topk': dict(type=int, default=5, help='classes shown per image'),
+        '-use_trt': dict(action='store_true', help='-infer_model through TensorRT (GPU)'),
+        '-precision': dict(choices=('fp32', 'fp16'), default='fp32', help='-infer_model precision (fp16: GPU)'),
+    })
     args = parser.parse_args()
     if sum(bool(m) for m in (args.pretrained, args.infer_model, args.onnx_model)) != 1:
         parser.error('give exactly one of -pretrained, -infer_model and -onnx_model')
@@ -155,24 +125,20 @@ def check_arguments(args):
                            'for the GPU')
 
 
-def build_classifier(args, config):
+def build_classifier(args, config, weights):
     """(a function images [B,3,S,S] float32 -> logits numpy [B, classes], a description of where it runs):
-    the dygraph model, an exported model through paddle.inference, or an ONNX file through onnxruntime."""
+    the dygraph model with weights (the -pretrained checkpoint.WeightsFile), an exported model through
+    paddle.inference, or an ONNX file through onnxruntime."""
     if args.infer_model:
-        from tools.export_model import build_predictor, describe, program_suffix, run_predictor, settings_for
         settings = settings_for(program_suffix(args.infer_model), args.device, args.use_trt, args.precision,
                                 batch=args.batch_size, image_size=config.DATA.IMAGE_SIZE, threads=config.CPU_THREADS)
         predictor = build_predictor(args.infer_model, settings)
         return (lambda batch: run_predictor(predictor, batch)), describe(settings)
     if args.onnx_model:
-        from tools.export_model import create_onnx_session, run_onnx
         session = create_onnx_session(args.onnx_model, threads=config.CPU_THREADS)
         return (lambda batch: run_onnx(session, batch)), 'onnxruntime, cpu'
-    import paddle
-    from pit import build_pit
-    from weights import load_pretrained
-    model = build_pit(config)
-    load_pretrained(model, args.pretrained, prefer_ema=config.MODEL.EMA_WEIGHTS)
+    model = build_model(config)
+    weights.load_into(model, prefer_ema=config.MODEL.EMA_WEIGHTS)
     model.eval()
 
     def classify(batch):
@@ -182,32 +148,28 @@ def build_classifier(args, config):
 
 
 def load_setup(args):
-    """(config, class names or None, what names them): from -cfg/-opts and what the weights file or export
-    describes."""
-    from config import build_config, described_keys
+    """(config, class names or None, what names them, the -pretrained checkpoint.WeightsFile or None): from
+    -cfg/-opts and what the weights file (read once, here) or export describes."""
+    weights = None
     if args.infer_model or args.onnx_model:
-        from tools.export_model import read_export_description
         source = args.infer_model or args.onnx_model
         # export_model.py -onnx writes PREFIX.onnx beside the export's PREFIX.yml
         described, classes, class_map = read_export_description(args.infer_model or
                                                                  os.path.splitext(args.onnx_model)[0])
         names_source = f"class map '{class_map}'"
     else:
-        source, ckpt = read_weights_file(args.pretrained)
-        described, classes = described_keys(ckpt), (ckpt or {}).get('classes')
+        weights = read_weights(args.pretrained)
+        source, described, classes = weights.path, weights.described, weights.classes
         names_source = f"the class list of '{source}'"
     config = build_config(cfg=args.cfg, opts=args.opts or [], described=described, described_by=source,
                           world_size=1)
     if not classes:
         names_source = f'MODEL.NUM_CLASSES={config.MODEL.NUM_CLASSES}'
-    return config, classes, names_source
+    return config, classes, names_source, weights
 
 
 def select_device(args, config):
     """Put dygraph runs on -device, and set up paddle's CPU kernels when the run is on the CPU."""
-    import paddle
-    import cpu_kernels
-    from tools.export_model import gpu_visible, resolve_device
     if args.pretrained:
         paddle.set_device(resolve_device(args.device, gpu_visible(), paddle.__version__))
     if paddle.get_device() == 'cpu':
@@ -221,10 +183,9 @@ def select_device(args, config):
 def setup(args):
     """(config, classify, class names, where it runs) for args; the class names are checked against the
     model's output count with one image."""
-    from tools.export_model import check_class_count
-    config, classes, names_source = load_setup(args)
+    config, classes, names_source, weights = load_setup(args)
     select_device(args, config)
-    classify, runtime = build_classifier(args, config)
+    classify, runtime = build_classifier(args, config, weights)
     names = class_names(classes, config.MODEL.NUM_CLASSES)
     size = config.DATA.IMAGE_SIZE
     outputs = classify(np.zeros((1, 3, size, size), 'float32')).shape[-1]
@@ -268,51 +229,30 @@ def classify_files(files, transform, classify, names, args):
 
 
 def main():
+    """Classify the images of the command line; bad input and failures end in one line (cli.run_command)."""
     args = get_arguments()
-    from config import ConfigError
-    from datasets import build_transforms
-    from tools.export_model import ExportError, error_line
-    from weights import WeightsError
+    check_arguments(args)
+    files, skipped = list_images(args.img_path)
+    for path, reason in skipped:
+        print(f"skipped '{path}': {reason}", file=sys.stderr)
+    if not files:
+        raise PredictError(f'no image files in -img_path {" ".join(args.img_path)}')
     try:
-        check_arguments(args)
-        files, skipped = list_images(args.img_path)
-        for path, reason in skipped:
-            print(f"skipped '{path}': {reason}", file=sys.stderr)
-        if not files:
-            raise PredictError(f'no image files in -img_path {" ".join(args.img_path)}')
         config, classify, names, runtime = setup(args)
-    except (ConfigError, WeightsError, ExportError, PredictError, FileNotFoundError, ImportError) as e:
-        print(f'error: {e}', file=sys.stderr)  # ImportError: onnxruntime
-        sys.exit(2)
-    except (RuntimeError, MemoryError) as e:
-        print(f'error: the model could not run: {error_line(e)}', file=sys.stderr)
-        sys.exit(1)
+    except (RuntimeError, MemoryError) as e:  # paddle's own errors while the model is built and first run
+        raise RunFailed(f'the model could not run: {error_line(e)}') from None
     start = time.time()
     try:
         failed = classify_files(files, build_transforms(config, 'val'), classify, names, args)
     except (RuntimeError, MemoryError) as e:
-        print(f'error: the model failed on a batch: {error_line(e)}', file=sys.stderr)
-        sys.exit(1)
+        raise RunFailed(f'the model failed on a batch: {error_line(e)}') from None
     seconds = time.time() - start
     if len(files) > 1:
         done = len(files) - failed
         print(f'classified {done} image(s) in {seconds:.1f}s ({done / max(seconds, 1e-9):.1f} img/s) on {runtime}')
     if failed:
-        print(f'error: {failed} of {len(files)} image(s) could not be read', file=sys.stderr)
-        sys.exit(1)
-
-
-def run_quietly_on_broken_pipe(entry):
-    """Run entry(); when stdout's reader goes away (`predict.py ... | head -1`) stop without a traceback, as
-    Unix tools do."""
-    try:
-        entry()
-        sys.stdout.flush()  # a broken pipe surfaces here when the last lines were still buffered
-    except BrokenPipeError:
-        # Python flushes stdout again at exit and would report the pipe once more: point it at devnull
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(BROKEN_PIPE_STATUS)
+        raise RunFailed(f'{failed} of {len(files)} image(s) could not be read')
 
 
 if __name__ == '__main__':
-    run_quietly_on_broken_pipe(main)
+    run_command(main)

@@ -15,7 +15,7 @@ class RandomErasing:
     def __init__(self, probability=0.5, min_area=0.02, max_area=1 / 3, min_aspect=0.3, max_aspect=None,
                  mode='const', min_count=1, max_count=None):
         if mode not in ('const', 'rand', 'pixel'):
-            raise ValueError(f"AUG.RE_MODE={mode!r} is not one of 'const', 'rand', 'pixel'")
+            raise ValueError(f"mode must be 'const', 'rand' or 'pixel', got {mode!r}")
         self.probability = probability
         self.min_area, self.max_area = min_area, max_area
         max_aspect = max_aspect or 1 / min_aspect

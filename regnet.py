@@ -13,13 +13,18 @@ Parameter names are timm's (`stem.conv`, `s{i}.b{j}.conv{1,2,3}.{conv,bn}`, `s{i
 `load_teacher` reads a converted `.pdparams` file (tools/convert_regnet.py) or timm/DeiT's `.pth` directly.
 Initialisation is Paddle's default: the teacher is always loaded from trained weights.
 """
+import logging
 import os
 
 import numpy as np
+import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from checkpoint import atomic_save
 from weights import read_checkpoint, resolve_weights_path, to_paddle_state_dict
+
+logger = logging.getLogger('pit')
 
 REGNETY_160 = dict(w0=200, wa=106.23, wm=2.48, depth=18, group_size=112, se_ratio=0.25, stem_width=32,
                    bottle_ratio=1.0)
@@ -168,3 +173,27 @@ def load_teacher(path, num_classes=1000, cfg=None):
     model.set_state_dict(teacher_state_dict(resolved, model))
     model.eval()
     return model
+
+
+def build_teacher(config):
+    """The distillation teacher of config (load_teacher of TRAIN.TEACHER_MODEL), built under its own name scope so
+    that the student's parameter names do not depend on it; None without distillation."""
+    if config.TRAIN.DISTILLATION_TYPE == 'none':
+        return None
+    with paddle.utils.unique_name.guard('teacher_'):
+        teacher = load_teacher(config.TRAIN.TEACHER_MODEL, num_classes=config.MODEL.NUM_CLASSES)
+    logger.info(f'teacher {config.TRAIN.TEACHER_MODEL}, distillation {config.TRAIN.DISTILLATION_TYPE}')
+    return teacher
+
+
+def convert_teacher(src, dst, cfg=None, num_classes=1000):
+    """Convert timm's / DeiT's weights at src into dst (.pdparams added when missing) for build_regnet(cfg,
+    num_classes), every key and shape checked (WeightsError naming src otherwise), written atomically; returns a
+    one-line summary."""
+    dst = dst if dst.endswith('.pdparams') else dst + '.pdparams'
+    with paddle.utils.unique_name.guard():
+        model = build_regnet(cfg, num_classes)
+    model.set_state_dict(teacher_state_dict(src, model))
+    atomic_save(model.state_dict(), dst)
+    params = sum(int(p.size) for p in model.parameters() if not p.stop_gradient)
+    return f"converted '{src}' -> '{dst}' (RegNet, {params / 1e6:.2f}M params)"

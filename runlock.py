@@ -23,10 +23,12 @@ import os
 import socket
 import time
 
+from errors import UserError
+
 LOCK_FILE = 'run.lock'
 
 
-class RunLockError(ValueError):
+class RunLockError(UserError):
     """SAVE is in use by another run (or the lock cannot be created); the message names the holder and the file."""
 
 

@@ -31,9 +31,10 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
+from errors import UserError
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
     """A weights file that cannot be read or does not fit the model; the message names the file."""
 
 
@@ -265,7 +266,8 @@ _PADDLE_GLOBALS = {
     ('paddle.base.libpaddle', 'GeneratorState'): _Ignored,
     ('paddle.fluid.libpaddle', 'GeneratorState'): _Ignored,
 }
-for _module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+_NUMPY_MODULES = ('numpy.core.multiarray', 'numpy._core.multiarray')  # numpy 1.x and 2.x pickles
+for _module in _NUMPY_MODULES:
     _PADDLE_GLOBALS[(_module, '_reconstruct')] = _numpy_global('_reconstruct')
     _PADDLE_GLOBALS[(_module, 'scalar')] = _numpy_global('scalar')
 
@@ -274,6 +276,22 @@ class _PaddleUnpickler(_AllowListUnpickler):
     """paddle.save files: dicts/lists/tuples of numbers, strings and numpy arrays (tensors are pickled as
     (name, ndarray) tuples). Object arrays can only hold what the allow-list rebuilds."""
     ALLOWED = _PADDLE_GLOBALS
+
+
+class _SkippedArray:
+    """Stand-in for an array in a description read: absorbs the data BUILD hands it, builds and checks nothing."""
+
+    def __setstate__(self, state):
+        pass
+
+
+def _skipped_array(*args):
+    return _SkippedArray()
+
+
+class _DescriptionUnpickler(_AllowListUnpickler):
+    """paddle.save files read for their plain entries only: every array becomes a _SkippedArray."""
+    ALLOWED = {**_PADDLE_GLOBALS, **{(module, '_reconstruct'): _skipped_array for module in _NUMPY_MODULES}}
 
 
 def _tensors_to_arrays(obj):
@@ -293,9 +311,21 @@ def read_paddle_file(path):
     """The object of a paddle.save file (.pdparams, .pdopt, this repo's checkpoints) with tensors as numpy
     arrays, read by the allow-list: WeightsError naming the file for a refused global, a damaged file or a
     tensor holding NaN/Inf (check_finite)."""
+    return check_finite(_tensors_to_arrays(_unpickle(path, _PaddleUnpickler)), path)
+
+
+def read_paddle_description(path):
+    """The object of a paddle.save file with every array left out (a placeholder in its place): its plain entries
+    (a checkpoint's model description and class list) without the cost of building and checking its tensors.
+    WeightsError naming the file for a refused global or a damaged file."""
+    return _unpickle(path, _DescriptionUnpickler)
+
+
+def _unpickle(path, unpickler):
+    """The object unpickler (an _AllowListUnpickler class) reads from the file at path; WeightsError naming it."""
     try:
         with open(path, 'rb') as f:
-            obj = _tensors_to_arrays(_PaddleUnpickler(f).load())
+            return unpickler(f).load()
     except _RefusedGlobal as e:
         raise WeightsError(f"'{path}': {e}") from e
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
@@ -304,7 +334,6 @@ def read_paddle_file(path):
                            f"{' '.join(str(e).split())[:200]})") from e
     except OSError as e:
         raise WeightsError(f"'{path}': cannot be read ({e.strerror or e})") from e
-    return check_finite(obj, path)
 
 
 def check_finite(obj, path):
@@ -379,27 +408,29 @@ def _strip_prefixes(state, path):
     return out
 
 
-def read_checkpoint(path, prefer_ema=False):
-    """Read a weights file into {name: numpy array}, unwrapped and without `module.` prefixes.
-
-    Format by extension: `.safetensors`, `.pdparams` (paddle.load), anything else a PyTorch zip checkpoint.
-    Wrapped files give their `model` (else `state_dict`, `model_ema`, `state_dict_ema`) entry; prefer_ema
-    tries the EMA entries first. bfloat16 tensors come back as float32. Raises WeightsError naming the file
-    (and the tensor, for one holding NaN/Inf).
-    """
-    return _read(path, prefer_ema)[0]
-
-
-def _read(path, prefer_ema):
-    """(state, entry): read_checkpoint plus the name of the entry used (None for a raw state dict)."""
+def read_file(path):
+    """The object a weights file holds, tensors as numpy arrays, read once and checked finite. Format by extension:
+    `.safetensors`, `.pdparams`/`.pdopt` (paddle.save), anything else a PyTorch zip checkpoint; bfloat16 tensors
+    come back as float32. Raises WeightsError naming the file (and the tensor, for one holding NaN/Inf)."""
     if not os.path.isfile(path):
         raise WeightsError(f"weights file '{path}' not found")
     if path.endswith(('.pdparams', '.pdopt')):
-        obj = read_paddle_file(path)  # checks finiteness itself (it is also read directly)
-    else:
-        obj = check_finite(_read_safetensors(path) if path.endswith('.safetensors') else _read_torch(path), path)
+        return read_paddle_file(path)  # checks finiteness itself (it is also read directly)
+    return check_finite(_read_safetensors(path) if path.endswith('.safetensors') else _read_torch(path), path)
+
+
+def weights_in(obj, path, prefer_ema=False):
+    """(state dict {name: numpy array} without `module.` prefixes, entry name or None) of obj, the object read from
+    path: a raw state dict as it is, else its `model` (else `state_dict`, `model_ema`, `state_dict_ema`) entry;
+    prefer_ema tries the EMA entries first. WeightsError naming path when obj holds no weights."""
     state, entry = _select_entry(obj, path, prefer_ema)
     return _strip_prefixes(state, path), entry
+
+
+def read_checkpoint(path, prefer_ema=False):
+    """The state dict of a weights file ({name: numpy array}, unwrapped, without `module.` prefixes; see
+    read_file and weights_in)."""
+    return weights_in(read_file(path), path, prefer_ema)[0]
 
 
 # ---------------------------------------------------------------- fitting a state dict onto a model
@@ -527,15 +558,22 @@ def resolve_weights_path(path):
 
 
 def load_pretrained(model, path, strict=True, prefer_ema=False, finetune=False):
-    """Load weights from path (any format read_checkpoint reads) into model; returns a LoadReport.
+    """Load the weights file at path (any format read_file reads) into model; returns a LoadReport (see
+    load_state)."""
+    path = resolve_weights_path(path)
+    return load_state(model, read_file(path), path, strict=strict, prefer_ema=prefer_ema, finetune=finetune)
+
+
+def load_state(model, obj, path, strict=True, prefer_ema=False, finetune=False):
+    """Load the weights of obj, the object read from the weights file at path (read_file), into model; returns a
+    LoadReport.
 
     strict: any missing, unexpected or mis-shaped key raises WeightsError and leaves the model unchanged.
     finetune: a classifier (head, head_dist) of another class count is re-initialised, not an error; every
     other tensor must still fit when strict. Not strict: the keys that fit are loaded, the rest is reported.
     `.pdparams` files already hold Paddle layouts; all other formats are PyTorch layouts (transposed Linear).
     """
-    path = resolve_weights_path(path)
-    state, entry = _read(path, prefer_ema)
+    state, entry = weights_in(obj, path, prefer_ema)
     fit = fit_state_dict(state, model, from_torch=not path.endswith('.pdparams'), finetune=finetune)
     if strict and fit.problems():
         raise WeightsError(_misfit_message(path, fit))

@@ -1,6 +1,5 @@
 """The preflight command (tools/check_setup.py): every section and a verdict on this CPU machine, advice where the
 machine falls short (a tiny /dev/shm, a data path without data), and the estimates it rests on."""
-import logging
 import os
 import shutil
 import subprocess
@@ -11,9 +10,11 @@ import pytest
 
 import checkpoint
 from config import build_config
-from main_single_gpu import build_model, build_state
-from tools.check_setup import advised_workers, checkpoint_bytes, checkpoint_files
-from tools.prepare_data import write_dataset
+from demo_data import write_dataset
+from engine import build_train_state
+from gpu import advised_workers
+from pit import build_model
+from checkpoint import checkpoint_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
@@ -84,13 +85,13 @@ def test_a_checkpoint_is_as_large_as_the_estimate(tmp_path):
     config = build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'), TINY + ['SAVE', str(tmp_path)],
                           world_size=1)
     model = build_model(config)
-    state = build_state(config, model, 1, logging.getLogger('test'))
+    state = build_train_state(config, model, 1)
     x = paddle.randn([2, 3, 32, 32])
     paddle.nn.functional.cross_entropy(model(x), paddle.to_tensor([1, 2])).backward()
     state.optimizer.step()  # creates the moments
     checkpoint.save(str(tmp_path), state, config, [str(i) for i in range(10)], is_best=False)
     written = os.path.getsize(tmp_path / checkpoint.LATEST)
-    assert 0.9 * written <= checkpoint_bytes(model, config) <= 1.1 * written
+    assert 0.9 * written <= checkpoint.checkpoint_bytes(model, config) <= 1.1 * written
 
 
 @pytest.mark.parametrize('keep, save_freq', [(2, 1), (0, 2), (3, 2)])
@@ -101,7 +102,7 @@ def test_the_disk_estimate_counts_the_distinct_files_a_run_leaves(tmp_path, keep
         'SAVE', str(tmp_path), 'TRAIN.NUM_EPOCHS', '5', 'KEEP_CHECKPOINTS', str(keep), 'SAVE_FREQ', str(save_freq)],
         world_size=1)
     model = build_model(config)
-    state = build_state(config, model, 1, logging.getLogger('test'))
+    state = build_train_state(config, model, 1)
     classes = [str(i) for i in range(10)]
     for epoch in range(1, 5):
         state.epoch = epoch

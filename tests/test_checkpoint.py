@@ -16,7 +16,8 @@ import paddle
 import pytest
 
 import checkpoint
-from checkpoint import CheckpointError, atomic_save, find_resume, load, progress_of, remove_stale_temporaries
+from checkpoint import (CheckpointError, CheckpointWriteError, atomic_save, find_resume, load, progress_of,
+                        remove_stale_temporaries)
 from config import build_config
 from engine import TrainState
 from model_ema import ModelEma
@@ -88,7 +89,7 @@ def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path
         raise OSError(28, 'No space left on device')
 
     monkeypatch.setattr(os, 'fsync', disk_full)
-    with pytest.raises(CheckpointError, match='No space left on device.*intact'):
+    with pytest.raises(CheckpointWriteError, match='No space left on device.*intact'):
         checkpoint.save(str(tmp_path), state, config, ['c'] * 5, is_best=False)
     assert load(str(tmp_path / checkpoint.LATEST))['epoch'] == 1
     assert not [n for n in os.listdir(tmp_path) if '.tmp' in n]

@@ -7,9 +7,9 @@ import numpy as np
 import paddle
 import pytest
 
-from config import get_config
+from checkpoint import CheckpointWriteError, convert_weights, described_keys
+from config import build_config, get_config
 from pit import build_pit
-from tools import convert_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
@@ -32,7 +32,7 @@ def logits_of(pdparams, cfg=MICRO_CFG):
 @pytest.mark.parametrize('source', MICRO_SOURCES)
 def test_every_source_layout_converts_to_the_reference_logits(tmp_path, source):
     dst = tmp_path / 'out'
-    assert convert_weights.main(['-cfg', MICRO_CFG, '-src', os.path.join(FIXTURES, source), '-dst', str(dst)]) == 0
+    convert_weights(build_config(MICRO_CFG), os.path.join(FIXTURES, source), str(dst))
     assert sorted(os.listdir(tmp_path)) == ['out.pdparams']
     reference = np.load(os.path.join(FIXTURES, 'pit_micro.npz'))['logits']
     np.testing.assert_allclose(logits_of(str(dst) + '.pdparams'), reference, atol=1e-5)
@@ -41,17 +41,16 @@ def test_every_source_layout_converts_to_the_reference_logits(tmp_path, source):
 def test_ema_flag_converts_the_ema_weights(tmp_path):
     dst = str(tmp_path / 'ema.pdparams')
     src = os.path.join(FIXTURES, 'pit_micro_deit.pth')
-    assert convert_weights.main(['-cfg', MICRO_CFG, '-src', src, '-dst', dst, '-ema']) == 0
+    convert_weights(build_config(MICRO_CFG), src, dst, prefer_ema=True)
     reference = np.load(os.path.join(FIXTURES, 'pit_micro.npz'))['logits_ema']
     np.testing.assert_allclose(logits_of(dst), reference, atol=1e-5)
 
 
-def test_conversion_prints_one_summary_line_and_imports_no_torch(tmp_path, capsys):
+def test_conversion_prints_one_summary_line_and_imports_no_torch(tmp_path):
     src = os.path.join(FIXTURES, 'pit_micro_timm.pth')
-    assert convert_weights.main(['-cfg', MICRO_CFG, '-src', src, '-dst', str(tmp_path / 'x')]) == 0
-    out = capsys.readouterr().out
-    assert out.count('\n') == 1 and 'timm>=0.9 layout' in out and 'x.pdparams' in out
-    assert 'torch' not in sys.modules
+    result = run_cli('-cfg', MICRO_CFG, '-src', src, '-dst', str(tmp_path / 'x'))
+    assert result.returncode == 0 and 'torch' not in sys.modules
+    assert result.stdout.count('\n') == 1 and 'timm>=0.9 layout' in result.stdout and 'x.pdparams' in result.stdout
 
 
 def run_cli(*args):
@@ -61,7 +60,7 @@ def run_cli(*args):
 
 def error_lines(stderr):
     """stderr lines that are not warnings printed by Paddle at import."""
-    return [line for line in stderr.splitlines() if line.startswith('convert_weights:')]
+    return [line for line in stderr.splitlines() if line.startswith('error:')]
 
 
 def test_wrong_variant_fails_with_one_line_exit_2_and_no_output(tmp_path):
@@ -76,9 +75,9 @@ def test_wrong_variant_fails_with_one_line_exit_2_and_no_output(tmp_path):
 def test_truncated_source_fails_with_exit_2_and_no_output(tmp_path):
     data = open(os.path.join(FIXTURES, 'pit_micro_timm.pth'), 'rb').read()
     (tmp_path / 'cut.pth').write_bytes(data[:len(data) // 2])
-    code = convert_weights.main(['-cfg', MICRO_CFG, '-src', str(tmp_path / 'cut.pth'),
-                                 '-dst', str(tmp_path / 'out.pdparams')])
-    assert code == 2 and sorted(os.listdir(tmp_path)) == ['cut.pth']
+    result = run_cli('-cfg', MICRO_CFG, '-src', str(tmp_path / 'cut.pth'), '-dst', str(tmp_path / 'out.pdparams'))
+    assert result.returncode == 2 and len(error_lines(result.stderr)) == 1
+    assert sorted(os.listdir(tmp_path)) == ['cut.pth']
 
 
 def test_failed_save_keeps_an_existing_output_and_leaves_no_temp_file(tmp_path, monkeypatch):
@@ -88,16 +87,14 @@ def test_failed_save_keeps_an_existing_output_and_leaves_no_temp_file(tmp_path, 
     def disk_full(fd):
         raise OSError(28, 'No space left on device')
     monkeypatch.setattr(os, 'fsync', disk_full)
-    code = convert_weights.main(['-cfg', MICRO_CFG, '-src', os.path.join(FIXTURES, 'pit_micro_timm.pth'),
-                                 '-dst', str(dst)])
-    assert code == 2 and dst.read_bytes() == b'previous' and os.listdir(tmp_path) == ['out.pdparams']
+    with pytest.raises(CheckpointWriteError, match='No space left on device'):  # the run failed: exit status 1
+        convert_weights(build_config(MICRO_CFG), os.path.join(FIXTURES, 'pit_micro_timm.pth'), str(dst))
+    assert dst.read_bytes() == b'previous' and os.listdir(tmp_path) == ['out.pdparams']
 
 
 def test_converted_weights_describe_their_model_and_imagenet_classes(tmp_path):
-    from config import described_keys
     from weights import read_paddle_file
-    assert convert_weights.main(['-cfg', MICRO_CFG, '-src', os.path.join(FIXTURES, 'pit_micro_timm.pth'),
-                                 '-dst', str(tmp_path / 'x')]) == 0
+    convert_weights(build_config(MICRO_CFG), os.path.join(FIXTURES, 'pit_micro_timm.pth'), str(tmp_path / 'x'))
     saved = read_paddle_file(str(tmp_path / 'x.pdparams'))
     config = get_config(MICRO_CFG)
     assert described_keys(saved)['MODEL.TRANS.BASE_DIMS'] == list(config.MODEL.TRANS.BASE_DIMS)

@@ -9,7 +9,7 @@ from PIL import Image
 from config import finalize_config, get_config, merge_opts
 from datasets import (DatasetError, ExactlyOnceSampler, RepeatedAugSampler, build_dataloader, build_dataset,
                       find_samples)
-from tools.prepare_data import write_dataset
+from demo_data import write_dataset
 
 
 def make_config(root, *opts):

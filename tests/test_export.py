@@ -8,9 +8,11 @@ import paddle
 import pytest
 from paddle import inference
 
+from errors import error_line
+from export import export_inference_model, publish_export
+from inference import (GPU_MEMORY_POOL_MB, ExportError, PredictorSettings, apply_settings, class_names, model_files,
+                       predictor_settings, read_export_description, tensorrt_config, write_deploy_files)
 from test_faults import one_line_error, tmpfs
-from tools.export_model import (GPU_MEMORY_POOL_MB, ExportError, PredictorSettings, apply_settings, error_line,
-                                model_files, predictor_settings, publish_export, tensorrt_config)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
@@ -172,6 +174,24 @@ def test_paddle_errors_become_their_message_line():
         '(Unavailable) Cannot read tensor desc size'
 
 
+# ------------------------------------------------------------------ the deploy files
+
+@pytest.mark.parametrize('crop_pct', [0.875, 0.9, 0.95])
+def test_the_deploy_files_give_back_the_crop_fraction_of_the_config_as_it_is(tmp_path, crop_pct):
+    from config import build_config
+    config = build_config(opts=['DATA.CROP_PCT', str(crop_pct)])
+    write_deploy_files(config, class_names(None, 1000), str(tmp_path / 'inference'))
+    described, names, _ = read_export_description(str(tmp_path / 'inference'))
+    assert described['DATA.CROP_PCT'] == crop_pct and len(names) == 1000  # 0.95: 224 / 235 would be 0.9532
+
+
+def test_a_deploy_config_without_the_crop_fraction_gives_crop_size_over_resize(tmp_path):
+    (tmp_path / 'inference.yml').write_text('Global: {crop_pct: 0.9}\nPreProcess:\n  transform_ops:\n'
+                                            '    - ResizeImage: {resize_short: 256}\n    - CropImage: {size: 224}\n')
+    # the crop fraction kept there does not give this resize (edited since): the sizes the ops run decide
+    assert read_export_description(str(tmp_path / 'inference'))[0]['DATA.CROP_PCT'] == 224 / 256
+
+
 # ------------------------------------------------------------------ the export tool
 
 @pytest.fixture(scope='module')
@@ -189,7 +209,6 @@ def tiny_weights(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def tiny_export(tiny_weights, tmp_path_factory):
-    from tools.export_model import export_inference_model
     return export_inference_model(tiny_weights[1], 32, str(tmp_path_factory.mktemp('export') / 'inference'))
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tools.prepare_data import write_dataset
+from demo_data import write_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
@@ -200,13 +200,15 @@ def test_an_empty_class_folder_is_reported_and_a_symlink_loop_ends(tmp_path, mon
     '(Fatal) DataLoader process (pid 4242) exited is killed by signal: Killed.',  # raised by paddle's SIGCHLD handler
 ])
 def test_a_dead_dataloader_worker_ends_the_run_in_one_line(capsys, paddle_error):
-    import main_single_gpu
+    import argparse
 
-    def worker_killed(config):
+    import cli
+
+    def worker_killed(config, weights):
         raise SystemError(paddle_error)
-    args = main_single_gpu.argparse.Namespace(cfg=None, opts=['TRAIN.NUM_EPOCHS', '1', 'TRAIN.WARMUP_EPOCHS', '0'])
+    args = argparse.Namespace(cfg=None, opts=['TRAIN.NUM_EPOCHS', '1', 'TRAIN.WARMUP_EPOCHS', '0'])
     with pytest.raises(SystemExit) as exit_info:
-        main_single_gpu.run(worker_killed, args)
+        cli.run_training(worker_killed, args)
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 1 and len(err) == 1
     assert err[0].startswith('error: a DataLoader worker process died') and 'DATA.NUM_WORKERS' in err[0]
@@ -218,7 +220,7 @@ def launcher_config(tmp_path, resume='auto'):
 
 
 def test_a_failed_process_shows_its_traceback_with_its_rank_then_one_summary_line(tmp_path):
-    from main_multi_gpu import failure_summary
+    from cli import failure_summary
     trace = 'Traceback (most recent call last):\n  File "engine.py", line 1\nKeyError: 3\n'
     text, status = failure_summary(1, 1, trace, launcher_config(tmp_path), 4)
     lines = text.splitlines()
@@ -228,7 +230,7 @@ def test_a_failed_process_shows_its_traceback_with_its_rank_then_one_summary_lin
 
 
 def test_resuming_is_suggested_only_when_a_checkpoint_exists_and_the_failure_was_not_bad_input(tmp_path):
-    from main_multi_gpu import failure_summary
+    from cli import failure_summary
     config = launcher_config(tmp_path)
     assert 're-run' not in failure_summary(0, -9, None, config, 2)[0]  # nothing to resume from yet
     (tmp_path / 'checkpoint-latest.pdparams').write_bytes(b'x')

@@ -10,9 +10,9 @@ import paddle.nn as nn
 import pytest
 
 from config import build_config
+from demo_data import write_dataset
 from metrics import read_records
 from pit import build_pit
-from tools.prepare_data import write_dataset
 from torch_zip import save_torch_zip, to_timm_layout
 from weights import WeightsError, load_pretrained, read_checkpoint
 

@@ -15,15 +15,15 @@ import pytest
 from paddle.amp.auto_cast import _update_list
 
 import checkpoint
-import datasets
-import gpu
 from config import ConfigError, build_config, finalize_config, get_config, merge_opts
+import datasets
 from datasets import build_dataloader, build_dataset
+from demo_data import write_dataset
 from engine import TrainState, train_one_epoch
+import gpu
 from metrics import RunRecords, read_records
 from optim import build_optimizer
 from pit import Attention
-from tools.prepare_data import write_dataset
 from weights import read_paddle_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -322,14 +322,14 @@ def test_the_loader_is_built_with_the_decided_value(digits, pit_log, requested, 
 
 
 def test_a_dead_worker_error_mentions_dev_shm_when_batches_went_through_it(monkeypatch, capsys):
-    import main_single_gpu
+    import cli
     monkeypatch.setattr(sys, 'argv', ['main_single_gpu.py', '-device', 'cpu'])
     monkeypatch.setattr(datasets, 'SHARED_MEMORY_IN_USE', {'train': (2 ** 30, 64 * 2 ** 20)})
 
-    def worker_killed(config):
+    def worker_killed(config, weights):
         raise SystemError('(Fatal) Blocking queue is killed because the data reader raises an exception.')
     with pytest.raises(SystemExit) as status:
-        main_single_gpu.run(worker_killed, main_single_gpu.get_arguments())
+        cli.run_training(worker_killed, cli.argument_parser('').parse_args())
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert status.value.code == 1 and line.startswith('error: a DataLoader worker process died')
     assert 'or by a full /dev/shm' in line and '64 MB free at start, about 1.0 GB needed' in line

@@ -15,9 +15,9 @@ import paddle
 import pytest
 
 import cpu_kernels
+from demo_data import write_dataset
 from pit import PiTFeatures, PoolingTransformer
 from tests.torch_zip import save_torch_zip
-from tools.prepare_data import write_dataset
 from weights import read_paddle_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,6 +4,7 @@ drop path, AdamP). Only the model, the image size, the epochs and the data are s
 
 Two processes over GLOO stand in for GPUs. Data: scikit-learn's digits written as ImageNet-style folders.
 """
+import json
 import os
 import re
 import shutil
@@ -17,8 +18,8 @@ import time
 import numpy as np
 import pytest
 
+from demo_data import write_dataset
 from metrics import read_records
-from tools.prepare_data import write_dataset
 from weights import read_paddle_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,25 +110,24 @@ def test_sigkilled_two_process_run_rerun_with_the_same_command_ends_bit_identica
     assert [r['epoch'] for r in read_records(save)] == [1, 2, 3]
 
 
-def eval_line(text, name='model'):
-    found = re.findall(rf'Eval {name}: Acc@1 ([\d.]+) Acc@5 ([\d.]+) loss [\d.]+ on (\d+) images', text)
-    assert found, text[-2000:]
-    return tuple(float(x) for x in found[-1])
+def evaluation(save):
+    """The result -eval wrote into SAVE (eval.json)."""
+    with open(os.path.join(save, 'eval.json')) as f:
+        return json.load(f)
 
 
 def test_run_eval_and_run_eval_multi_need_no_cfg_and_agree_with_training(digits, straight_run, tmp_path):
     save = straight_run[0]
     ckpt = os.path.join(save, 'checkpoint-latest')
     common = {'DATA_PATH': digits, 'PRETRAINED': ckpt, 'BATCH_SIZE': BATCH}
-    one = eval_line(shell('sh', 'scripts/run_eval.sh', extra_env=dict(common, SAVE_PATH=str(tmp_path / 'e1'))).stdout)
+    shell('sh', 'scripts/run_eval.sh', extra_env=dict(common, SAVE_PATH=str(tmp_path / 'e1')))
     shell('sh', 'scripts/run_eval_multi.sh', extra_env=dict(common, NGPUS='2', SAVE_PATH=str(tmp_path / 'e2')))
-    two = eval_line(open(tmp_path / 'e2' / 'log.txt').read())
-    last = read_records(save)[-1]
-    assert one == two and one[2] == 50
-    assert one[0] == pytest.approx(last['val_acc1']) and one[1] == pytest.approx(last['val_acc5'])
-    ema = eval_line(shell('sh', 'scripts/run_eval.sh', '-ema', extra_env=dict(common, SAVE_PATH=str(tmp_path / 'e3'))
-                          ).stdout, 'EMA')
-    assert ema[0] == pytest.approx(last['ema_acc1'])
+    one, two, last = evaluation(tmp_path / 'e1'), evaluation(tmp_path / 'e2'), read_records(save)[-1]
+    assert one == two and one['images'] == 50 and not one['ema']
+    assert one['acc1'] == pytest.approx(last['val_acc1']) and one['acc5'] == pytest.approx(last['val_acc5'])
+    shell('sh', 'scripts/run_eval.sh', '-ema', extra_env=dict(common, SAVE_PATH=str(tmp_path / 'e3')))
+    ema = evaluation(tmp_path / 'e3')
+    assert ema['ema'] and ema['acc1'] == pytest.approx(last['ema_acc1'])
 
 
 def test_predict_on_a_folder_names_the_checkpoints_classes_and_reports_throughput(digits, straight_run):

@@ -9,7 +9,7 @@ import pytest
 
 from config import build_config
 from datasets import build_dataloader, build_dataset
-from tools.prepare_data import write_dataset
+from demo_data import write_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POLICIES = ['rand-m9-mstd0.5-inc1', 'rand-m9-mstd0.5', 'rand-m7-n3-mstd101-mmax8-p0.7', 'rand-m9-mstd0.5-w0',

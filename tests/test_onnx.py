@@ -9,7 +9,8 @@ import numpy as np
 import paddle
 import pytest
 
-from tools.export_model import create_onnx_session, export_inference_model, export_onnx, run_onnx
+from export import export_inference_model, export_onnx
+from inference import ExportError, create_onnx_session, run_onnx
 
 MISSING = [name for name in ('paddle2onnx', 'onnx', 'onnxruntime') if importlib.util.find_spec(name) is None]
 needs_onnx = pytest.mark.skipif(bool(MISSING), reason=f'{", ".join(MISSING)} not installed (requirements-dev.txt '
@@ -111,10 +112,10 @@ def test_predict_onnx_model_that_is_missing_fails_in_one_line_with_exit_2(tmp_pa
                                                       "(-onnx_model; tools/export_model.py -onnx writes one)"
 
 
-def test_onnx_session_without_onnxruntime_is_a_one_line_import_error(tmp_path, monkeypatch):
+def test_onnx_session_without_onnxruntime_is_bad_input_in_one_line(tmp_path, monkeypatch):
     (tmp_path / 'm.onnx').write_bytes(b'')
     monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # what `import onnxruntime` meets when it is absent
-    with pytest.raises(ImportError, match=r"^onnxruntime is not installed: pip install onnxruntime to run '.*m.onnx'$"):
+    with pytest.raises(ExportError, match=r"^onnxruntime is not installed: pip install onnxruntime to run '.*m.onnx'$"):
         create_onnx_session(str(tmp_path / 'm.onnx'))
 
 

@@ -14,10 +14,10 @@ import numpy as np
 import paddle
 import pytest
 
-from config import get_config, merge_opts
+from config import build_config, get_config, merge_opts
 from pit import build_pit
-from tools import convert_weights
-from tools.model_info import count_macs, count_params
+from checkpoint import convert_weights
+from complexity import count_macs, count_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
@@ -36,7 +36,7 @@ def within_tolerance(diffs, reference):
 def converted_model(cfg, src, tmp_path):
     """Convert src with the CLI, then load the result into a fresh model of cfg without drop path."""
     dst = str(tmp_path / 'converted.pdparams')
-    assert convert_weights.main(['-cfg', cfg, '-src', src, '-dst', dst]) == 0
+    convert_weights(build_config(cfg), src, dst)
     model = build_pit(merge_opts(get_config(cfg), ['MODEL.DROP_PATH', '0.0']))
     model.set_state_dict(paddle.load(dst)['model'])
     return model
@@ -70,7 +70,9 @@ OFFICIAL = ['pit_ti', 'pit_xs', 'pit_s', 'pit_b', 'pit_ti_distilled', 'pit_xs_di
 
 
 def write_reference(name, out_dir):
-    """OUT/NAME.pth and OUT/NAME.npz from timm, in this process or in PIT_REFERENCE_PYTHON; skip if neither."""
+    """OUT/NAME.pth and OUT/NAME.npz from timm (tools/make_parity_fixture.py), run by this python when it has torch
+    and timm, else by PIT_REFERENCE_PYTHON; skip if neither."""
+    python = sys.executable
     try:
         import timm  # noqa: F401
         import torch  # noqa: F401
@@ -78,11 +80,8 @@ def write_reference(name, out_dir):
         python = os.environ.get('PIT_REFERENCE_PYTHON')
         if not python:
             pytest.skip(f'torch+timm not importable: {e}; set PIT_REFERENCE_PYTHON to a python that has them')
-        script = os.path.join(ROOT, 'tools', 'make_parity_fixture.py')
-        subprocess.run([python, script, 'variant', name, str(out_dir)], check=True)
-        return
-    from tools import make_parity_fixture
-    make_parity_fixture.write_variant(name, str(out_dir))
+    script = os.path.join(ROOT, 'tools', 'make_parity_fixture.py')
+    subprocess.run([python, script, 'variant', name, str(out_dir)], check=True)
 
 
 @pytest.mark.slow

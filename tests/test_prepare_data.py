@@ -1,9 +1,9 @@
-"""tools/prepare_data.py writes real images in both ImageNet layouts, with disjoint splits."""
+"""demo_data (tools/prepare_data.py) writes real images in both ImageNet layouts, with disjoint splits."""
 import os
 
 from PIL import Image
 
-from tools.prepare_data import read_idx, write_dataset
+from demo_data import read_idx, write_dataset
 
 
 def test_folder_layout_has_class_folders_and_disjoint_heldout(tmp_path):

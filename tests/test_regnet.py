@@ -2,19 +2,24 @@
 
 Reference data: tests/fixtures/regnet_tiny.{pth,npz}, written by tools/make_regnet_fixture.py with timm.
 """
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import paddle
 import pytest
 
-from regnet import REGNETY_160, build_regnet, load_teacher, stage_plan, teacher_state_dict
-from tools import convert_regnet
-from tools.make_regnet_fixture import NUM_CLASSES, TINY
+from regnet import REGNETY_160, build_regnet, convert_teacher, load_teacher, stage_plan, teacher_state_dict
 from weights import WeightsError
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
 TINY_PTH = os.path.join(FIXTURES, 'regnet_tiny.pth')
+with open(os.path.join(FIXTURES, 'regnet_tiny.json')) as f:  # sizes of the model tools/make_regnet_fixture.py wrote
+    TINY_SIZES = json.load(f)
+TINY, NUM_CLASSES = TINY_SIZES['config'], TINY_SIZES['num_classes']
 
 
 @pytest.fixture(scope='module')
@@ -52,7 +57,7 @@ def test_timm_weights_give_timms_logits(reference):
 
 
 def test_converted_file_loads_as_teacher_without_extension_and_in_eval_mode(tmp_path, reference):
-    summary = convert_regnet.convert(TINY_PTH, str(tmp_path / 'teacher'), cfg=TINY, num_classes=NUM_CLASSES)
+    summary = convert_teacher(TINY_PTH, str(tmp_path / 'teacher'), cfg=TINY, num_classes=NUM_CLASSES)
     assert os.listdir(tmp_path) == ['teacher.pdparams'] and 'teacher.pdparams' in summary
     teacher = load_teacher(str(tmp_path / 'teacher'), num_classes=NUM_CLASSES, cfg=TINY)
     assert not teacher.training
@@ -64,8 +69,10 @@ def test_missing_teacher_file_raises_file_not_found_naming_it(tmp_path):
         load_teacher(str(tmp_path / 'nowhere'))
 
 
-def test_weights_of_another_size_raise_weights_error_and_the_cli_exits_2(tmp_path, capsys):
+def test_weights_of_another_size_raise_weights_error_and_the_cli_exits_2(tmp_path):
     with pytest.raises(WeightsError, match='regnet_tiny.pth'):
         teacher_state_dict(TINY_PTH, build_regnet(TINY, num_classes=1000))
-    assert convert_regnet.main(['-src', TINY_PTH, '-dst', str(tmp_path / 'out')]) == 2
-    assert 'convert_regnet: error:' in capsys.readouterr().err and not os.listdir(tmp_path)
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'convert_regnet.py'), '-src', TINY_PTH,
+                             '-dst', str(tmp_path / 'out')], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith('error: ')
+    assert 'regnet_tiny.pth' in result.stderr and not os.listdir(tmp_path)

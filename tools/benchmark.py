@@ -30,8 +30,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
 import quiet  # noqa: E402,F401  (before paddle, here and in each phase's process)
+
+from timing import timed  # noqa: E402
 
 PHASES = ['dygraph_infer', 'exported_infer', 'train_step', 'latency_b1', 'data_per_worker']
 GPU_PHASES = ['train_step_amp']  # measured only where a GPU exists: a training step under auto_cast (AMP_DTYPE)
@@ -40,23 +41,6 @@ GPU_PHASES = ['train_step_amp']  # measured only where a GPU exists: a training 
 def gpu_available():
     import paddle
     return paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
-
-
-def timed(fn, images_per_call, repeats, warmup=2, min_seconds=1.0):
-    """Median images/s of fn over `repeats` timings (each at least min_seconds of calls), after warmup calls."""
-    for _ in range(warmup):
-        fn()
-    rates = []
-    for _ in range(repeats):
-        calls, start = 0, time.perf_counter()
-        while True:
-            fn()
-            calls += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_seconds:
-                break
-        rates.append(calls * images_per_call / elapsed)
-    return statistics.median(rates), rates
 
 
 def peak_memory_mb():
@@ -118,7 +102,8 @@ def run_phase(phase, args):
                 model(x).numpy()
         rate, rates = timed(infer, batch, args.repeats)
     elif phase == 'exported_infer':
-        from export_model import create_predictor, export_inference_model, run_predictor
+        from export import export_inference_model
+        from inference import create_predictor, run_predictor
         prefix = export_inference_model(model, size, os.path.join(args.tmp, 'inference'))
         predictor = create_predictor(prefix, device='gpu' if paddle.get_device().startswith('gpu') else 'cpu',
                                      threads=threads)
@@ -214,7 +199,7 @@ def main():
         return
     import paddle
     from config import build_config
-    from model_info import count_macs, count_params
+    from complexity import count_macs, count_params
     on_gpu = gpu_available()
     if args.phases is None:
         args.phases = PHASES + (GPU_PHASES if on_gpu else [])

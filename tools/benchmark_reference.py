@@ -14,9 +14,9 @@ import random
 import resource
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmark import timed  # noqa: E402  (stdlib-only at import, like this script)
+from timing import timed  # noqa: E402  (the standard library only, like this script)
 
 
 PHASES = ['dygraph_infer', 'exported_infer', 'latency_b1', 'train_step', 'train_step_amp', 'data_per_worker']

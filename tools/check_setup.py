@@ -25,14 +25,20 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 import paddle.distributed as dist  # noqa: E402
 
 import gpu  # noqa: E402
+from checkpoint import checkpoint_bytes, checkpoint_files  # noqa: E402
+from cli import argument_parser, command_config, num_processes, run_command, setup_device, spawn, use_gpu  # noqa: E402
 from compat import parse_version, unsupported_reason  # noqa: E402
 from config import ConfigError, finalize_config  # noqa: E402
 from datasets import DatasetError, build_dataloader, build_dataset  # noqa: E402
+from engine import build_train_state, train_one_epoch  # noqa: E402
+from losses import build_criterion  # noqa: E402
+from mixup import build_mixup  # noqa: E402
+from pit import build_model  # noqa: E402
+from regnet import build_teacher  # noqa: E402
 
 OK, WARN, FAIL = 'ok', 'warning', 'FAIL'
 WARMUP_STEPS = 3  # steps before the timed ones (kernel selection, allocator, first all-reduce)
@@ -160,23 +166,6 @@ def check_shared_memory(report, config, nprocs):
         report.line(OK, f'/dev/shm: {shown}, the DataLoader workers of this node need about {gpu.gigabytes(need)}')
 
 
-def checkpoint_bytes(model, config):
-    """Bytes of one checkpoint: float32 model, EMA and two optimizer moments (Adam) or one (SGD)."""
-    params = sum(int(np.prod(p.shape)) for p in model.parameters())
-    moments = 1 if config.TRAIN.OPTIMIZER.NAME == 'SGD' else 2
-    return params * 4 * (2 + moments if config.TRAIN.MODEL_EMA else 1 + moments)
-
-
-def checkpoint_files(config):
-    """The most distinct checkpoint files SAVE holds between saves (the names of one state share a file): the
-    numbered files kept, best unless every epoch keeps its numbered file, and latest, a file of its own after a
-    stop inside an epoch (and after epochs without a numbered file)."""
-    numbered = config.TRAIN.NUM_EPOCHS // config.SAVE_FREQ
-    kept = min(config.KEEP_CHECKPOINTS, numbered) if config.KEEP_CHECKPOINTS else numbered
-    every_epoch_kept = kept == config.TRAIN.NUM_EPOCHS
-    return kept + (0 if every_epoch_kept else 1) + 1
-
-
 def check_disk(report, config, model):
     report.section('disk')
     folder = config.SAVE
@@ -200,14 +189,13 @@ def check_disk(report, config, model):
 
 def _process(args, nprocs, out_dir, steps):
     """Body of each process: join the group, time an all-reduce, run training steps; writes rank{r}.json."""
-    from main_single_gpu import build_model, build_state, load_config, setup_device
     rank = int(os.environ.get('PADDLE_TRAINER_ID', '0'))
     result = {}
     try:
-        config = load_config(args)
+        config, _ = command_config(args)
         setup_device(config)
         result['allreduce'] = time_allreduce(paddle.get_device().startswith('gpu'))
-        result.update(time_training_steps(config, build_model, build_state, steps))
+        result.update(time_training_steps(config, steps))
     except Exception as e:  # reported by the parent with its rank
         result['error'] = f'{type(e).__name__}: {" ".join(str(e).split())[:300]}'
     with open(os.path.join(out_dir, f'rank{rank}.json'), 'w') as f:
@@ -228,29 +216,19 @@ def time_allreduce(on_gpu):
     return {'seconds': time.time() - start, 'correct': correct, 'bytes': tensor.size * 4}
 
 
-def time_training_steps(config, build_model, build_state, steps):
+def time_training_steps(config, steps):
     """Loss and img/s (this process) of WARMUP_STEPS + steps training steps of config on random images, through
     the training loop itself (engine.train_one_epoch: AMP, scaler, mixup, EMA as configured)."""
-    from engine import train_one_epoch
-    from losses import build_criterion
-    from mixup import build_mixup
     logging.getLogger('pit').setLevel(logging.WARNING)  # no progress lines from the loop
     model = build_model(config)
-    state = build_state(config, model, WARMUP_STEPS + steps, logging.getLogger('pit'))
+    state = build_train_state(config, model, WARMUP_STEPS + steps)
     mixup_fn = build_mixup(config)
-    criterion = build_criterion(config, None, mixup_active=mixup_fn is not None) if \
-        config.TRAIN.DISTILLATION_TYPE == 'none' else _criterion_with_teacher(config, mixup_fn)
+    criterion = build_criterion(config, build_teacher(config), mixup_active=mixup_fn is not None)
     batch = _random_batch(config)
     train_one_epoch(state, criterion, [batch] * WARMUP_STEPS, 0, config, mixup_fn)
     stats = train_one_epoch(state, criterion, [batch] * steps, 0, config, mixup_fn)
     return {'loss': stats['loss'], 'img_per_s': stats['images'] / max(stats['seconds'], 1e-9),
             'memory': paddle.device.cuda.max_memory_allocated() if paddle.get_device().startswith('gpu') else 0}
-
-
-def _criterion_with_teacher(config, mixup_fn):
-    from losses import build_criterion
-    from main_single_gpu import build_teacher
-    return build_criterion(config, build_teacher(config, logging.getLogger('pit')), mixup_fn is not None)
 
 
 def _random_batch(config):
@@ -277,7 +255,6 @@ def run_processes(args, config, nprocs, steps, timeout):
 
 def _spawn(args, config, nprocs, out_dir, steps, timeout):
     """The processes of run_processes, killed when they take longer than timeout seconds (a hung collective)."""
-    from main_multi_gpu import spawn, use_gpu
     context = spawn(_process, (args, nprocs, out_dir, steps), nprocs, use_gpu(config))
     deadline = time.time() + timeout
     for process in context.processes:
@@ -334,7 +311,7 @@ def check_loader(report, config, batches, model_speed):
     if model_speed is None:
         report.line(OK, text)
     elif speed < model_speed:
-        workers = advised_workers(config.DATA.NUM_WORKERS, speed, model_speed)
+        workers = gpu.advised_workers(config.DATA.NUM_WORKERS, speed, model_speed)
         report.line(WARN, f'{text}: the loader feeds {speed:,.0f} img/s, the model takes {model_speed:,.0f}',
                     f'set DATA.NUM_WORKERS {workers} (the loader bounds the run at {speed / model_speed:.0%} of '
                     f'the model speed)')
@@ -359,26 +336,16 @@ def loader_speed(config, batches):
     return count / max(time.time() - start, 1e-9)
 
 
-def advised_workers(workers, loader_speed, model_speed, cores=None):
-    """Workers per process for the loader to keep up with the model (loader speed taken as proportional to the
-    workers), bounded by the cores per process."""
-    cores = cores or os.cpu_count() or 1
-    return max(1, min(math.ceil(max(workers, 1) * model_speed / max(loader_speed, 1e-9)), cores))
-
-
 def get_arguments():
-    from main_single_gpu import get_arguments as training_arguments
-    extra = {'-steps': (int, 20, 'timed training steps (after 3 warm-up steps)'),
-             '-batches': (int, 10, 'timed DataLoader batches (after 2 warm-up batches)'),
-             '-timeout': (int, 600, 'seconds the training processes may take')}
-    return training_arguments(__doc__, extra)
+    extra = {'-steps': dict(type=int, default=20, help='timed training steps (after 3 warm-up steps)'),
+             '-batches': dict(type=int, default=10, help='timed DataLoader batches (after 2 warm-up batches)'),
+             '-timeout': dict(type=int, default=600, help='seconds the training processes may take')}
+    return argument_parser(__doc__, extra=extra).parse_args()
 
 
 def main():
-    from main_multi_gpu import num_processes
-    from main_single_gpu import build_model, load_config
     args = get_arguments()
-    config = load_config(args)
+    config, _ = command_config(args)
     nprocs = num_processes(config)
     checked = finalize_config(config.clone(), nprocs)
     gpus = visible_gpus()
@@ -396,4 +363,4 @@ def main():
 
 if __name__ == '__main__':
     multiprocessing.freeze_support()
-    main()
+    run_command(main)

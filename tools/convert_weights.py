@@ -8,54 +8,32 @@ eval transform; 'classes': the ImageNet-1k wnids for 1000-class weights}. So `-p
 works in predict.py, -eval and tools/export_model.py without -cfg, and plain paddle users load it with
 `model.set_state_dict(paddle.load(f)['model'])`. Needs no torch; never unpickles anything but tensors. The file
 appears only when the conversion succeeded (written to a temporary file, then renamed). Errors print one line to
-stderr and exit with status 2.
+stderr and exit with status 2 (bad input) or 1 (the output could not be written).
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import quiet  # noqa: E402,F401  (before paddle)
 
-from checkpoint import CheckpointError, FORMAT_VERSION, atomic_save  # noqa: E402
-from config import ConfigError, build_config, describe  # noqa: E402
-from pit import build_pit  # noqa: E402
-from predict import read_imagenet_index  # noqa: E402
-from weights import WeightsError, load_pretrained  # noqa: E402
+from checkpoint import convert_weights  # noqa: E402
+from cli import argument_parser, run_command  # noqa: E402
+from config import build_config  # noqa: E402
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('-cfg', required=True, help='model config yaml, e.g. configs/pit_ti.yaml')
-    parser.add_argument('-src', required=True, help='source weights: .pth/.pt (PyTorch zip), .safetensors, .pdparams')
-    parser.add_argument('-dst', required=True, help='output path; .pdparams is appended when missing')
-    parser.add_argument('-ema', action='store_true', help='take the EMA weights when the file holds both')
-    parser.add_argument('-opts', nargs='+', default=[], help='config overrides KEY VALUE ...')
-    return parser.parse_args(argv)
+def get_arguments():
+    return argument_parser(__doc__, flags=('-cfg', '-ema', '-opts'), extra={
+        '-cfg': dict(required=True, help='model config yaml, e.g. configs/pit_ti.yaml'),
+        '-ema': dict(help='take the EMA weights when the file holds both'),
+        '-src': dict(required=True, help='source weights: .pth/.pt (PyTorch zip), .safetensors, .pdparams'),
+        '-dst': dict(required=True, help='output path; .pdparams is appended when missing'),
+    }).parse_args()
 
 
-def convert(cfg, src, dst, prefer_ema=False, opts=()):
-    """Convert src for the model of cfg into dst (.pdparams added when missing); returns a one-line summary."""
-    config = build_config(cfg, list(opts))
-    dst = dst if dst.endswith('.pdparams') else dst + '.pdparams'
-    model = build_pit(config)
-    report = load_pretrained(model, src, strict=True, prefer_ema=prefer_ema)
-    classes = [wnid for wnid, _ in read_imagenet_index()] if config.MODEL.NUM_CLASSES == 1000 else None
-    atomic_save({'version': FORMAT_VERSION, 'model': model.state_dict(), 'classes': classes, **describe(config)},
-                dst)
-    params = sum(int(p.size) for p in model.parameters())
-    return f"{report} -> '{dst}' ({config.MODEL.NAME}, {params / 1e6:.2f}M params)"
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        print(convert(args.cfg, args.src, args.dst, prefer_ema=args.ema, opts=args.opts))
-    except (WeightsError, ConfigError, CheckpointError, OSError) as e:
-        print(f'convert_weights: error: {e}', file=sys.stderr)
-        return 2
-    return 0
+def main():
+    args = get_arguments()
+    print(convert_weights(build_config(args.cfg, args.opts or ()), args.src, args.dst, prefer_ema=args.ema))
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)

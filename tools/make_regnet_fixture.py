@@ -4,12 +4,13 @@ Runs in a Python environment with torch and timm (not needed by this repo otherw
 
     python tools/make_regnet_fixture.py        # rewrites tests/fixtures/regnet_tiny.{pth,npz} (< 1 MB)
 
-regnet_tiny.pth: the state dict of a small RegNetY (TINY below: same code path as regnety_160, 4 stages, SE,
-group widths that force timm's width/group adjustment) with timm's init plus N(0, 0.1) noise on every tensor
+regnet_tiny.pth: the state dict of a small RegNetY (regnet_tiny.json: same code path as regnety_160, 4 stages,
+SE, group widths that force timm's width/group adjustment) with timm's init plus N(0, 0.1) noise on every tensor
 and random BatchNorm statistics, so no identity-initialised part can hide a mapping error.
 regnet_tiny.npz: a fixed input and the eval-mode logits; the stage widths/depths/group widths timm derives for
 TINY and for regnety_160; the parameter count of timm's regnety_160.
 """
+import json
 import os
 import sys
 
@@ -17,8 +18,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
-TINY = dict(w0=16, wa=20.0, wm=2.0, depth=6, group_size=12, se_ratio=0.25)
-NUM_CLASSES, IMAGE_SIZE = 10, 64
+with open(os.path.join(FIXTURES, 'regnet_tiny.json')) as f:  # the tiny model's sizes, read by the tests too
+    TINY = json.load(f)
 
 
 def stage_table(model):
@@ -38,7 +39,7 @@ def main():
     from timm.models.regnet import RegNet, RegNetCfg
 
     torch.manual_seed(0)
-    model = RegNet(RegNetCfg(**TINY), num_classes=NUM_CLASSES)
+    model = RegNet(RegNetCfg(**TINY['config']), num_classes=TINY['num_classes'])
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -47,7 +48,7 @@ def main():
                 m.running_mean.copy_(0.1 * torch.randn_like(m.running_mean))
                 m.running_var.copy_(0.5 + torch.rand_like(m.running_var))
     model.eval()
-    x = np.random.RandomState(1).randn(2, 3, IMAGE_SIZE, IMAGE_SIZE).astype(np.float32)
+    x = np.random.RandomState(1).randn(2, 3, TINY['image_size'], TINY['image_size']).astype(np.float32)
     with torch.no_grad():
         logits = model(torch.from_numpy(x)).numpy()
     full = timm.create_model('regnety_160', pretrained=False)

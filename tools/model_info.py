@@ -2,96 +2,31 @@
 
     python tools/model_info.py -cfg configs/pit_s.yaml [-opts DATA.IMAGE_SIZE 384]
 
-MACs are counted the way fvcore does, which is how the published PiT figures (0.70 / 1.40 / 2.88 / 12.42
-GMACs for ti / xs / s / b at 224 px) come out: one per multiply-accumulate of every convolution, Linear and the
-two attention matmuls (q k^T and attn v), plus 5 per LayerNorm element (normalise and affine); softmax, GELU,
-additions and dropout count 0. Other tools (e.g. a benchmark) import `count_params` and `count_macs` from here.
+MACs are counted the way fvcore does (complexity.py), which is how the published PiT figures come out.
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import quiet  # noqa: E402,F401  (before paddle)
 
-import numpy as np  # noqa: E402
-import paddle  # noqa: E402
-import paddle.nn as nn  # noqa: E402
-
-from config import ConfigError, build_config  # noqa: E402
-from pit import Attention, build_pit  # noqa: E402
-
-LAYERNORM_MACS_PER_ELEMENT = 5  # fvcore: mean, variance, normalise (4) + affine (1)
+from cli import argument_parser, run_command  # noqa: E402
+from complexity import count_macs, count_params  # noqa: E402
+from config import build_config  # noqa: E402
+from pit import build_pit  # noqa: E402
 
 
-def count_params(model):
-    """Number of parameters (trainable or not) of a paddle Layer."""
-    return sum(int(np.prod(p.shape)) for p in model.parameters())
-
-
-def _per_image_macs(layer, inputs, output):
-    """MACs of one forward of layer for one image (inputs/output carry a batch of 1)."""
-    if isinstance(layer, nn.Conv2D):
-        kh, kw = layer.weight.shape[2:]
-        return int(np.prod(output.shape)) * layer.weight.shape[1] * kh * kw
-    if isinstance(layer, nn.Linear):
-        return int(np.prod(output.shape)) * layer.weight.shape[0]
-    if isinstance(layer, Attention):
-        _, tokens, channels = inputs[0].shape
-        return 2 * tokens * tokens * channels  # q k^T and attn v over all heads
-    if isinstance(layer, nn.LayerNorm):
-        return LAYERNORM_MACS_PER_ELEMENT * int(np.prod(inputs[0].shape))
-    return 0
-
-
-def count_macs(model, image_size):
-    """{'conv', 'linear', 'attention', 'layernorm', 'total'}: MACs for one image_size x image_size image.
-
-    Runs one eval forward of a zero image with hooks on Conv2D, Linear, Attention and LayerNorm layers; the
-    model's train/eval mode is restored afterwards.
-    """
-    kinds = {nn.Conv2D: 'conv', nn.Linear: 'linear', Attention: 'attention', nn.LayerNorm: 'layernorm'}
-    counts = dict.fromkeys(kinds.values(), 0)
-
-    def kind_of(layer):
-        return next((kind for cls, kind in kinds.items() if isinstance(layer, cls)), None)
-
-    def hook(layer, inputs, output):
-        counts[kind_of(layer)] += _per_image_macs(layer, inputs, output)
-
-    handles = [layer.register_forward_post_hook(hook) for layer in model.sublayers() if kind_of(layer)]
-    was_training = model.training
-    model.eval()
-    try:
-        with paddle.no_grad():
-            model(paddle.zeros([1, model.patch_embed.conv.weight.shape[1], image_size, image_size]))
-    finally:
-        for handle in handles:
-            handle.remove()
-        if was_training:  # (Paddle 2.6's train() takes no mode)
-            model.train()
-    counts['total'] = sum(counts.values())
-    return counts
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('-cfg', required=True, help='model config yaml, e.g. configs/pit_ti.yaml')
-    parser.add_argument('-opts', nargs='+', default=[], help='config overrides KEY VALUE ...')
-    args = parser.parse_args(argv)
-    try:
-        config = build_config(args.cfg, args.opts)
-    except ConfigError as e:
-        print(f'model_info: error: {e}', file=sys.stderr)
-        return 2
+def main():
+    args = argument_parser(__doc__, flags=('-cfg', '-opts'), extra={
+        '-cfg': dict(required=True, help='model config yaml, e.g. configs/pit_s.yaml')}).parse_args()
+    config = build_config(args.cfg, args.opts or ())
     model = build_pit(config)
     size = config.DATA.IMAGE_SIZE
     macs = count_macs(model, size)
     parts = ', '.join(f'{k} {v / 1e9:.3f}' for k, v in macs.items() if k != 'total')
     print(f'{config.MODEL.NAME} @ {size}px: {count_params(model) / 1e6:.2f}M params, '
           f"{macs['total'] / 1e9:.2f} GMACs ({parts})")
-    return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)
