@@ -256,11 +256,12 @@ PREFETCH_FACTOR = 2  # paddle.io.DataLoader's default: prefetch_factor * num_wor
 SHM_MARGIN = 1.25  # room for what else lives in /dev/shm (paddle's own queues, other programs)
 
 
-def shared_memory_need(batch_size, image_size, workers, processes, prefetch=PREFETCH_FACTOR):
+def shared_memory_need(batch_size, image_size, workers, processes, prefetch=PREFETCH_FACTOR, itemsize=1):
     """Bytes of /dev/shm the loaders of one node hold at once when batches pass through shared memory: each
-    process's loader keeps prefetch * workers float32 batches [batch, 3, S, S] outstanding (paddle's
-    _DataLoaderIterMultiProcess._outstanding_capacity, 2.6 and 3.x)."""
-    return batch_size * 3 * image_size * image_size * 4 * prefetch * workers * processes
+    process's loader keeps prefetch * workers batches [batch, S, S, 3] of `itemsize` bytes a value outstanding
+    (paddle's _DataLoaderIterMultiProcess._outstanding_capacity, 2.6 and 3.x): 1 for the uint8 training batches,
+    4 for float32 evaluation batches."""
+    return batch_size * 3 * image_size * image_size * itemsize * prefetch * workers * processes
 
 
 def gigabytes(n):

@@ -12,6 +12,7 @@ import pytest
 import checkpoint
 from config import build_config
 from main_single_gpu import build_model, build_state
+from datasets import num_workers, worker_budget
 from tools.check_setup import advised_workers, checkpoint_bytes
 from tools.prepare_data import write_dataset
 
@@ -93,7 +94,14 @@ def test_a_checkpoint_is_as_large_as_the_estimate(tmp_path):
     assert 0.9 * written <= checkpoint_bytes(model, config) <= 1.1 * written
 
 
-def test_advised_workers_scale_with_the_shortfall_and_stay_within_the_cores():
-    assert advised_workers(4, loader_speed=1100, model_speed=3000, cores=64) == 11
-    assert advised_workers(4, loader_speed=1100, model_speed=3000, cores=8) == 8
-    assert advised_workers(4, loader_speed=5000, model_speed=3000, cores=64) == 3
+def test_advised_workers_scale_with_the_shortfall_and_stay_within_the_cores_per_process():
+    assert advised_workers(4, loader_speed=1100, model_speed=3000, budget=worker_budget(64, 1)) == 11
+    assert advised_workers(4, loader_speed=1100, model_speed=3000, budget=worker_budget(8, 1)) == 7
+    assert advised_workers(4, loader_speed=1100, model_speed=3000, budget=worker_budget(64, 8)) == 7
+    assert advised_workers(4, loader_speed=5000, model_speed=3000, budget=worker_budget(64, 1)) == 3
+
+
+@pytest.mark.parametrize('cores, processes, expected', [(2, 1, 1), (8, 1, 7), (64, 1, 8), (48, 8, 5), (8, 8, 1)])
+def test_auto_workers_are_the_cores_per_process_less_one_at_most_8(cores, processes, expected):
+    assert num_workers('auto', cores, processes) == expected
+    assert num_workers(3, cores, processes) == 3

@@ -65,8 +65,8 @@ def test_uppercase_extensions_and_colour_modes_become_rgb(tmp_path):
     dataset = build_dataset(make_config(tmp_path, 'MODEL.NUM_CLASSES', '2'), 'train')
     assert dataset.classes == ['n00', 'n01'] and len(dataset) == 4
     for i in range(4):
-        image, label, skipped = dataset[i]
-        assert image.shape == (3, 16, 16) and skipped == 0
+        pixels, label, skipped, _ = dataset[i]
+        assert pixels.shape == (16, 16, 3) and pixels.dtype == np.uint8 and skipped == 0
 
 
 def test_errors_name_path_and_value(tmp_path, folder):

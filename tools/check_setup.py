@@ -32,7 +32,7 @@ import paddle.distributed as dist  # noqa: E402
 import gpu  # noqa: E402
 from compat import parse_version, unsupported_reason  # noqa: E402
 from config import ConfigError, finalize_config  # noqa: E402
-from datasets import DatasetError, build_dataloader, build_dataset  # noqa: E402
+from datasets import DatasetError, build_dataloader, build_dataset, num_workers, worker_budget  # noqa: E402
 
 OK, WARN, FAIL = 'ok', 'warning', 'FAIL'
 WARMUP_STEPS = 3  # steps before the timed ones (kernel selection, allocator, first all-reduce)
@@ -148,7 +148,8 @@ def _kernel_of(facts, precision, dropout, head_dim):
 def check_shared_memory(report, config, nprocs):
     """/dev/shm against what the loaders of this node hold, decided as training decides it."""
     report.section('shared memory')
-    need = gpu.shared_memory_need(config.DATA.BATCH_SIZE, config.DATA.IMAGE_SIZE, config.DATA.NUM_WORKERS, nprocs)
+    need = gpu.shared_memory_need(config.DATA.BATCH_SIZE, config.DATA.IMAGE_SIZE,
+                                  num_workers(config.DATA.NUM_WORKERS, processes=nprocs), nprocs)
     free = gpu.free_shared_memory()
     use, warning = gpu.shared_memory_decision(need, free, config.DATA.SHARED_MEMORY)
     if warning:
@@ -305,9 +306,12 @@ def check_processes(report, args, config, nprocs, steps, timeout):
     return speed / nprocs
 
 
-def check_loader(report, config, batches, model_speed):
-    """DataLoader img/s of one process on the real training data (workers as configured), against the model's."""
-    report.section(f'data loader: {batches} batches of the real training data, {config.DATA.NUM_WORKERS} workers')
+def check_loader(report, config, batches, model_speed, nprocs):
+    """DataLoader img/s of one process on the real training data (workers as configured), against the model's;
+    more workers advised within the cores each of the nprocs training processes has."""
+    workers = num_workers(config.DATA.NUM_WORKERS)
+    report.section(f'data loader: {batches} batches of the real training data, {workers} workers '
+                   f'(DATA.NUM_WORKERS {config.DATA.NUM_WORKERS})')
     try:
         speed = loader_speed(config, batches)
     except (DatasetError, OSError) as e:
@@ -324,7 +328,7 @@ def check_loader(report, config, batches, model_speed):
     if model_speed is None:
         report.line(OK, text)
     elif speed < model_speed:
-        workers = advised_workers(config.DATA.NUM_WORKERS, speed, model_speed)
+        workers = advised_workers(workers, speed, model_speed, worker_budget(processes=nprocs))
         report.line(WARN, f'{text}: the loader feeds {speed:,.0f} img/s, the model takes {model_speed:,.0f}',
                     f'set DATA.NUM_WORKERS {workers} (the loader bounds the run at {speed / model_speed:.0%} of '
                     f'the model speed)')
@@ -349,11 +353,11 @@ def loader_speed(config, batches):
     return count / max(time.time() - start, 1e-9)
 
 
-def advised_workers(workers, loader_speed, model_speed, cores=None):
+def advised_workers(workers, loader_speed, model_speed, budget=None):
     """Workers per process for the loader to keep up with the model (loader speed taken as proportional to the
-    workers), bounded by the cores per process."""
-    cores = cores or os.cpu_count() or 1
-    return max(1, min(math.ceil(max(workers, 1) * model_speed / max(loader_speed, 1e-9)), cores))
+    workers), bounded as DATA.NUM_WORKERS auto is: by the cores per process less one (datasets.worker_budget)."""
+    budget = budget or worker_budget()
+    return max(1, min(math.ceil(max(workers, 1) * model_speed / max(loader_speed, 1e-9)), budget))
 
 
 def get_arguments():
@@ -380,7 +384,7 @@ def main():
     check_shared_memory(report, checked, nprocs)
     check_disk(report, checked, build_model(checked))
     model_speed = check_processes(report, args, checked, nprocs, args.steps, args.timeout)
-    check_loader(report, checked, args.batches, model_speed)
+    check_loader(report, checked, args.batches, model_speed, nprocs)
     sys.exit(report.verdict())
 
 
