@@ -127,12 +127,18 @@ def device_reads(monkeypatch):
     return reads
 
 
-def linear_epoch(config, batches, criterion=None, stop=None):
+def soft_target_loss(inputs, outputs, targets):
+    """Cross-entropy on one-hot targets written out: Paddle 2.6's F.cross_entropy with hard labels reads a
+    count back itself (its ignore_index check)."""
+    one_hot = paddle.nn.functional.one_hot(targets, outputs.shape[-1])
+    return -(paddle.nn.functional.log_softmax(outputs, axis=-1) * one_hot).sum(axis=-1).mean()
+
+
+def linear_epoch(config, batches, criterion=soft_target_loss, stop=None):
     paddle.seed(0)
     model = paddle.nn.Linear(2, 3)
     optimizer = paddle.optimizer.SGD(learning_rate=0.1, parameters=model.parameters())
     state = TrainState(model, optimizer, None, paddle.amp.GradScaler(enable=False), {'enable': False})
-    criterion = criterion or (lambda inputs, outputs, targets: paddle.nn.functional.cross_entropy(outputs, targets))
     return train_one_epoch(state, criterion, batches, 0, config, stop=stop), state
 
 
