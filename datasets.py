@@ -160,8 +160,10 @@ def load_rgb(path):
 
 
 def to_rgb(img):
-    """RGB of any PIL mode: 16- and 32-bit greys are scaled to 8 bit by their bit depth (65535 -> 255), where
-    PIL's convert would clip everything above 255 to white."""
+    """RGB of any PIL mode (an RGB image itself: PIL's convert would copy it): 16- and 32-bit greys are scaled to
+    8 bit by their bit depth (65535 -> 255), where PIL's convert would clip everything above 255 to white."""
+    if img.mode == 'RGB':
+        return img
     if img.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I'):
         pixels = np.asarray(img, dtype=np.float64)
         top = 65535.0 if img.mode.startswith('I;16') or pixels.max(initial=0) <= 65535 else 2.0 ** 32 - 1
