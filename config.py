@@ -26,7 +26,7 @@ _C.DATA.LAYOUT = 'auto'  # 'auto' (detect), 'folder' (class sub-folders) or 'lis
 _C.DATA.IMAGE_SIZE = 224  # input resolution (square)
 _C.DATA.CROP_PCT = 0.875  # eval: resize short side to floor(IMAGE_SIZE / CROP_PCT), center crop (DeiT; timm: 0.9)
 _C.DATA.INTERPOLATION = 'bicubic'  # resize interpolation for train crop and eval resize
-_C.DATA.NUM_WORKERS = 'auto'  # DataLoader workers per training process: 'auto' (min(8, cores per process - 1), datasets.num_workers) or a number (0: load in the main process)
+_C.DATA.NUM_WORKERS = 'auto'  # DataLoader workers per training process: 'auto' (min(8, cores // local processes - 1), at least 1: datasets.num_workers) or a number (0: load in the main process)
 _C.DATA.SHARED_MEMORY = 'auto'  # workers pass batches through /dev/shm: 'auto' (when it fits, gpu.py), True, False
 _C.DATA.IMAGENET_MEAN = [0.485, 0.456, 0.406]  # normalisation mean (RGB, 0-1)
 _C.DATA.IMAGENET_STD = [0.229, 0.224, 0.225]  # normalisation std (RGB, 0-1)
@@ -184,7 +184,7 @@ _KINDS = {bool: ('True or False', 'booleans'), int: ('an integer', 'integers'), 
           str: ('a string', 'strings')}
 # keys that take a boolean (an integer) besides the type of their default
 _ALSO_BOOL = ('DATA.SHARED_MEMORY',)
-_ALSO_INT = ('DATA.NUM_WORKERS',)
+_ALSO_INT = ('DATA.NUM_WORKERS',)  # an integer or 'auto'
 _INT_LIMIT = 2 ** 31  # integers reach C ints (paddle's op attributes, numpy seeds): larger ones are refused here
 
 
@@ -198,12 +198,15 @@ def _coerce(old, value, key, source):
         return value
     if old is None:
         old = _NULLABLE[key]
+    if key in _ALSO_BOOL or key in _ALSO_INT:
+        old = 'auto'  # else a string, whatever an earlier source (a yaml file, an earlier -opts) set
     if isinstance(old, (list, tuple)):
         return _coerce_list(old, value, key, source)
     try:
         return _coerce_item(old, value)
     except ValueError as e:
-        raise ConfigError(f"config key '{key}' in {source} expects {e}, got {value!r}") from None
+        expected = "an integer or 'auto'" if key in _ALSO_INT else e
+        raise ConfigError(f"config key '{key}' in {source} expects {expected}, got {value!r}") from None
 
 
 def _coerce_list(old, value, key, source):

@@ -30,9 +30,9 @@ def digits(tmp_path_factory):
     return root
 
 
-def preflight(*args, prefix=(), **kwargs):
+def preflight(*args, prefix=(), opts=(), **kwargs):
     cmd = [*prefix, sys.executable, os.path.join(ROOT, 'tools', 'check_setup.py'), '-cfg',
-           os.path.join(ROOT, 'configs', 'pit_ti.yaml'), '-batch_size', '16', '-amp', *args, '-opts', *TINY]
+           os.path.join(ROOT, 'configs', 'pit_ti.yaml'), '-batch_size', '16', '-amp', *args, '-opts', *TINY, *opts]
     env = dict(os.environ)
     env.pop('OMP_NUM_THREADS', None)
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900, **kwargs)
@@ -48,6 +48,7 @@ def test_preflight_on_two_cpu_processes_prints_every_section_and_a_verdict(digit
     assert -1 not in positions and positions == sorted(positions), out
     assert 'all-reduce over 2 processes (GLOO)' in out
     assert 'finite; model speed' in out and 'img/s per process' in out
+    assert f'{num_workers("auto", processes=2)} workers (DATA.NUM_WORKERS auto)' in out  # as each of 2 would start
     assert 'float32 (AMP requested but running on the CPU)' in out
     assert 'READY' in out and 'NOT READY' not in out
     assert not os.path.exists(tmp_path / 'save'), 'the preflight writes nothing into SAVE'
@@ -62,7 +63,8 @@ def test_preflight_on_a_machine_with_a_tiny_dev_shm_advises_more_shared_memory(d
         pytest.skip('cannot mount a private /dev/shm here (needs root and mount namespaces)')
     result = preflight('-data_path', digits, '-ngpus', '1', '-steps', '2', '-batches', '2',
                        prefix=['unshare', '-m', 'sh', '-c', 'mount -t tmpfs -o size=1m tmpfs /dev/shm && exec "$@"',
-                               'sh'])
+                               'sh'],
+                       opts=['DATA.IMAGE_SIZE', '64', 'DATA.NUM_WORKERS', '4'])  # 16 x 64 x 64 x 3 x 2 x 4: 1.5 MB
     assert result.returncode == 0, result.stdout + result.stderr
     shm_line = next(line for line in result.stdout.splitlines() if '/dev/shm has' in line)
     assert shm_line.strip().startswith('[warning]') and 'has 1 MB free' in shm_line

@@ -3,8 +3,6 @@ loss-scaler restore, attention kernel and its memory, DataLoader shared memory) 
 branches make against this Paddle's signatures, the non-finite-step count, and resumes across -amp through the
 command line."""
 import functools
-import io
-import logging
 import os
 import subprocess
 import sys
@@ -32,19 +30,6 @@ V100, A100, P100 = (7, 0), (8, 0), (6, 0)
 FLOAT16_SCALER_STATE = {'scale': np.array([32768.0], dtype=np.float32), 'incr_ratio': 2.0, 'decr_ratio': 0.5,
                         'incr_every_n_steps': 2000, 'decr_every_n_nan_or_inf': 1, 'incr_count': 7, 'decr_count': 0,
                         'use_dynamic_loss_scaling': True}
-
-
-@pytest.fixture
-def pit_log():
-    """The lines logged to the 'pit' logger during a test."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    log = logging.getLogger('pit')
-    log.addHandler(handler)
-    level, log.level = log.level, logging.INFO
-    yield stream
-    log.removeHandler(handler)
-    log.setLevel(level)
 
 
 # ---------------------------------------------------------------- precision

@@ -307,13 +307,13 @@ def check_processes(report, args, config, nprocs, steps, timeout):
 
 
 def check_loader(report, config, batches, model_speed, nprocs):
-    """DataLoader img/s of one process on the real training data (workers as configured), against the model's;
-    more workers advised within the cores each of the nprocs training processes has."""
-    workers = num_workers(config.DATA.NUM_WORKERS)
+    """DataLoader img/s of one process on the real training data, with the workers each of nprocs training
+    processes would start, against the model's; more workers advised within the cores each process has."""
+    workers = num_workers(config.DATA.NUM_WORKERS, processes=nprocs)
     report.section(f'data loader: {batches} batches of the real training data, {workers} workers '
                    f'(DATA.NUM_WORKERS {config.DATA.NUM_WORKERS})')
     try:
-        speed = loader_speed(config, batches)
+        speed = loader_speed(config, batches, workers)
     except (DatasetError, OSError) as e:
         report.line(FAIL, f"the training data under '{config.DATA.DATA_PATH}' cannot be loaded: "
                           f"{' '.join(str(e).split())}", 'fix DATA.DATA_PATH / -data_path')
@@ -336,8 +336,13 @@ def check_loader(report, config, batches, model_speed, nprocs):
         report.line(OK, f'{text}, the model takes {model_speed:,.1f}: the loader keeps up')
 
 
-def loader_speed(config, batches):
-    """img/s of the training DataLoader of one process over `batches` batches (after LOADER_WARMUP_BATCHES)."""
+def loader_speed(config, batches, workers):
+    """img/s of the training DataLoader of one process with `workers` workers over `batches` batches (after
+    LOADER_WARMUP_BATCHES)."""
+    config = config.clone()
+    config.defrost()
+    config.DATA.NUM_WORKERS = workers
+    config.freeze()
     loader = build_dataloader(config, build_dataset(config, 'train'), 'train')
     loader.batch_sampler.set_epoch(0)
     if len(loader) <= LOADER_WARMUP_BATCHES:
