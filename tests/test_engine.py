@@ -3,6 +3,7 @@ import numpy as np
 import paddle
 import pytest
 
+import engine
 from config import finalize_config, get_config, merge_opts
 from engine import NonFiniteLossError, TrainState, accumulation_scale, evaluate, topk_correct, train_one_epoch
 from utils import MetricSums
@@ -134,11 +135,15 @@ def soft_target_loss(inputs, outputs, targets):
     return -(paddle.nn.functional.log_softmax(outputs, axis=-1) * one_hot).sum(axis=-1).mean()
 
 
-def linear_epoch(config, batches, criterion=soft_target_loss, stop=None):
+def linear_state():
     paddle.seed(0)
     model = paddle.nn.Linear(2, 3)
     optimizer = paddle.optimizer.SGD(learning_rate=0.1, parameters=model.parameters())
-    state = TrainState(model, optimizer, None, paddle.amp.GradScaler(enable=False), {'enable': False})
+    return TrainState(model, optimizer, None, paddle.amp.GradScaler(enable=False), {'enable': False})
+
+
+def linear_epoch(config, batches, criterion=soft_target_loss, stop=None):
+    state = linear_state()
     return train_one_epoch(state, criterion, batches, 0, config, stop=stop), state
 
 
@@ -154,6 +159,21 @@ def test_the_host_reads_the_device_only_at_report_steps_and_once_at_the_end(monk
     assert len(reads) == 3  # the reports after steps 5 and 10, the skipped-file count at the end
     assert per_step == [0, 0, 0, 0, 1, 1, 1, 1, 1]  # nothing read between the reports (stop asked each step)
     assert stats['loss'] == reference['loss'] and stats['acc1'] == reference['acc1']  # the same sums
+
+
+@pytest.mark.parametrize('accum, asked', [(1, [4, 8]), (3, [6, 9])])
+def test_in_several_processes_stop_is_asked_after_the_first_optimizer_step_of_each_report(monkeypatch, accum,
+                                                                                            asked):
+    """stops.agreed is an all-reduce read on the host there: asked once per report, not after every step."""
+    config = finalize_config(merge_opts(get_config(), ['REPORT_FREQ', '4', 'TRAIN.ACCUM_ITER', str(accum)]))
+    batches = Loader([(paddle.to_tensor([[1.0, 2.0]]), paddle.to_tensor([0]), paddle.to_tensor([0]))] * 10)
+    state, steps = linear_state(), []
+    monkeypatch.setattr(engine, 'get_world_size', lambda: 2)  # the state is built: only the stop cadence sees it
+    train_one_epoch(state, soft_target_loss, batches, 0, config, stop=lambda: steps.append(state.step) or False)
+    assert steps == asked  # not after the last step: the caller asks at the epoch's end
+    state = linear_state()
+    train_one_epoch(state, soft_target_loss, batches, 0, config, stop=lambda: True)
+    assert state.step == asked[0]  # every rank asks at the same steps, so all stop at this one
 
 
 def test_a_nan_loss_between_report_steps_is_caught_at_the_next_report_naming_its_step():
