@@ -28,7 +28,7 @@ _C.DATA.LAYOUT = 'auto'  # 'auto' (detect), 'folder' (class sub-folders) or 'lis
 _C.DATA.IMAGE_SIZE = 224  # input resolution (square)
 _C.DATA.CROP_PCT = 0.875  # eval: resize short side to floor(IMAGE_SIZE / CROP_PCT), center crop (DeiT; timm: 0.9)
 _C.DATA.INTERPOLATION = 'bicubic'  # resize interpolation for train crop and eval resize
-_C.DATA.NUM_WORKERS = 4  # DataLoader worker processes per training process (0: load in the main process)
+_C.DATA.NUM_WORKERS = 'auto'  # DataLoader workers per training process: 'auto' (min(8, cores // local processes - 1), at least 1: datasets.num_workers) or a number (0: load in the main process)
 _C.DATA.SHARED_MEMORY = 'auto'  # workers pass batches through /dev/shm: 'auto' (when it fits, gpu.py), True, False
 _C.DATA.IMAGENET_MEAN = [0.485, 0.456, 0.406]  # normalisation mean (RGB, 0-1)
 _C.DATA.IMAGENET_STD = [0.229, 0.224, 0.225]  # normalisation std (RGB, 0-1)
@@ -184,8 +184,9 @@ _LIST_LENGTHS = {'DATA.IMAGENET_MEAN': 3, 'DATA.IMAGENET_STD': 3, 'TRAIN.OPTIMIZ
                  'AUG.RATIO': 2, 'AUG.CUTMIX_MINMAX': 2}
 _KINDS = {bool: ('True or False', 'booleans'), int: ('an integer', 'integers'), float: ('a finite number', 'numbers'),
           str: ('a string', 'strings')}
-# keys that take a boolean besides the type of their default
+# keys that take a boolean (an integer) besides the type of their default
 _ALSO_BOOL = ('DATA.SHARED_MEMORY',)
+_ALSO_INT = ('DATA.NUM_WORKERS',)  # an integer or 'auto'
 _INT_LIMIT = 2 ** 31  # integers reach C ints (paddle's op attributes, numpy seeds): larger ones are refused here
 
 
@@ -194,16 +195,20 @@ def _coerce(old, value, key, source):
     (3.0 is 3, 2.5 is an error), a float key finite numbers, a bool key booleans, a str key strings, a list key
     a list of items of its default's item type (of _LIST_LENGTHS items where fixed); None only the _NULLABLE
     keys. ConfigError naming the key otherwise."""
-    if (value is None and key in _NULLABLE) or (key in _ALSO_BOOL and isinstance(value, bool)):
+    if (value is None and key in _NULLABLE) or (key in _ALSO_BOOL and isinstance(value, bool)) or \
+            (key in _ALSO_INT and isinstance(value, int) and not isinstance(value, bool)):
         return value
     if old is None:
         old = _NULLABLE[key]
+    if key in _ALSO_BOOL or key in _ALSO_INT:
+        old = 'auto'  # else a string, whatever an earlier source (a yaml file, an earlier -opts) set
     if isinstance(old, (list, tuple)):
         return _coerce_list(old, value, key, source)
     try:
         return _coerce_item(old, value)
     except ValueError as e:
-        raise ConfigError(f"config key '{key}' in {source} expects {e}, got {value!r}") from None
+        expected = "an integer or 'auto'" if key in _ALSO_INT else e
+        raise ConfigError(f"config key '{key}' in {source} expects {expected}, got {value!r}") from None
 
 
 def _coerce_list(old, value, key, source):
@@ -425,7 +430,7 @@ _CHOICES = {
 _AT_LEAST_1 = ('DATA.BATCH_SIZE', 'DATA.IMAGE_SIZE', 'MODEL.NUM_CLASSES', 'TRAIN.ACCUM_ITER', 'TRAIN.NUM_EPOCHS',
                'REPORT_FREQ', 'SAVE_FREQ', 'VALIDATE_FREQ', 'MODEL.TRANS.PATCH_SIZE', 'MODEL.TRANS.STRIDE',
                'DATA.REPEATED_AUG_REPEATS', 'AUG.RE_COUNT')
-_AT_LEAST_0 = ('DATA.NUM_WORKERS', 'TRAIN.LAST_EPOCH', 'TRAIN.WARMUP_EPOCHS', 'TRAIN.COOLDOWN_EPOCHS',
+_AT_LEAST_0 = ('TRAIN.LAST_EPOCH', 'TRAIN.WARMUP_EPOCHS', 'TRAIN.COOLDOWN_EPOCHS',
                'TRAIN.WEIGHT_DECAY', 'TRAIN.WARMUP_START_LR', 'TRAIN.END_LR', 'KEEP_CHECKPOINTS', 'CPU_THREADS',
                'SAVE_ON_SIGTERM_AFTER',
                'AUG.COLOR_JITTER', 'AUG.MIXUP', 'AUG.CUTMIX', 'TRAIN.OPTIMIZER.MOMENTUM', 'TRAIN.OPTIMIZER.WD_RATIO',
@@ -469,6 +474,9 @@ def check_config(config):
     for key in _POSITIVE:
         if not get_key(config, key) > 0:
             raise _bad(key, get_key(config, key), 'must be > 0')
+    workers = config.DATA.NUM_WORKERS
+    if workers != 'auto' and not (isinstance(workers, int) and workers >= 0):
+        raise _bad('DATA.NUM_WORKERS', workers, "must be >= 0 or 'auto'")
     if not 0 < config.DATA.CROP_PCT <= 1:
         raise _bad('DATA.CROP_PCT', config.DATA.CROP_PCT, 'must be in (0, 1]')
     for key in ('DATA.BATCH_SIZE_EVAL', 'TRAIN.LINEAR_SCALED_LR'):

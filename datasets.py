@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import random
+import time
 
 import numpy as np
 import paddle
@@ -23,7 +24,7 @@ from PIL import Image
 import gpu
 from errors import UserError
 from stops import init_dataloader_worker
-from transforms import build_transforms
+from transforms import NormalizeOnDevice, build_erasing, build_transforms
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 logger = logging.getLogger('pit')
@@ -160,8 +161,10 @@ def load_rgb(path):
 
 
 def to_rgb(img):
-    """RGB of any PIL mode: 16- and 32-bit greys are scaled to 8 bit by their bit depth (65535 -> 255), where
-    PIL's convert would clip everything above 255 to white."""
+    """RGB of any PIL mode (an RGB image itself: PIL's convert would copy it): 16- and 32-bit greys are scaled to
+    8 bit by their bit depth (65535 -> 255), where PIL's convert would clip everything above 255 to white."""
+    if img.mode == 'RGB':
+        return img
     if img.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I'):
         pixels = np.asarray(img, dtype=np.float64)
         top = 65535.0 if img.mode.startswith('I;16') or pixels.max(initial=0) <= 65535 else 2.0 ** 32 - 1
@@ -173,8 +176,9 @@ def to_rgb(img):
 
 
 class ImageNetDataset(paddle.io.Dataset):
-    """Samples of one split: train (image float32 [3, S, S], label int64, skipped undecodable files int64),
-    val (image, label); see the module docstring for bad files."""
+    """Samples of one split: train (uint8 pixels [S, S, 3], label int64, skipped undecodable files int64, erasing
+    boxes: a tuple of (top, left, height, width) ints, see random_erasing), val (image float32 [3, S, S], label);
+    see the module docstring for bad files."""
 
     def __init__(self, samples, classes, transform, train, image_size):
         self.samples = samples
@@ -214,7 +218,8 @@ class ImageNetDataset(paddle.io.Dataset):
         for skipped in range(len(self.samples)):
             image, label = self._read((index + skipped) % len(self.samples))
             if image is not None:
-                return image, np.int64(label), np.int64(skipped)
+                pixels, boxes = image
+                return pixels, np.int64(label), np.int64(skipped), boxes
         raise DatasetError('no image of the training set can be decoded')
 
 
@@ -292,6 +297,11 @@ class SeededBatchSampler(paddle.io.BatchSampler):
     def sample_seed(self, position):
         return int(np.random.SeedSequence([self.seed, self.epoch, self.rank, position]).generate_state(1)[0])
 
+    def batch_seed(self, number):
+        """The seed of what the trainer draws for batch `number` of this epoch (the erasing fill), a stream
+        apart from the samples' (a 5-word entropy, theirs have 4)."""
+        return int(np.random.SeedSequence([self.seed, self.epoch, self.rank, number, 1]).generate_state(1)[0])
+
     def __iter__(self):
         position = 0
         for number, batch in enumerate(self.batch_sampler):
@@ -304,11 +314,13 @@ class SeededBatchSampler(paddle.io.BatchSampler):
 
 
 def build_dataloader(config, dataset, mode, world_size=1, rank=0, shm_free_bytes=None):
-    """DataLoader of (images float32 [B, 3, S, S], labels int64 [B]). Train: shuffled, last partial batch dropped,
-    `loader.batch_sampler.set_epoch(e, start)` each epoch; repeated augmentation with DATA.REPEATED_AUG. Val: in
-    order, each image exactly once over all ranks (a rank may get none when there are fewer images than ranks).
-    Batches pass through shared memory as use_shared_memory decides (shm_free_bytes: the free /dev/shm to decide
-    by; None: measured). Workers ignore SIGINT/SIGTERM and die with their process (stops.init_dataloader_worker)."""
+    """Train: DeviceBatches of (images float32 [B, 3, S, S] normalised and randomly erased on the device, labels
+    int64 [B], skipped int64 [B]), shuffled, last partial batch dropped, `loader.batch_sampler.set_epoch(e, start)`
+    each epoch; repeated augmentation with DATA.REPEATED_AUG. Val: a DataLoader of (images float32 [B, 3, S, S],
+    labels int64 [B]) in order, each image exactly once over all ranks (a rank may get none when there are fewer
+    images than ranks). DATA.NUM_WORKERS processes (`num_workers`) per loader, logged; batches pass through
+    shared memory as use_shared_memory decides (shm_free_bytes: the free /dev/shm to decide by; None:
+    measured). Workers ignore SIGINT/SIGTERM and die with their process (stops.init_dataloader_worker)."""
     batch_size = config.DATA.BATCH_SIZE if mode == 'train' else config.DATA.BATCH_SIZE_EVAL or config.DATA.BATCH_SIZE
     if mode == 'train' and config.DATA.REPEATED_AUG:
         sampler = RepeatedAugSampler(dataset, config.DATA.BATCH_SIZE, world_size, rank,
@@ -323,13 +335,121 @@ def build_dataloader(config, dataset, mode, world_size=1, rank=0, shm_free_bytes
                            f'{config.DATA.BATCH_SIZE} per process')
     if mode == 'train':
         sampler = SeededBatchSampler(sampler, config.SEED, rank)
+    workers = num_workers(config.DATA.NUM_WORKERS)
+    logger.info(f'{mode} loader: {workers} worker process(es) per training process (DATA.NUM_WORKERS '
+                f'{config.DATA.NUM_WORKERS})')
     # persistent workers: started once per run, not once per epoch and evaluation (a spawned worker imports
     # paddle and this repo again); per-sample seeds keep their output independent of their history.
-    workers = config.DATA.NUM_WORKERS
-    return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
-                                use_shared_memory=use_shared_memory(config, batch_size, mode, shm_free_bytes),
-                                return_list=True, persistent_workers=workers > 0,
-                                worker_init_fn=functools.partial(init_dataloader_worker, os.getpid()))
+    loader = paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+                                  collate_fn=collate_train if mode == 'train' else None,
+                                  use_shared_memory=use_shared_memory(config, batch_size, mode, workers,
+                                                                      shm_free_bytes),
+                                  return_list=True, persistent_workers=workers > 0,
+                                  worker_init_fn=functools.partial(init_dataloader_worker, os.getpid()))
+    if mode != 'train':
+        return loader
+    return DeviceBatches(loader, NormalizeOnDevice(config.DATA.IMAGENET_MEAN, config.DATA.IMAGENET_STD),
+                         build_erasing(config))
+
+
+def collate_train(samples):
+    """Training samples -> [pixels uint8 [B, S, S, 3], labels int64 [B], skipped int64 [B], erasing boxes (a list
+    of each sample's tuple of boxes)]. The boxes stay python ints: paddle's DataLoader passes numbers in a batch's
+    structure through as they are (2.6 and 3.x), so the trainer reads them without a device round trip."""
+    pixels, labels, skipped, boxes = zip(*samples)
+    return [np.stack(pixels), np.stack(labels), np.stack(skipped), list(boxes)]
+
+
+MAX_AUTO_WORKERS = 8
+
+
+def num_workers(setting, cores=None, processes=None):
+    """DataLoader workers per training process for DATA.NUM_WORKERS `setting`: the number itself, or for 'auto'
+    the cores this process may use (its CPU affinity) shared by the training processes of this node, less one
+    for the training process itself, at least 1 and at most MAX_AUTO_WORKERS:
+    min(8, max(1, cores // processes - 1)). An 8-core node with one GPU gets 7, a 48-core node with 8 GPUs 5,
+    a 2-core machine 1."""
+    if setting != 'auto':
+        return setting
+    return min(MAX_AUTO_WORKERS, worker_budget(cores, processes))
+
+
+def worker_budget(cores=None, processes=None):
+    """Worker processes a training process can keep busy without taking another's cores:
+    max(1, cores // processes - 1) (cores: this process's CPU affinity; processes: gpu.local_process_count())."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    processes = processes or gpu.local_process_count()
+    return max(1, cores // processes - 1)
+
+
+def advised_workers(workers, loader_speed, model_speed, budget):
+    """Workers per process for the loader to keep up with the model (loader speed taken as proportional to the
+    workers), bounded as DATA.NUM_WORKERS auto is: by `budget` (worker_budget: the cores per process less one)."""
+    return max(1, min(math.ceil(max(workers, 1) * model_speed / max(loader_speed, 1e-9)), budget))
+
+
+class DeviceBatches:
+    """The training DataLoader as train_one_epoch reads it: its uint8 batches become (images float32
+    [B, 3, S, S] normalised, with the samples' erasing boxes filled, labels, skipped), on the loader's device.
+
+    The erasing fill is drawn from paddle's generator seeded per batch (SeededBatchSampler.batch_seed), so a run
+    resumed at any batch erases with the same values. Over the first LOADER_CLOCK_BATCHES batches after the
+    first (which waits for the workers to start), the images/s delivered and the share of that time the trainer
+    waited for them are logged once. Everything else (batch_sampler, dataset, use_shared_memory, len) is the
+    DataLoader's."""
+
+    def __init__(self, loader, normalize, erasing):
+        self.loader, self.normalize, self.erasing = loader, normalize, erasing
+        self.clock = LoaderClock(LOADER_CLOCK_BATCHES)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        number = self.batch_sampler.start
+        batches = iter(self.loader)
+        while True:
+            asked = time.perf_counter()
+            try:
+                pixels, labels, skipped, boxes = next(batches)
+            except StopIteration:
+                return
+            self.clock.record(time.perf_counter() - asked, labels.shape[0])
+            if any(boxes):
+                paddle.seed(self.batch_sampler.batch_seed(number) % 2 ** 31)
+            yield self.erasing.erase(self.normalize(pixels), boxes), labels, skipped
+            number += 1
+
+
+LOADER_CLOCK_BATCHES = 20
+
+
+class LoaderClock:
+    """Measures a loader over its first `batches` batches after the first, once per run, and logs the result:
+    images/s delivered and the share of the time the trainer waited for data (near 0: the loader keeps up;
+    near 100%: the run is data-bound, more workers would help)."""
+
+    def __init__(self, batches):
+        self.batches, self.seen, self.images, self.waited, self.start = batches, 0, 0, 0.0, None
+
+    def record(self, waited, images):
+        """One batch of `images` that the trainer waited `waited` seconds for."""
+        if self.seen > self.batches:
+            return
+        self.seen += 1
+        if self.start is None:
+            self.start = time.perf_counter()
+            return
+        self.images += images
+        self.waited += waited
+        if self.seen > self.batches:
+            elapsed = max(time.perf_counter() - self.start, 1e-9)
+            logger.info(f'train loader: {self.images / elapsed:.1f} img/s over batches 2-{self.seen} of this process, '
+                        f'the trainer waited for data {self.waited / elapsed:.0%} of that time')
 
 
 # mode -> (need, free) of the loaders of this process that pass batches through /dev/shm, for the message of a
@@ -337,12 +457,12 @@ def build_dataloader(config, dataset, mode, world_size=1, rank=0, shm_free_bytes
 SHARED_MEMORY_IN_USE = {}
 
 
-def use_shared_memory(config, batch_size, mode, free_bytes=None):
-    """DATA.SHARED_MEMORY decided for a loader of batch_size by gpu.shared_memory_decision against the free
-    /dev/shm (free_bytes, or measured), the need counted over the training processes of this node; logs the
-    decision's warning, if it has one."""
-    need = gpu.shared_memory_need(batch_size, config.DATA.IMAGE_SIZE, config.DATA.NUM_WORKERS,
-                                  gpu.local_process_count())
+def use_shared_memory(config, batch_size, mode, workers, free_bytes=None):
+    """DATA.SHARED_MEMORY decided for a loader of batch_size and `workers` workers by gpu.shared_memory_decision
+    against the free /dev/shm (free_bytes, or measured), the need counted over the training processes of this
+    node (uint8 training batches, float32 evaluation batches); logs the decision's warning, if it has one."""
+    need = gpu.shared_memory_need(batch_size, config.DATA.IMAGE_SIZE, workers, gpu.local_process_count(),
+                                  itemsize=1 if mode == 'train' else 4)
     free = gpu.free_shared_memory() if free_bytes is None else free_bytes
     use, message = gpu.shared_memory_decision(need, free, config.DATA.SHARED_MEMORY)
     if message:

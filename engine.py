@@ -4,6 +4,7 @@
 AMP off is a GradScaler that passes through; distillation off is a criterion that only calls the base loss;
 EMA off is `None`. Metrics are sums over samples, reduced over ranks once at the end (utils.MetricSums).
 """
+import contextlib
 import logging
 import math
 import os
@@ -188,9 +189,18 @@ def train_one_epoch(state, criterion, loader, epoch, config, mixup_fn=None, reco
     'skipped', 'seconds'} of the batches of this epoch trained so far, over all ranks, and 'skipped_steps': the
     optimizer steps the GradScaler skipped for non-finite gradients (float16 AMP) in this pass.
 
-    After each optimizer step but the last, `stop()` (a collective: every rank calls it at the same steps) may end
-    the pass early. Either way state.step is the number of batches of the epoch done and state.progress their
-    sums over all ranks (what a mid-epoch checkpoint keeps), so the caller tells a stop by state.step < len(loader).
+    The host never waits for the device between report steps: each step's loss (and top-1 hits) stays on the
+    device until every REPORT_FREQ steps (and the last step, and a stop) reads the steps since the last report
+    back at once (ReportWindow). So a NaN/inf loss is found there, at the latest REPORT_FREQ - 1 steps after it
+    happened, and raises NonFiniteLossError naming its step before anything is logged or saved: the checkpoint
+    on disk stays the last good one. With TRAIN.ACCUM_ITER > 1 the gradients of a group's micro-batches are
+    all-reduced once, after its last one (DataParallel.no_sync for the others).
+
+    After an optimizer step, `stop()` (a collective: every rank calls it at the same steps) may end the pass
+    early: it is asked after every optimizer step in one process (where it communicates nothing), and in
+    several after the first optimizer step at or after each report step (stop_due). Either way state.step is the
+    number of batches of the epoch done and state.progress their sums over all ranks (what a mid-epoch
+    checkpoint keeps), so the caller tells a stop by state.step < len(loader).
 
     Each step is seeded by (SEED, epoch, rank, step): python, numpy, paddle (drop path) and mixup draw the same
     at a step whether or not the run was stopped before it. The optimizer steps every TRAIN.ACCUM_ITER batches
@@ -201,8 +211,10 @@ def train_one_epoch(state, criterion, loader, epoch, config, mixup_fn=None, reco
     state.model_ddp.train()
     accum, steps, first = config.TRAIN.ACCUM_ITER, len(loader), state.step
     sums, start = epoch_sums(state), time.time()
-    skipped_total = 0  # a tensor after the first batch: read once at the end, not one device sync per step
+    window = ReportWindow(sums, epoch)
+    skipped_total = 0  # device tensors after the first batch / step: read once at the end
     skipped_steps = 0  # this rank's count is every rank's: each checks the same all-reduced gradients
+    reported = False  # a report step passed since stop() was last asked
     state.optimizer.clear_grad()
     for step, (images, labels, skipped) in enumerate(loader if first < steps else (), first):
         seed = step_seed(config, epoch, get_rank(), step)
@@ -214,35 +226,90 @@ def train_one_epoch(state, criterion, loader, epoch, config, mixup_fn=None, reco
         if mixup_fn is not None:
             mixup_fn.seed(seed)
             images, targets = mixup_fn(images, labels)
-        with paddle.amp.auto_cast(**state.amp):
-            outputs = state.model_ddp(images)
-            loss = criterion(images, outputs, targets)
-        loss_value = float(loss)
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(f'loss is {loss_value} at epoch {epoch + 1} step {step} on rank {get_rank()}; '
-                                     'stopping (the last checkpoint on disk is untouched)')
-        state.scaler.scale(loss * accumulation_scale(step, steps, accum)).backward()
         boundary = (step + 1) % accum == 0 or step + 1 == steps
+        with gradient_sync(state.model_ddp, boundary):
+            with paddle.amp.auto_cast(**state.amp):
+                outputs = state.model_ddp(images)
+                loss = criterion(images, outputs, targets)
+            state.scaler.scale(loss * accumulation_scale(step, steps, accum)).backward()
         if boundary:
-            skipped_steps += optimizer_step(state)
-        n = images.shape[0]
-        sums.add('loss', loss_value * n, n)
-        if mixup_fn is None:
-            logits = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
-            sums.add('acc1', topk_correct(logits.astype('float32'), labels, ks=(1,))[0], n)
+            skipped_steps = skipped_steps + optimizer_step(state)
+        logits = None if mixup_fn is not None else outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+        window.add(step, loss, images.shape[0], None if logits is None else top1_hits(logits, labels))
+        state.step = step + 1
         if (step + 1) % config.REPORT_FREQ == 0 or step + 1 == steps:
+            loss_value = window.flush()
+            reported = True
             log_progress(sums, epoch, step, steps, step + 1 - first, start, state.optimizer.get_lr(), config)
             if records is not None:
                 records.step(epoch * steps + step + 1, loss=loss_value, lr=state.optimizer.get_lr())
-        state.step = step + 1
-        if boundary and step + 1 < steps and stop is not None and stop():
-            break
+        if boundary and step + 1 < steps and stop is not None and stop_due(reported):
+            reported = False
+            if stop():
+                break
+    window.flush()
     sums.add('skipped', float(skipped_total), 0)
     sums.synchronize()
     seconds = (state.progress or {}).get('seconds', 0.0) + time.time() - start
     state.progress = {'sums': dict(sums.sums), 'counts': dict(sums.counts), 'seconds': seconds}
     return {'loss': sums.avg('loss'), 'acc1': sums.avg('acc1'), 'images': sums.count('loss'),
-            'skipped': int(sums.total('skipped')), 'seconds': seconds, 'skipped_steps': skipped_steps}
+            'skipped': int(sums.total('skipped')), 'seconds': seconds, 'skipped_steps': int(skipped_steps)}
+
+
+def stop_due(reported):
+    """Whether train_one_epoch asks stop() after this optimizer step: always in one process (stops.agreed reads
+    a flag there), and in several only when a report step passed since it last asked, since there it is an
+    all-reduce read on the host: one device sync every REPORT_FREQ steps, not one per step. A signal then ends
+    a multi-process run within REPORT_FREQ + TRAIN.ACCUM_ITER steps."""
+    return reported or get_world_size() == 1
+
+
+def gradient_sync(model, boundary):
+    """The context a micro-batch's forward and backward run in: DataParallel.no_sync() for every micro-batch
+    but the last of an accumulation group (its gradients then all-reduce once, summed over the group, for the
+    optimizer step), else nothing."""
+    if boundary or not isinstance(model, paddle.DataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def top1_hits(logits, labels):
+    """Number of samples whose top logit is the label, as a device scalar (read back at report steps)."""
+    return (paddle.argmax(logits.astype('float32'), axis=-1) == labels.reshape([-1])).astype('float32').sum()
+
+
+class ReportWindow:
+    """The steps since the last report: their loss (and top-1 hits) tensors kept on the device, read back in one
+    transfer by `flush()`, which adds them to the epoch's sums in step order (the sums are those a per-step read
+    would give) and raises NonFiniteLossError naming the first step whose loss is NaN or infinite."""
+
+    def __init__(self, sums, epoch):
+        self.sums, self.epoch, self.steps, self.values, self.sizes, self.has_hits = sums, epoch, [], [], [], None
+
+    def add(self, step, loss, batch, hits=None):
+        """One step's loss (a device scalar), its batch size, and its top-1 hits (None with mixup)."""
+        self.steps.append(step)
+        self.sizes.append(batch)
+        self.has_hits = hits is not None
+        scalar = loss.detach().astype('float32').reshape([1])
+        self.values.append(scalar if hits is None else paddle.concat([scalar, hits.reshape([1])]))
+
+    def flush(self):
+        """Read the window back (one device sync), add it to the sums, empty it; returns the last step's loss
+        (None when empty)."""
+        if not self.steps:
+            return None
+        values = paddle.stack(self.values).numpy().astype('float64')
+        for step, row, batch in zip(self.steps, values, self.sizes):
+            if not math.isfinite(row[0]):
+                raise NonFiniteLossError(f'loss is {row[0]} at epoch {self.epoch + 1} step {step} on rank '
+                                         f'{get_rank()}; stopping (the last checkpoint on disk is untouched)')
+            self.sums.add('loss', row[0] * batch, batch)
+            if self.has_hits:
+                self.sums.add('acc1', row[1], batch)
+        last = float(values[-1, 0])
+        self.steps, self.values, self.sizes = [], [], []
+        return last
 
 
 def epoch_sums(state):
@@ -256,8 +323,9 @@ def epoch_sums(state):
 
 
 def optimizer_step(state):
-    """Apply the accumulated gradients (through the AMP scaler), clear them, move the EMA. Returns True when
-    the scaler skipped the update (inf/NaN in the float16 gradients; the loss scale then shrinks)."""
+    """Apply the accumulated gradients (through the AMP scaler), clear them, move the EMA. Returns whether the
+    scaler skipped the update (inf/NaN in the float16 gradients; the loss scale then shrinks), 1 or 0, or an
+    int64 device scalar where the optimizer left the finding on the device (never read here)."""
     state.scaler.step(state.optimizer)
     skipped = step_was_skipped(state.optimizer)
     state.scaler.update()
@@ -268,11 +336,18 @@ def optimizer_step(state):
 
 
 def step_was_skipped(optimizer):
-    """Whether optimizer's last step() left the parameters alone because the GradScaler found inf/NaN.
-    GradScaler.step hands its finding to the optimizer as the auxiliary variable 'found_inf', and Paddle's
-    Optimizer (_create_optimization_pass, 2.6 and 3.x) skips the update when it is set and stores True/False
-    back; without loss scaling it is never set. This repo's AdamP and SGD inherit that step."""
-    return bool(optimizer._get_auxiliary_var('found_inf'))
+    """Whether optimizer's last step() left the parameters alone because the GradScaler found inf/NaN, without a
+    device sync of its own: 0 without loss scaling (the finding is never set), the finding as an int64 device
+    scalar where it is still a tensor, else as 0/1. GradScaler.step hands its finding to the optimizer as the
+    auxiliary variable 'found_inf', and Paddle's Optimizer (_create_optimization_pass, 2.6 and 3.x) skips the
+    update when it is set and stores True/False back (reading it on the host: Paddle's GradScaler.update reads it
+    there too); this repo's AdamP and SGD inherit that step."""
+    found = optimizer._get_auxiliary_var('found_inf')
+    if found is None:
+        return 0
+    if isinstance(found, paddle.Tensor):
+        return found.astype('int64')
+    return int(bool(found))
 
 
 def log_progress(sums, epoch, step, steps, done, start, lr, config):

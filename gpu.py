@@ -13,7 +13,6 @@ Each rule cites the Paddle code it rests on (2.6 and 3.x read side by side).
 """
 import functools
 import logging
-import math
 import os
 from typing import NamedTuple, Optional, Tuple
 
@@ -258,11 +257,12 @@ PREFETCH_FACTOR = 2  # paddle.io.DataLoader's default: prefetch_factor * num_wor
 SHM_MARGIN = 1.25  # room for what else lives in /dev/shm (paddle's own queues, other programs)
 
 
-def shared_memory_need(batch_size, image_size, workers, processes, prefetch=PREFETCH_FACTOR):
+def shared_memory_need(batch_size, image_size, workers, processes, prefetch=PREFETCH_FACTOR, itemsize=1):
     """Bytes of /dev/shm the loaders of one node hold at once when batches pass through shared memory: each
-    process's loader keeps prefetch * workers float32 batches [batch, 3, S, S] outstanding (paddle's
-    _DataLoaderIterMultiProcess._outstanding_capacity, 2.6 and 3.x)."""
-    return batch_size * 3 * image_size * image_size * 4 * prefetch * workers * processes
+    process's loader keeps prefetch * workers batches [batch, S, S, 3] of `itemsize` bytes a value outstanding
+    (paddle's _DataLoaderIterMultiProcess._outstanding_capacity, 2.6 and 3.x): 1 for the uint8 training batches,
+    4 for float32 evaluation batches."""
+    return batch_size * 3 * image_size * image_size * itemsize * prefetch * workers * processes
 
 
 def gigabytes(n):
@@ -289,13 +289,6 @@ def shared_memory_decision(need_bytes, free_bytes, requested):
     if requested == 'auto':
         return False, f'shared memory off for the DataLoader: {sizes}; to keep it on, {fix}'
     return True, f'DATA.SHARED_MEMORY True but {sizes}: workers may die; {fix}, or set DATA.SHARED_MEMORY auto'
-
-
-def advised_workers(workers, loader_speed, model_speed, cores=None):
-    """Workers per process for the loader to keep up with the model (loader speed taken as proportional to the
-    workers), bounded by the cores per process."""
-    cores = cores or os.cpu_count() or 1
-    return max(1, min(math.ceil(max(workers, 1) * model_speed / max(loader_speed, 1e-9)), cores))
 
 
 def free_shared_memory(path='/dev/shm'):

@@ -25,16 +25,28 @@ class ModelEma:
         self.module.eval()
         for param in self.module.parameters():
             param.stop_gradient = True
+        self._scratch = self._rate = None  # made at the first update
 
     @paddle.no_grad()
     def update(self, model):
-        """Move the average towards model (the trained model, or its DataParallel wrapper)."""
+        """Move the average towards model (the trained model, or its DataParallel wrapper). The trained
+        parameters move in one op: Paddle's merged_momentum_ (2.6 and 3.x) with momentum 0, the model's weights w
+        as the gradients, L2 coefficient -1 on the average and learning rate decay - 1 computes
+        ema + (1 - decay) * (w - ema) for every parameter at once; frozen parameters and buffers are copied."""
         model = unwrap_model(model)
+        averaged, weights = [], []
         for ema_param, param in zip(self.module.parameters(), model.parameters()):
             if param.stop_gradient:
                 paddle.assign(param.detach(), output=ema_param)
             else:
-                paddle.assign(ema_param * self.decay + param.detach() * (1.0 - self.decay), output=ema_param)
+                averaged.append(ema_param)
+                weights.append(param.detach())
+        if averaged:
+            if self._scratch is None:  # merged_momentum_ writes its velocity output here (momentum 0: unused)
+                self._scratch = [paddle.zeros_like(p) for p in averaged]
+                self._rate = paddle.full([1], self.decay - 1.0, dtype=averaged[0].dtype)
+            paddle._C_ops.merged_momentum_(averaged, weights, self._scratch, [self._rate], None, 0.0, False,
+                                           ['l2_decay'] * len(averaged), [-1.0] * len(averaged), False, 1.0)
         for ema_buffer, buffer in zip(self.module.buffers(), model.buffers()):
             paddle.assign(buffer.detach(), output=ema_buffer)
 

@@ -155,9 +155,12 @@ class AdamP(_FlatOptimizer):
 
     Layout: the channel view keeps axis 0 (conv [out, in, kh, kw], as in PyTorch), except for 2-D weights,
     which Paddle's Linear stores as [in, out]: there the output channel is axis 1, so the views (and so the
-    updates) equal those of the PyTorch reference on the same model. Both views are computed and selected on
-    the device, so no step waits for the host. With `kernels` (cpu_kernels.Kernels; build_optimizer passes the
-    model's), a float32 CPU parameter takes one fused multi-threaded step (pit_adamp) instead of these ops.
+    updates) equal those of the PyTorch reference on the same model. With `kernels` (cpu_kernels.Kernels;
+    build_optimizer passes the model's), a float32 CPU parameter takes one fused multi-threaded step
+    (pit_adamp). Every other parameter (a GPU run, or CPU_KERNELS False) is updated by AdamPGroups: a few
+    dozen ops per group of same-shaped parameters instead of about twenty per parameter, all on the device
+    (no step waits for the host). The per-parameter accumulators (moment1, moment2, beta pows) stay what
+    state_dict() holds, so a state saved on either path resumes on the other.
     """
 
     def __init__(self, learning_rate, parameters, beta1=0.9, beta2=0.999, epsilon=1e-8, weight_decay=0.0,
@@ -167,91 +170,255 @@ class AdamP(_FlatOptimizer):
         self._beta1, self._beta2, self._epsilon = float(beta1), float(beta2), float(epsilon)
         self._delta, self._wd_ratio, self._nesterov = float(delta), float(wd_ratio), bool(nesterov)
         self._kernels = kernels  # cpu_kernels.Kernels: its fused step where it applies (CPU float32, dygraph)
+        self._pending = []  # (param, grad) of this step for the grouped update
+        self._groups = None  # AdamPGroups of the last step's parameters (holding their moments), or None
 
     def _create_accumulators(self, block, parameters):
         for p in parameters:
             self._add_once(p, ('moment1', 0.0, None), ('moment2', 0.0, None),
                            ('beta1_pow_acc', 1.0, [1]), ('beta2_pow_acc', 1.0, [1]))
 
+    def _accumulators_of(self, param):
+        return [self._get_accumulator(name, param) for name in ('moment1', 'moment2', 'beta1_pow_acc',
+                                                                  'beta2_pow_acc')]
+
     def _append_optimize_op(self, block, param_and_grad):
+        """The fused CPU step where it applies; otherwise the pair waits for the grouped update (_finish_update)."""
         param, grad = param_and_grad
-        beta1, beta2 = self._beta1, self._beta2
-        exp_avg = self._get_accumulator('moment1', param)
-        exp_avg_sq = self._get_accumulator('moment2', param)
-        beta1_pow = self._get_accumulator('beta1_pow_acc', param)
-        beta2_pow = self._get_accumulator('beta2_pow_acc', param)
         channel_axis = _channel_axis(param) if param.ndim > 1 else -1
-        if self._kernels.adamp_step(param, grad, exp_avg, exp_avg_sq, beta1_pow, beta2_pow, self.get_lr(), beta1,
-                                    beta2, self._epsilon, self._weight_decay_of(param), self._delta,
+        if self._kernels.adamp_step(param, grad, *self._accumulators_of(param), self.get_lr(), self._beta1,
+                                    self._beta2, self._epsilon, self._weight_decay_of(param), self._delta,
                                     self._wd_ratio, self._nesterov, channel_axis):
             return
-        # in place, few kernels: lerp(a, b, w) = a + w * (b - a) = (1 - w) * a + w * b
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.lerp_(grad * grad, 1 - beta2)
-        beta1_pow.scale_(beta1)
-        beta2_pow.scale_(beta2)
-        denom = exp_avg_sq.sqrt() / (1 - beta2_pow).sqrt() + self._epsilon
-        momentum = paddle.lerp(exp_avg, grad, 1 - beta1) if self._nesterov else exp_avg
-        perturb = momentum / denom
-        ratio = 1.0
-        if param.ndim > 1:
-            perturb, ratio = self._projection(param, grad, perturb)
-        lr = self.get_lr()
-        paddle.assign(param * (1 - lr * self._weight_decay_of(param) * ratio) - perturb * (lr / (1 - beta1_pow)),
-                      output=param)
+        self._pending.append((param, grad))
 
-    def _projection(self, param, grad, perturb):
-        """(perturb, weight-decay ratio) after the scale-invariance test of the channel, then the layer view.
+    def _finish_update(self, block, parameters_and_grads):
+        """Paddle's hook after the per-parameter loop (also when the GradScaler skipped the step, which
+        appended nothing): the grouped update of the pending parameters."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        params = [p for p, _ in pending]
+        if self._groups is None or [p for g in self._groups for p in g.params] != params:
+            self._store_groups()
+            self._groups = [AdamPGroups(self, same) for same in self._by_step_count(params)]
+        grads = {id(p): g for p, g in pending}
+        for groups in self._groups:
+            groups.step([grads[id(p)] for p in groups.params], self.get_lr())
 
-        Everything comes from four per-channel sums (the layer view's are their totals), and removing the radial
-        part, perturb - unit * <unit, perturb> with unit = w / (|w| + eps), is perturb - w * <w, perturb> /
-        (|w| + eps)^2 with a per-channel (or one layer-wide) coefficient: five passes over the tensor in all.
-        """
-        channel_axis = _channel_axis(param)
-        axes = [a for a in range(param.ndim) if a != channel_axis]
-        channel_sums = [(x * y).sum(axis=axes, keepdim=True)
-                        for x, y in ((grad, param), (grad, grad), (param, param), (param, perturb))]
-        channel_passes, channel_coef = self._view_test(*channel_sums, param.size // param.shape[channel_axis])
-        layer_passes, layer_coef = self._view_test(*[s.sum() for s in channel_sums], param.size)
-        by_channel = channel_passes.astype(param.dtype)
-        by_layer = paddle.logical_and(layer_passes, paddle.logical_not(channel_passes)).astype(param.dtype)
-        coef = channel_coef * by_channel + layer_coef * by_layer
-        ratio = 1.0 + (self._wd_ratio - 1.0) * (by_channel + by_layer)
-        return perturb - param * coef, ratio
+    def _by_step_count(self, params):
+        """params split by their beta powers (read back once per new list): those that stepped together."""
+        powers = paddle.concat([paddle.concat(self._accumulators_of(p)[2:]) for p in params]).numpy().reshape(-1, 2)
+        split = {}
+        for param, power in zip(params, map(tuple, powers)):
+            split.setdefault(power, []).append(param)
+        return list(split.values())
 
-    def _view_test(self, grad_param, grad_grad, param_param, param_perturb, row_length):
-        """(max over rows of |cos(grad, w)| < delta / sqrt(row length), <w, perturb> / (|w| + eps)^2) from the
-        rows' sums of products; cos as torch's cosine_similarity, each norm clamped to >= eps."""
-        eps = self._epsilon
+    def _store_groups(self):
+        """Write the grouped state back into the per-parameter accumulators (what state_dict() saves)."""
+        for groups in self._groups or ():
+            groups.store()
+
+    def state_dict(self):
+        self._store_groups()
+        return super().state_dict()
+
+    def set_state_dict(self, state_dict):
+        super().set_state_dict(state_dict)
+        self._groups = None  # rebuilt from the loaded accumulators at the next step
+
+
+class AdamPGroups:
+    """AdamP's update of a fixed list of parameters that have stepped equally often (one pair of beta powers),
+    as a few ops per group of parameters instead of about twenty per parameter.
+
+    Parameters with ndim <= 1 (norms, biases: no projection) form one segment per weight decay, concatenated;
+    the others one segment per (shape, weight decay), stacked and seen as rows (output channels: [G, R, K]).
+    The Adam moments of all segments live here as two flat buffers in that layout (`store` copies them into the
+    per-parameter accumulators). A step computes the moments and the directions of all parameters at once, the
+    view tests of all row segments at once (RowViews), and writes every update into its parameter in place with
+    one merged_momentum_ call (momentum 0, learning rate 1: w <- w - update). Nothing is read back to the host.
+    """
+
+    def __init__(self, optimizer, params):
+        self.optimizer, self.params = optimizer, params
+        keys = {}
+        for index, param in enumerate(params):
+            decay = optimizer._weight_decay_of(param)
+            key = (decay, tuple(param.shape)) if param.ndim > 1 else (decay,)
+            keys.setdefault(key, []).append(index)
+        self.segments = [Segment(indices, key[0], params) for key, indices in keys.items()]
+        self.ordered = [params[i] for segment in self.segments for i in segment.indices]
+        state = [optimizer._accumulators_of(p) for p in params]
+        self.moment1, self.moment2 = [paddle.concat([s.gather([acc[which] for acc in state]).reshape([-1])
+                                                     for s in self.segments]) for which in (0, 1)]
+        self.beta1_pow, self.beta2_pow = state[0][2].clone(), state[0][3].clone()
+        rows = [s for s in self.segments if s.rows]
+        self.views = RowViews(rows, optimizer._delta, optimizer._wd_ratio, optimizer._epsilon) if rows else None
+        self.one = paddle.ones([1], dtype=params[0].dtype)
+        self.no_regularization = ([''] * len(params), [0.0] * len(params))
+
+    def store(self):
+        """Copy the moments and beta powers into the per-parameter accumulators (what state_dict() saves)."""
+        sizes = [s.size for s in self.segments]
+        for which, buffer in ((0, self.moment1), (1, self.moment2)):
+            for segment, piece in zip(self.segments, paddle.split(buffer, sizes)):
+                for i, value in zip(segment.indices, segment.scatter(piece.reshape(segment.rows_shape))):
+                    paddle.assign(value, output=self.optimizer._accumulators_of(self.params[i])[which])
+        for param in self.params:
+            state = self.optimizer._accumulators_of(param)
+            paddle.assign(self.beta1_pow, output=state[2])
+            paddle.assign(self.beta2_pow, output=state[3])
+
+    def step(self, grads, lr):
+        """One AdamP step of self.params with grads (in the same order) at learning rate lr."""
+        opt = self.optimizer
+        beta1, beta2, eps = opt._beta1, opt._beta2, opt._epsilon
+        grad_rows = [s.gather(grads) for s in self.segments]
+        param_rows = [s.gather(self.params) for s in self.segments]
+        grad = paddle.concat([g.reshape([-1]) for g in grad_rows])
+        self.moment1.lerp_(grad, 1 - beta1)
+        self.moment2.lerp_(grad * grad, 1 - beta2)
+        self.beta1_pow.scale_(beta1)
+        self.beta2_pow.scale_(beta2)
+        denom = self.moment2.sqrt() / (1 - self.beta2_pow).sqrt() + eps
+        momentum = paddle.lerp(self.moment1, grad, 1 - beta1) if opt._nesterov else self.moment1
+        perturbs = [p.reshape(rows.shape) for p, rows in
+                    zip(paddle.split(momentum / denom, [s.size for s in self.segments]), param_rows)]
+        views = iter(self.views(*[[x for x, s in zip(xs, self.segments) if s.rows]
+                                  for xs in (grad_rows, param_rows, perturbs)])) if self.views else None
+        step_size = lr / (1 - self.beta1_pow)
+        updates = []
+        for segment, param, perturb in zip(self.segments, param_rows, perturbs):
+            ratio = None
+            if segment.rows:
+                coef, ratio = next(views)
+                perturb = perturb - param * coef
+            update = perturb * step_size
+            if segment.decay:
+                decay = param * (lr * segment.decay)
+                update = update + (decay * ratio if ratio is not None else decay)
+            updates += segment.scatter(update)
+        paddle._C_ops.merged_momentum_(self.ordered, updates, updates, [self.one], None, 0.0, False,
+                                       *self.no_regularization, False, 1.0)
+
+
+class Segment:
+    """Parameters (their positions `indices` in a list) updated as one tensor: ndim <= 1 ones concatenated
+    ([n]), same-shaped ones with ndim > 1 stacked as rows [G, R, K] (R output channels, see _channel_axis, of
+    row length K; a Linear weight [in, out] transposed)."""
+
+    def __init__(self, indices, decay, params):
+        self.indices, self.decay = indices, decay
+        first = params[indices[0]]
+        self.rows = first.ndim > 1
+        if not self.rows:
+            self.sizes = [max(1, params[i].size) for i in indices]
+            self.size = sum(self.sizes)
+            self.rows_shape = [self.size]
+            self.shapes = [list(params[i].shape) for i in indices]
+            return
+        self.shape, self.count = list(first.shape), len(indices)
+        self.transposed = first.ndim == 2
+        rows = self.shape[_channel_axis(first)]
+        self.rows_shape = [self.count, rows, first.size // rows]
+        self.size = self.count * first.size
+
+    def gather(self, tensors):
+        """The segment's tensors of a per-parameter list: [n], or [G, R, K]."""
+        picked = [tensors[i] for i in self.indices]
+        if not self.rows:
+            return paddle.concat([t if t.ndim == 1 else t.reshape([-1]) for t in picked])
+        stacked = paddle.stack(picked)
+        return stacked.transpose([0, 2, 1]) if self.transposed else stacked.reshape(self.rows_shape)
+
+    def scatter(self, tensor):
+        """gather's inverse: the per-parameter tensors (in `indices` order) of a segment tensor."""
+        if not self.rows:
+            pieces = paddle.split(tensor, self.sizes)
+            return [p if list(p.shape) == shape else p.reshape(shape) for p, shape in zip(pieces, self.shapes)]
+        whole = tensor.transpose([0, 2, 1]) if self.transposed else tensor.reshape([self.count] + self.shape)
+        return paddle.unbind(whole, axis=0)
+
+
+class RowViews:
+    """AdamP's scale-invariance test of every parameter of some row segments at once (AdamP._projection's
+    per-parameter form, batched).
+
+    Per segment one matmul of [g, w, perturb] rows with themselves gives each row's sums of products; padded
+    to the longest segment's rows and stacked, with the layer view (the sum over rows) as one more column, they
+    form a [parameters, rows + 1] table on which the cosines, the two tests and the coefficients of all
+    parameters are a few ops. Returns per segment (coef [G, R, 1]: perturb -= w * coef, weight-decay ratio
+    [G, 1, 1])."""
+
+    PICK = [0, 4, 1, 5]  # of a flattened 3x3 Gram of (g, w, perturb): g.g, w.w, g.w, w.perturb
+
+    def __init__(self, segments, delta, wd_ratio, eps):
+        self.segments, self.wd_ratio, self.eps = segments, wd_ratio, eps
+        self.longest = max(s.rows_shape[1] for s in segments)
+        self.padding = [paddle.zeros([s.count, self.longest - s.rows_shape[1], 9])
+                        if s.rows_shape[1] < self.longest else None for s in segments]
+        thresholds = [[delta / math.sqrt(s.rows_shape[2])] * self.longest + [delta / math.sqrt(s.size / s.count)]
+                      for s in segments for _ in range(s.count)]
+        self.thresholds = paddle.to_tensor(thresholds, dtype='float32')
+        self.pick = paddle.to_tensor(self.PICK, dtype='int64')
+
+    def __call__(self, grad_rows, param_rows, perturbs):
+        """(coef, ratio) per segment from its [G, R, K] gradients, weights and update directions."""
+        tables = []
+        for segment, padding, g, w, u in zip(self.segments, self.padding, grad_rows, param_rows, perturbs):
+            stacked = paddle.stack([g, w, u], axis=2)
+            table = paddle.matmul(stacked, stacked, transpose_y=True).reshape(segment.rows_shape[:2] + [9])
+            tables.append(table if padding is None else paddle.concat([table, padding], axis=1))
+        table = paddle.concat(tables)
+        table = paddle.concat([table, table.sum(axis=1, keepdim=True)], axis=1)
+        grad_grad, param_param, grad_param, param_perturb = paddle.unbind(paddle.index_select(table, self.pick,
+                                                                                             axis=2), axis=2)
         param_norm = param_param.sqrt()
-        cosine = grad_param.abs() / (grad_grad.sqrt().clip(min=eps) * param_norm.clip(min=eps))
-        passes = cosine.max() < self._delta / math.sqrt(row_length)
-        return passes, param_perturb / (param_norm + eps) ** 2
+        cosine = grad_param.abs() / (grad_grad.sqrt().clip(min=self.eps) * param_norm.clip(min=self.eps))
+        passes = cosine < self.thresholds
+        by_channel = paddle.all(passes[:, :self.longest], axis=1)
+        by_layer = paddle.logical_and(passes[:, self.longest], paddle.logical_not(by_channel))
+        by_channel, by_layer = by_channel.astype('float32'), by_layer.astype('float32')
+        coef = param_perturb / (param_norm + self.eps) ** 2
+        coef = coef[:, :self.longest] * by_channel.unsqueeze(1) + coef[:, self.longest:] * by_layer.unsqueeze(1)
+        ratio = (by_channel + by_layer) * (self.wd_ratio - 1.0) + 1.0
+        counts = [s.count for s in self.segments]
+        return [(c[:, :s.rows_shape[1]].unsqueeze(-1), r.reshape([s.count, 1, 1]))
+                for s, c, r in zip(self.segments, paddle.split(coef, counts), paddle.split(ratio, counts))]
 
 
 class SGD(_FlatOptimizer):
     """SGD with momentum (dampening 0) and coupled L2 weight decay, as torch.optim.SGD / timm's 'sgd':
-    g = grad + wd * w; v = momentum * v + g; w <- w - lr * (g + momentum * v if nesterov else v)."""
+    g = grad + wd * w; v = momentum * v + g; w <- w - lr * (g + momentum * v if nesterov else v). Paddle's
+    merged_momentum_ is exactly this update: one op for every parameter of a step (2.6 and 3.x)."""
 
     def __init__(self, learning_rate, parameters, momentum=0.9, nesterov=True, weight_decay=0.0,
                  apply_decay_param_fun=None, grad_clip=None):
         super().__init__(learning_rate, parameters, weight_decay, apply_decay_param_fun, grad_clip)
         self.type = 'sgd_momentum'
         self._momentum, self._nesterov = float(momentum), bool(nesterov)
+        self._pending = []
 
     def _create_accumulators(self, block, parameters):
         for p in parameters:
             self._add_once(p, ('velocity', 0.0, None))
 
     def _append_optimize_op(self, block, param_and_grad):
-        param, grad = param_and_grad
-        velocity = self._get_accumulator('velocity', param)
-        wd = self._weight_decay_of(param)
-        if wd:
-            grad = grad + param * wd
-        paddle.assign(velocity * self._momentum + grad, output=velocity)
-        update = grad + velocity * self._momentum if self._nesterov else velocity
-        paddle.assign(param - update * self.get_lr(), output=param)
+        self._pending.append(param_and_grad)
+
+    def _finish_update(self, block, parameters_and_grads):
+        """Paddle's hook after the per-parameter loop: one merged update of the pending parameters (none when
+        the GradScaler skipped the step)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        params, grads = [p for p, _ in pending], [g for _, g in pending]
+        decays = [self._weight_decay_of(p) for p in params]
+        lr = paddle.full([1], self.get_lr(), dtype=params[0].dtype)
+        paddle._C_ops.merged_momentum_(params, grads, [self._get_accumulator('velocity', p) for p in params],
+                                       [lr], None, self._momentum, self._nesterov,
+                                       ['l2_decay' if d else '' for d in decays], decays, False, 1.0)
 
 
 # ---------------------------------------------------------------- learning-rate schedule

@@ -7,6 +7,8 @@ is. A training process replaces both for the whole run (`handled()`):
 - inside one (the epochs of a run, an evaluation) it is only recorded: the loops look at it at safe points (after
   an optimizer step, between evaluation batches), every process agrees on it there (`agreed()`, a collective), and
   the run ends at that point, after writing a mid-epoch checkpoint when that keeps enough work (main_single_gpu).
+  In a multi-process run the training loop asks `agreed()` only after the first optimizer step following each
+  report step and at the epoch's end (engine.stop_due), not after every step: it is a host sync there.
 Later signals are ignored while the first is acted on: a terminal's Ctrl-C reaches every process of its group and
 main_multi_gpu's launcher forwards what it receives, so a training process often gets the same signal twice.
 
@@ -115,7 +117,9 @@ def pending():
 
 def agreed():
     """The stop signal of any process of the run (0: none), the same in every process: a collective, so every
-    process calls it at the same points (after the same optimizer steps)."""
+    process calls it at the same points (after the same optimizer steps). In several processes it waits for the
+    device (an all-reduce read on the host): callers ask it at report steps, not after every step; in one it
+    reads this process's flag and costs nothing."""
     # imported here: DataLoader workers import this module for init_dataloader_worker and need none of it
     import paddle
     import paddle.distributed as dist

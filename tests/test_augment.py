@@ -13,7 +13,7 @@ from augment import LEVELS, RAND_INCREASING_OPS, RAND_OPS, AugmentOp, auto_augme
 from config import get_config, merge_opts
 from mixup import Mixup, build_mixup, rand_bbox
 from random_erasing import RandomErasing
-from transforms import RandomResizedCrop, build_transforms, eval_resize_size
+from transforms import NormalizeOnDevice, RandomResizedCrop, ToNormalizedArray, build_transforms, eval_resize_size
 
 
 @pytest.mark.parametrize('crop_pct, expected', [(0.875, 256), (0.9, 248), (1.0, 224)])
@@ -105,32 +105,48 @@ def test_autoaugment_policies_have_25_subpolicies_of_two_ops():
         assert len(policy) == 25 and all(len(sub) == 2 for sub in policy)
 
 
-def test_random_erasing_box_area_aspect_and_modes():
+def erased_batch(mode, count=1, samples=50, size=64):
+    """(boxes of `samples` images, a batch of 7.0 with them erased by RandomErasing(1.0, mode)) after seed 0."""
     random.seed(0)
-    np.random.seed(0)
-    for mode in ('const', 'rand', 'pixel'):
-        for _ in range(50):
-            img = np.full((3, 64, 64), 7.0, dtype=np.float32)
-            RandomErasing(1.0, mode=mode)(img)
-            erased = img[0] != 7.0
-            rows, cols = np.flatnonzero(erased.any(1)), np.flatnonzero(erased.any(0))
-            h, w = len(rows), len(cols)
-            assert erased.sum() == h * w  # one rectangle
-            assert 0.02 * 4096 * 0.8 <= h * w <= 4096 / 3 * 1.2
-            assert 0.3 * 0.7 <= h / w <= 1 / 0.3 * 1.4
-            box = img[:, rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-            if mode == 'const':
-                assert (box == 0).all()
-            elif mode == 'rand':
-                assert all(len(np.unique(box[c])) == 1 for c in range(3))
-            else:
-                assert len(np.unique(box[0])) == h * w
+    paddle.seed(0)
+    erasing = RandomErasing(1.0, mode=mode, min_count=count, max_count=count)
+    boxes = [erasing.boxes(size, size) for _ in range(samples)]
+    return boxes, erasing.erase(paddle.full([samples, 3, size, size], 7.0), boxes).numpy()
 
 
-def test_random_erasing_probability():
+@pytest.mark.parametrize('mode', ['const', 'rand', 'pixel'])
+def test_random_erasing_fills_exactly_its_boxes_of_bounded_area_and_aspect(mode):
+    boxes, images = erased_batch(mode)
+    for (box,), img in zip(boxes, images):
+        top, left, h, w = box
+        assert 0.02 * 4096 * 0.8 <= h * w <= 4096 / 3 * 1.2 and 0.3 * 0.7 <= h / w <= 1 / 0.3 * 1.4
+        erased = np.zeros((64, 64), dtype=bool)
+        erased[top:top + h, left:left + w] = True
+        assert ((img != 7.0).any(0) == erased).all()  # one rectangle: the box
+        fill = img[:, erased]
+        if mode == 'const':
+            assert (fill == 0).all()
+        elif mode == 'rand':
+            assert all(len(np.unique(fill[c])) == 1 for c in range(3))
+        else:
+            assert len(np.unique(fill[0])) == h * w
+
+
+def test_pixel_erasing_fills_every_box_with_standard_normal_noise():
+    boxes, images = erased_batch('pixel', count=2, samples=200)
+    fill = np.concatenate([img[:, t:t + h, l:l + w].ravel() for sample, img in zip(boxes, images)
+                           for t, l, h, w in sample])
+    assert len(fill) > 100000 and abs(fill.mean()) < 0.01 and abs(fill.std() - 1.0) < 0.01
+    assert all(len(sample) == 2 for sample in boxes)
+
+
+def test_random_erasing_probability_and_its_python_draws():
     random.seed(0)
-    hits = sum((RandomErasing(0.25)(np.ones((3, 8, 8), np.float32)) != 1).any() for _ in range(2000))
+    hits = sum(bool(RandomErasing(0.25).boxes(8, 8)) for _ in range(2000))
     assert hits / 2000 == pytest.approx(0.25, abs=0.03)
+    random.seed(5)
+    RandomErasing(0.0).boxes(8, 8)  # erasing off draws nothing: the samples of a recipe without it keep theirs
+    assert random.random() == (random.seed(5), random.random())[1]
 
 
 def onehot_smooth(labels, classes, smoothing):
@@ -191,13 +207,19 @@ def test_odd_batch_is_a_clear_error_and_mixup_off_builds_nothing():
     assert (mixer.mixup_alpha, mixer.cutmix_alpha, mixer.label_smoothing, mixer.switch_prob) == (0.8, 1.0, 0.1, 0.5)
 
 
-def test_train_transform_of_the_recipe_outputs_normalised_float32():
+def test_train_samples_are_uint8_pixels_that_normalise_on_the_device_to_the_float_transform_bit_for_bit():
     config = merge_opts(get_config(), ['DATA.IMAGE_SIZE', '64'])
     img = Image.fromarray(np.random.RandomState(0).randint(0, 255, (90, 120, 3), dtype=np.uint8))
-    random.seed(0)
-    out = build_transforms(config, 'train')(img)
-    assert out.shape == (3, 64, 64) and out.dtype == np.float32
-    assert math.isfinite(float(out.sum()))
+    samples = []
+    for seed in range(8):
+        random.seed(seed)
+        np.random.seed(seed)
+        samples.append(build_transforms(config, 'train')(img))
+    pixels = np.stack([p for p, _ in samples])
+    assert pixels.shape == (8, 64, 64, 3) and pixels.dtype == np.uint8
+    normalised = NormalizeOnDevice(config.DATA.IMAGENET_MEAN, config.DATA.IMAGENET_STD)(paddle.to_tensor(pixels))
+    reference = ToNormalizedArray(config.DATA.IMAGENET_MEAN, config.DATA.IMAGENET_STD)
+    np.testing.assert_array_equal(normalised.numpy(), np.stack([reference(Image.fromarray(p)) for p in pixels]))
 
 
 @pytest.mark.skipif(not os.environ.get('PIT_REFERENCE_PYTHON'),

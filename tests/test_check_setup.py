@@ -10,11 +10,11 @@ import pytest
 
 import checkpoint
 from config import build_config
+from checkpoint import checkpoint_files
+from datasets import advised_workers, num_workers, worker_budget
 from demo_data import write_dataset
 from engine import build_train_state
-from gpu import advised_workers
 from pit import build_model
-from checkpoint import checkpoint_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
@@ -30,9 +30,9 @@ def digits(tmp_path_factory):
     return root
 
 
-def preflight(*args, prefix=(), **kwargs):
+def preflight(*args, prefix=(), opts=(), **kwargs):
     cmd = [*prefix, sys.executable, os.path.join(ROOT, 'tools', 'check_setup.py'), '-cfg',
-           os.path.join(ROOT, 'configs', 'pit_ti.yaml'), '-batch_size', '16', '-amp', *args, '-opts', *TINY]
+           os.path.join(ROOT, 'configs', 'pit_ti.yaml'), '-batch_size', '16', '-amp', *args, '-opts', *TINY, *opts]
     env = dict(os.environ)
     env.pop('OMP_NUM_THREADS', None)
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900, **kwargs)
@@ -48,6 +48,7 @@ def test_preflight_on_two_cpu_processes_prints_every_section_and_a_verdict(digit
     assert -1 not in positions and positions == sorted(positions), out
     assert 'all-reduce over 2 processes (GLOO)' in out
     assert 'finite; model speed' in out and 'img/s per process' in out
+    assert f'{num_workers("auto", processes=2)} workers (DATA.NUM_WORKERS auto)' in out  # as each of 2 would start
     assert 'float32 (AMP requested but running on the CPU)' in out
     assert 'READY' in out and 'NOT READY' not in out
     assert not os.path.exists(tmp_path / 'save'), 'the preflight writes nothing into SAVE'
@@ -62,7 +63,8 @@ def test_preflight_on_a_machine_with_a_tiny_dev_shm_advises_more_shared_memory(d
         pytest.skip('cannot mount a private /dev/shm here (needs root and mount namespaces)')
     result = preflight('-data_path', digits, '-ngpus', '1', '-steps', '2', '-batches', '2',
                        prefix=['unshare', '-m', 'sh', '-c', 'mount -t tmpfs -o size=1m tmpfs /dev/shm && exec "$@"',
-                               'sh'])
+                               'sh'],
+                       opts=['DATA.IMAGE_SIZE', '64', 'DATA.NUM_WORKERS', '4'])  # 16 x 64 x 64 x 3 x 2 x 4: 1.5 MB
     assert result.returncode == 0, result.stdout + result.stderr
     shm_line = next(line for line in result.stdout.splitlines() if '/dev/shm has' in line)
     assert shm_line.strip().startswith('[warning]') and 'has 1 MB free' in shm_line
@@ -113,7 +115,14 @@ def test_the_disk_estimate_counts_the_distinct_files_a_run_leaves(tmp_path, keep
     assert len(files) == checkpoint_files(config)
 
 
-def test_advised_workers_scale_with_the_shortfall_and_stay_within_the_cores():
-    assert advised_workers(4, loader_speed=1100, model_speed=3000, cores=64) == 11
-    assert advised_workers(4, loader_speed=1100, model_speed=3000, cores=8) == 8
-    assert advised_workers(4, loader_speed=5000, model_speed=3000, cores=64) == 3
+def test_advised_workers_scale_with_the_shortfall_and_stay_within_the_cores_per_process():
+    assert advised_workers(4, loader_speed=1100, model_speed=3000, budget=worker_budget(64, 1)) == 11
+    assert advised_workers(4, loader_speed=1100, model_speed=3000, budget=worker_budget(8, 1)) == 7
+    assert advised_workers(4, loader_speed=1100, model_speed=3000, budget=worker_budget(64, 8)) == 7
+    assert advised_workers(4, loader_speed=5000, model_speed=3000, budget=worker_budget(64, 1)) == 3
+
+
+@pytest.mark.parametrize('cores, processes, expected', [(2, 1, 1), (8, 1, 7), (64, 1, 8), (48, 8, 5), (8, 8, 1)])
+def test_auto_workers_are_the_cores_per_process_less_one_at_most_8(cores, processes, expected):
+    assert num_workers('auto', cores, processes) == expected
+    assert num_workers(3, cores, processes) == 3

@@ -153,6 +153,23 @@ def test_integral_floats_are_accepted_for_integer_keys():
     assert build_config(opts=['TRAIN.NUM_EPOCHS', '30.0']).TRAIN.NUM_EPOCHS == 30
 
 
+def test_loader_workers_are_auto_by_default_or_a_count_from_yaml_or_opts(tmp_path):
+    assert build_config().DATA.NUM_WORKERS == 'auto'
+    assert build_config(write(tmp_path / 'w.yaml', 'DATA:\n  NUM_WORKERS: 3\n')).DATA.NUM_WORKERS == 3
+    assert build_config(opts=['DATA.NUM_WORKERS', '0']).DATA.NUM_WORKERS == 0
+    assert build_config(opts=['DATA.NUM_WORKERS', '6', 'DATA.NUM_WORKERS', 'auto']).DATA.NUM_WORKERS == 'auto'
+
+
+@pytest.mark.parametrize('value, message', [
+    ('-1', "DATA.NUM_WORKERS=-1 must be >= 0 or 'auto'"), ('many', "DATA.NUM_WORKERS='many' must be >= 0 or 'auto'"),
+    ('2.5', "'DATA.NUM_WORKERS' in -opts expects an integer or 'auto', got 2.5"),
+    ('True', "'DATA.NUM_WORKERS' in -opts expects an integer or 'auto', got True")])
+def test_a_bad_loader_worker_count_is_one_line_naming_the_key(value, message):
+    with pytest.raises(ConfigError) as error:
+        build_config(opts=['DATA.NUM_WORKERS', value])
+    assert message in str(error.value) and '\n' not in str(error.value)
+
+
 def test_a_base_chain_that_includes_itself_is_named(tmp_path):
     write(tmp_path / 'a.yaml', "BASE: ['b.yaml']\n")
     write(tmp_path / 'b.yaml', "BASE: ['a.yaml']\n")
@@ -238,7 +255,8 @@ def test_the_range_table_covers_every_key_that_holds_numbers():
     def numeric(default):
         item = default[0] if isinstance(default, (list, tuple)) and default else default
         return type(item) in (int, float)
-    assert sorted(k for k in ALL_KEYS if numeric(default_of(k))) == sorted(OUT_OF_RANGE)
+    takes_numbers = [k for k in ALL_KEYS if numeric(default_of(k)) or k in config_module._ALSO_INT]
+    assert sorted(takes_numbers) == sorted(OUT_OF_RANGE)
 
 
 @pytest.mark.parametrize('key, value', OUT_OF_RANGE.items())

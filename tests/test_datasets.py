@@ -1,5 +1,6 @@
 """Datasets: both ImageNet layouts on real images, colour modes, bad files and bad lists, samplers."""
 import os
+import re
 
 import numpy as np
 import paddle
@@ -7,8 +8,8 @@ import pytest
 from PIL import Image
 
 from config import finalize_config, get_config, merge_opts
-from datasets import (DatasetError, ExactlyOnceSampler, RepeatedAugSampler, build_dataloader, build_dataset,
-                      find_samples)
+from datasets import (DatasetError, ExactlyOnceSampler, LoaderClock, RepeatedAugSampler, build_dataloader,
+                      build_dataset, find_samples, num_workers)
 from demo_data import write_dataset
 
 
@@ -65,8 +66,8 @@ def test_uppercase_extensions_and_colour_modes_become_rgb(tmp_path):
     dataset = build_dataset(make_config(tmp_path, 'MODEL.NUM_CLASSES', '2'), 'train')
     assert dataset.classes == ['n00', 'n01'] and len(dataset) == 4
     for i in range(4):
-        image, label, skipped = dataset[i]
-        assert image.shape == (3, 16, 16) and skipped == 0
+        pixels, label, skipped, _ = dataset[i]
+        assert pixels.shape == (16, 16, 3) and pixels.dtype == np.uint8 and skipped == 0
 
 
 def test_errors_name_path_and_value(tmp_path, folder):
@@ -120,6 +121,25 @@ def test_eval_marks_undecodable_files_with_label_minus_one(folder, tmp_path):
     dataset = build_dataset(make_config(corrupt_copy(folder, tmp_path / 'bad')), 'val')
     labels = [int(dataset[i][1]) for i in range(len(dataset))]
     assert labels.count(-1) == 2 and len(labels) == 32
+
+
+def test_the_training_loader_logs_the_workers_auto_chose(folder, pit_log):
+    build_dataloader(make_config(folder, 'DATA.NUM_WORKERS', 'auto'), build_dataset(make_config(folder), 'train'),
+                     'train')
+    assert f'train loader: {num_workers("auto")} worker process(es) per training process (DATA.NUM_WORKERS auto)' \
+        in pit_log.getvalue()
+
+
+def test_the_loader_speed_is_logged_once_after_the_first_batches(pit_log):
+    clock = LoaderClock(batches=3)
+    for _ in range(3):
+        clock.record(waited=0.0, images=8)
+    assert pit_log.getvalue() == ''  # the first batch (workers starting) is not timed
+    for _ in range(5):
+        clock.record(waited=0.0, images=8)
+    lines = pit_log.getvalue().splitlines()
+    assert len(lines) == 1 and re.fullmatch(r'train loader: [\d.]+ img/s over batches 2-4 of this process, the '
+                                            r'trainer waited for data 0% of that time', lines[0]), lines
 
 
 def test_exactly_once_sampler_covers_every_index_once_over_ranks():

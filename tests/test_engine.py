@@ -3,6 +3,7 @@ import numpy as np
 import paddle
 import pytest
 
+import engine
 from config import finalize_config, get_config, merge_opts
 from engine import NonFiniteLossError, TrainState, accumulation_scale, evaluate, topk_correct, train_one_epoch
 from utils import MetricSums
@@ -115,3 +116,76 @@ def test_an_accumulated_step_equals_one_step_on_the_concatenated_batches():
         y = paddle.concat([batch[1] for batch in group])
         criterion(x, reference(x), y).backward()
         np.testing.assert_allclose(grad, reference.weight.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def device_reads(monkeypatch):
+    """A list that grows by one each time a tensor is read back to the host (numpy(), and float(), int(), bool()
+    and item(), which go through it or are counted beside it)."""
+    reads = []
+    for name in ('numpy', 'item'):
+        original = getattr(paddle.Tensor, name)
+        monkeypatch.setattr(paddle.Tensor, name, lambda self, *a, _f=original, **k: (reads.append(1), _f(self, *a, **k))[1])
+    return reads
+
+
+def soft_target_loss(inputs, outputs, targets):
+    """Cross-entropy on one-hot targets written out: Paddle 2.6's F.cross_entropy with hard labels reads a
+    count back itself (its ignore_index check)."""
+    one_hot = paddle.nn.functional.one_hot(targets, outputs.shape[-1])
+    return -(paddle.nn.functional.log_softmax(outputs, axis=-1) * one_hot).sum(axis=-1).mean()
+
+
+def linear_state():
+    paddle.seed(0)
+    model = paddle.nn.Linear(2, 3)
+    optimizer = paddle.optimizer.SGD(learning_rate=0.1, parameters=model.parameters())
+    return TrainState(model, optimizer, None, paddle.amp.GradScaler(enable=False), {'enable': False})
+
+
+def linear_epoch(config, batches, criterion=soft_target_loss, stop=None):
+    state = linear_state()
+    return train_one_epoch(state, criterion, batches, 0, config, stop=stop), state
+
+
+def test_the_host_reads_the_device_only_at_report_steps_and_once_at_the_end(monkeypatch):
+    config = finalize_config(merge_opts(get_config(), ['REPORT_FREQ', '5']))
+    rng = np.random.RandomState(0)
+    batches = Loader([(paddle.to_tensor(rng.rand(4, 2).astype('float32')), paddle.to_tensor(rng.randint(0, 3, 4)),
+                       paddle.zeros([4], 'int64')) for _ in range(10)])
+    per_step = []
+    reference, _ = linear_epoch(finalize_config(merge_opts(get_config(), ['REPORT_FREQ', '1'])), batches)
+    reads = device_reads(monkeypatch)
+    stats, _ = linear_epoch(config, batches, stop=lambda: per_step.append(len(reads)) or False)
+    assert len(reads) == 3  # the reports after steps 5 and 10, the skipped-file count at the end
+    assert per_step == [0, 0, 0, 0, 1, 1, 1, 1, 1]  # nothing read between the reports (stop asked each step)
+    assert stats['loss'] == reference['loss'] and stats['acc1'] == reference['acc1']  # the same sums
+
+
+@pytest.mark.parametrize('accum, asked', [(1, [4, 8]), (3, [6, 9])])
+def test_in_several_processes_stop_is_asked_after_the_first_optimizer_step_of_each_report(monkeypatch, accum,
+                                                                                            asked):
+    """stops.agreed is an all-reduce read on the host there: asked once per report, not after every step."""
+    config = finalize_config(merge_opts(get_config(), ['REPORT_FREQ', '4', 'TRAIN.ACCUM_ITER', str(accum)]))
+    batches = Loader([(paddle.to_tensor([[1.0, 2.0]]), paddle.to_tensor([0]), paddle.to_tensor([0]))] * 10)
+    state, steps = linear_state(), []
+    monkeypatch.setattr(engine, 'get_world_size', lambda: 2)  # the state is built: only the stop cadence sees it
+    train_one_epoch(state, soft_target_loss, batches, 0, config, stop=lambda: steps.append(state.step) or False)
+    assert steps == asked  # not after the last step: the caller asks at the epoch's end
+    state = linear_state()
+    train_one_epoch(state, soft_target_loss, batches, 0, config, stop=lambda: True)
+    assert state.step == asked[0]  # every rank asks at the same steps, so all stop at this one
+
+
+def test_a_nan_loss_between_report_steps_is_caught_at_the_next_report_naming_its_step():
+    config = finalize_config(merge_opts(get_config(), ['REPORT_FREQ', '4']))
+    batches = Loader([(paddle.to_tensor([[1.0, 2.0]]), paddle.to_tensor([0]), paddle.to_tensor([0]))] * 6)
+    calls = []
+
+    def criterion(inputs, outputs, targets):
+        calls.append(1)
+        loss = outputs.sum() * 0
+        return loss + float('nan') if len(calls) == 2 else loss
+
+    with pytest.raises(NonFiniteLossError, match='loss is nan at epoch 1 step 1 '):
+        linear_epoch(config, batches, criterion)
+    assert len(calls) == 4  # found at the report after step 4, before anything was logged or saved

@@ -3,8 +3,6 @@ loss-scaler restore, attention kernel and its memory, DataLoader shared memory) 
 branches make against this Paddle's signatures, the non-finite-step count, and resumes across -amp through the
 command line."""
 import functools
-import io
-import logging
 import os
 import subprocess
 import sys
@@ -32,19 +30,6 @@ V100, A100, P100 = (7, 0), (8, 0), (6, 0)
 FLOAT16_SCALER_STATE = {'scale': np.array([32768.0], dtype=np.float32), 'incr_ratio': 2.0, 'decr_ratio': 0.5,
                         'incr_every_n_steps': 2000, 'decr_every_n_nan_or_inf': 1, 'incr_count': 7, 'decr_count': 0,
                         'use_dynamic_loss_scaling': True}
-
-
-@pytest.fixture
-def pit_log():
-    """The lines logged to the 'pit' logger during a test."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    log = logging.getLogger('pit')
-    log.addHandler(handler)
-    level, log.level = log.level, logging.INFO
-    yield stream
-    log.removeHandler(handler)
-    log.setLevel(level)
 
 
 # ---------------------------------------------------------------- precision
@@ -277,10 +262,11 @@ def test_attention_memory_of_pit_b_at_batch_256_matches_the_hand_count():
 
 # ---------------------------------------------------------------- DataLoader shared memory
 
-def test_shared_memory_need_of_the_shipped_recipe_is_about_1_2_gb_per_process():
-    batch = 256 * 3 * 224 * 224 * 4  # 154 MB
+def test_shared_memory_need_of_the_shipped_recipe_is_about_300_mb_per_process_of_4_workers():
+    batch = 256 * 224 * 224 * 3  # uint8 pixels: 38.5 MB
     assert gpu.shared_memory_need(256, 224, workers=4, processes=1) == batch * 2 * 4
     assert gpu.shared_memory_need(256, 224, workers=4, processes=8) == batch * 2 * 4 * 8
+    assert gpu.shared_memory_need(256, 224, workers=4, processes=1, itemsize=4) == batch * 4 * 2 * 4  # eval
 
 
 @pytest.mark.parametrize('requested, free, use, warns', [
@@ -307,16 +293,16 @@ def test_local_processes_come_from_the_launcher():
     assert gpu.local_process_count({}) == 1
 
 
-@pytest.mark.parametrize('requested, free, expected', [('auto', 10 ** 9, True), ('auto', 10 ** 5, False),
-                                                       ('True', 10 ** 5, True), ('False', 10 ** 9, False)])
+@pytest.mark.parametrize('requested, free, expected', [('auto', 10 ** 9, True), ('auto', 10 ** 4, False),
+                                                       ('True', 10 ** 4, True), ('False', 10 ** 9, False)])
 def test_the_loader_is_built_with_the_decided_value(digits, pit_log, requested, free, expected):
     config = finalize_config(merge_opts(get_config(), ['DATA.DATA_PATH', digits, 'DATA.IMAGE_SIZE', '32',
                                                        'DATA.BATCH_SIZE', '8', 'DATA.NUM_WORKERS', '2',
                                                        'MODEL.NUM_CLASSES', '10', 'DATA.SHARED_MEMORY', requested]))
     datasets.SHARED_MEMORY_IN_USE.clear()
     loader = build_dataloader(config, build_dataset(config, 'train'), 'train', shm_free_bytes=free)
-    assert loader.use_shared_memory is expected  # need: 8 x 3 x 32 x 32 x 4 bytes x 2 prefetched x 2 workers
-    assert ('/dev/shm has' in pit_log.getvalue()) is (free == 10 ** 5)
+    assert loader.use_shared_memory is expected  # need: 8 x 32 x 32 x 3 uint8 x 2 prefetched x 2 workers
+    assert ('/dev/shm has' in pit_log.getvalue()) is (free == 10 ** 4)
     assert ('/dev/shm' in datasets.shared_memory_note()) is expected
     datasets.SHARED_MEMORY_IN_USE.clear()
 

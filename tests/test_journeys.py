@@ -88,7 +88,7 @@ def test_run_train_multi_trains_two_processes_with_the_default_recipe(straight_r
     assert 'Traceback' not in result.stderr and 'PicklingError' not in result.stderr
     ckpt = weights_of(os.path.join(save, 'checkpoint-latest.pdparams'))
     assert ckpt['model_ema'] is not None and 'rand-m9-mstd0.5-inc1' in ckpt['config']
-    assert 'NUM_WORKERS: 4' in ckpt['config'] and 'AdamP' in ckpt['config']
+    assert 'NUM_WORKERS: auto' in ckpt['config'] and 'AdamP' in ckpt['config']
 
 
 def test_sigkilled_two_process_run_rerun_with_the_same_command_ends_bit_identical(digits, straight_run, tmp_path):

@@ -250,3 +250,74 @@ def test_step_is_skipped_when_the_grad_scaler_found_inf(name):
     optimizer._set_auxiliary_var('found_inf', paddle.to_tensor(True))  # what GradScaler.step does on overflow
     optimizer.step()
     assert all(np.array_equal(p.numpy(), before[n]) for n, p in model.named_parameters())
+
+
+def test_grouped_adamp_updates_same_shaped_parameters_together_as_each_alone():
+    """The plain (GPU) path groups parameters by shape and decay; each must still take its own view test and
+    update: two Linear and two conv weights of one shape whose gradients ask for different views, biases
+    concatenated, one with decay, against the published update in float64, step by step."""
+    rng = np.random.RandomState(5)
+    with paddle.utils.unique_name.guard():
+        layers = [paddle.nn.Linear(6, 4), paddle.nn.Linear(6, 4), paddle.nn.Conv2D(2, 4, 3), paddle.nn.Conv2D(2, 4, 3)]
+    params = {f'{i}.{n}': p for i, layer in enumerate(layers) for n, p in layer.named_parameters()}
+    to_torch = {k: (lambda a: a.T) if k.endswith('weight') and p.ndim == 2 else (lambda a: a)
+                for k, p in params.items()}
+    kinds = {'0.weight': ['channel', 'layer', 'none'], '1.weight': ['layer', 'none', 'channel'],
+             '2.weight': ['none', 'channel', 'layer'], '3.weight': ['channel', 'channel', 'none']}
+    decayed = {p.name for k, p in params.items() if k.endswith('weight') or k == '1.bias'}
+    optimizer = AdamP(LR, list(params.values()), weight_decay=WD, wd_ratio=0.01, nesterov=True,
+                      apply_decay_param_fun=decayed.__contains__, kernels=cpu_kernels.PADDLE)
+    ref = {k: to_torch[k](p.numpy().astype(np.float64)) for k, p in params.items()}
+    states = {k: {'step': 0, 'm': np.zeros_like(v), 'v': np.zeros_like(v)} for k, v in ref.items()}
+    for step in range(3):
+        grads = {k: crafted_grad(ref[k], kinds[k][step], rng) if k in kinds else rng.randn(*ref[k].shape)
+                 for k in ref}
+        sum((p * paddle.to_tensor(to_torch[k](grads[k]), dtype='float32')).sum() for k, p in params.items()).backward()
+        optimizer.step()
+        optimizer.clear_grad()
+        for k, p in params.items():
+            ref[k], projected_by = reference_adamp(ref[k], grads[k], states[k], LR, wd=WD if p.name in decayed else 0,
+                                                   wd_ratio=0.01, nesterov=True)
+            if k in kinds:
+                assert projected_by == {'none': None}.get(kinds[k][step], kinds[k][step]), (k, step)
+            np.testing.assert_allclose(to_torch[k](p.numpy()), ref[k], rtol=1e-5, atol=1e-5, err_msg=f'{k} {step}')
+    groups, = optimizer._groups
+    assert len(groups.segments) == 4  # the Linear weights, the conv weights, the decayed bias, the other biases
+
+
+def test_adamp_state_moves_between_the_grouped_and_the_fused_cpu_path():
+    """The grouped (GPU) path keeps its moments in its own buffers: state_dict() gives them back per parameter,
+    under the names the fused CPU path uses, so a saved state resumes on either path. (Whole trajectories of
+    the two paths are not compared: the k part of a qkv bias has gradients of pure rounding noise, which Adam
+    scales up to visible steps.)"""
+    kernels = cpu_kernels.for_model()
+    if not kernels.applies(paddle.ones([1])):
+        pytest.skip(cpu_kernels.status())
+    config = small_config('TRAIN.OPTIMIZER.NAME', 'AdamP')
+    x = paddle.randn([2, 3, 32, 32])
+
+    def run(steps, path, state=None):
+        paddle.seed(3)
+        model = small_pit(config)
+        if state is not None:
+            model.set_state_dict(state['model'])
+        optimizer = build_optimizer(config, model, LR)
+        optimizer._kernels = path
+        if state is not None:
+            optimizer.set_state_dict(state['optimizer'])
+        for _ in range(steps):
+            (model(x) ** 2).mean().backward()
+            optimizer.step()
+            optimizer.clear_grad()
+        return {'model': model.state_dict(), 'optimizer': optimizer.state_dict()}
+
+    grouped, fused = run(2, cpu_kernels.PADDLE), run(2, kernels)
+    assert set(grouped['optimizer']) == set(fused['optimizer'])
+    for key, value in fused['optimizer'].items():
+        if hasattr(value, 'numpy'):
+            np.testing.assert_allclose(grouped['optimizer'][key].numpy(), value.numpy(), rtol=1e-4, atol=1e-7,
+                                       err_msg=key)
+    straight = run(3, cpu_kernels.PADDLE)
+    resumed = run(1, cpu_kernels.PADDLE, state=grouped)
+    for key, value in straight['model'].items():
+        np.testing.assert_allclose(resumed['model'][key].numpy(), value.numpy(), rtol=1e-6, atol=1e-7, err_msg=key)

@@ -35,6 +35,11 @@ import quiet  # noqa: E402,F401  (before paddle, here and in each phase's proces
 from timing import timed  # noqa: E402
 
 PHASES = ['dygraph_infer', 'exported_infer', 'train_step', 'latency_b1', 'data_per_worker']
+# data phases beside data_per_worker, each ours vs the reference: the same sample pipeline against timm's
+# prefetcher mode (uint8 out, normalise and erasing left to the device), and JPEG decode alone (the limit)
+DATA_PHASES = ['data_vs_prefetcher', 'data_decode']
+# ours only, no images/s: the data pipeline stage by stage; ops and host reads of a plain-path training step
+DETAIL_PHASES = ['data_breakdown', 'step_launches']
 GPU_PHASES = ['train_step_amp']  # measured only where a GPU exists: a training step under auto_cast (AMP_DTYPE)
 
 
@@ -50,21 +55,195 @@ def peak_memory_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+PHOTOS = ('chelsea', 'coffee', 'astronaut', 'rocket')  # scikit-image's photographs (skimage.data)
+
+
 def sample_images(folder, count=48):
-    """ImageNet-size JPEGs (500x375) cut from the photos scikit-learn ships, written once to folder."""
+    """ImageNet-like JPEGs (500x375 and 375x500, quality 90) resized and cut from real photographs: scikit-image's
+    (skimage.data) where it is installed, else the two scikit-learn ships; written once to folder."""
     from PIL import Image
-    from sklearn.datasets import load_sample_images
     os.makedirs(folder, exist_ok=True)
-    photos = load_sample_images().images  # two 427x640 photos
+    existing = sorted(f for f in os.listdir(folder) if f.endswith('.JPEG'))
+    if len(existing) >= count:
+        return [os.path.join(folder, f) for f in existing[:count]]
+    try:
+        import skimage.data
+        photos = [getattr(skimage.data, name)() for name in PHOTOS]
+    except ImportError:
+        from sklearn.datasets import load_sample_images
+        photos = load_sample_images().images  # two 427x640 photos
     paths = []
     for i in range(count):
-        photo = Image.fromarray(photos[i % len(photos)])
-        left, top = (i * 7) % 140, (i * 5) % 52
-        img = photo.crop((left, top, left + 500, top + 375))
+        photo = Image.fromarray(photos[i % len(photos)]).convert('RGB')
+        width, height = (375, 500) if i % 4 == 0 else (500, 375)
+        scale = max(width / photo.width, height / photo.height) * (1 + 0.05 * (i % 3))
+        big = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.BICUBIC)
+        left, top = (i * 13) % (big.width - width + 1), (i * 7) % (big.height - height + 1)
         path = os.path.join(folder, f'img{i:03d}.JPEG')
-        img.save(path, quality=90)
+        big.crop((left, top, left + width, top + height)).save(path, quality=90)
         paths.append(path)
     return paths
+
+
+def image_folder(args):
+    return args.images or os.path.join(args.tmp, 'images')
+
+
+def data_phase(phase, config, args):
+    """img/s of one core on the photos: the training sample (decode, transform, erasing boxes) or decode
+    alone; with the bytes a sample carries from its worker."""
+    import random
+    from datasets import load_rgb
+    from transforms import build_transforms
+    random.seed(0)
+    transform = build_transforms(config, 'train')
+    paths = sample_images(image_folder(args))
+    state = {'i': 0, 'bytes': 0}
+
+    def load_one():
+        img = load_rgb(paths[state['i'] % len(paths)])
+        if phase != 'data_decode':
+            pixels, boxes = transform(img)
+            state['bytes'] = pixels.nbytes + 16 * len(boxes)
+        state['i'] += 1
+    rate, rates = timed(load_one, 1, args.repeats)
+    figures = {'img_per_s': rate, 'runs': rates, 'threads': 1}
+    if phase != 'data_decode':
+        figures['bytes_per_sample'] = state['bytes']
+    return figures
+
+
+def data_breakdown(config, args):
+    """ms per image of each stage of the training sample pipeline on the photos (one core), and of what the
+    trainer does with a batch: the stages as the pipeline runs them (RandAugment: 2 ops drawn per image, each
+    applied with p 0.5), each RandAugment op alone (applied, at the recipe's magnitude), and the float32 path
+    this repo had before (ToTensor + Normalize in the worker, 4-byte batches) for comparison."""
+    import random
+    import numpy as np
+    import paddle
+    from augment import AugmentOp
+    from datasets import collate_train, load_rgb
+    from transforms import (NormalizeOnDevice, RandomHorizontalFlip, RandomResizedCrop, ToNormalizedArray,
+                            build_erasing, build_transforms, to_array)
+    random.seed(0)
+    np.random.seed(0)
+    size = config.DATA.IMAGE_SIZE
+    paths = sample_images(image_folder(args))
+    pipeline = build_transforms(config, 'train').transforms
+    crop, flip, augment = (next(t for t in pipeline if isinstance(t, kind))
+                           for kind in (RandomResizedCrop, RandomHorizontalFlip, type(pipeline[2])))
+    images = [load_rgb(p) for p in paths]
+    crops = [crop(img) for img in images]
+    pixels = [to_array(c) for c in crops]
+    erasing = build_erasing(config)
+    batch = [(p, 0, 0, erasing.boxes(size, size)) for p in pixels] * (args.batch_size // len(pixels) + 1)
+    batch = batch[:args.batch_size]
+    collated = collate_train(batch)
+    on_device = [paddle.to_tensor(collated[0]), collated[3]]
+    normalize = NormalizeOnDevice(config.DATA.IMAGENET_MEAN, config.DATA.IMAGENET_STD)
+    to_float = ToNormalizedArray(config.DATA.IMAGENET_MEAN, config.DATA.IMAGENET_STD)
+    floats = [to_float(c) for c in crops]
+
+    def each(items, fn):
+        state = {'i': 0}
+
+        def call():
+            fn(items[state['i'] % len(items)])
+            state['i'] += 1
+        return call
+    stages = {
+        'decode (PIL, to RGB)': (each(paths, load_rgb), 1),
+        'RandomResizedCrop (bicubic)': (each(images, crop), 1),
+        'horizontal flip': (each(crops, flip), 1),
+        'RandAugment as drawn': (each(crops, augment), 1),
+        'to uint8 array': (each(crops, to_array), 1),
+        'erasing boxes (draw)': (each(pixels, erasing), 1),
+        f'collate uint8, batch {args.batch_size}': (lambda: collate_train(batch), args.batch_size),
+        f'worker -> trainer copy uint8 (memcpy of the batch)': (lambda: collated[0].copy(), args.batch_size),
+        f'trainer: normalise + erase the batch ({paddle.get_device()})':
+            (lambda: erasing.erase(normalize(on_device[0]), on_device[1]).numpy(), args.batch_size),
+        'before: ToTensor + Normalize (float32, in the worker)': (each(crops, to_float), 1),
+        f'before: collate float32, batch {args.batch_size}': (lambda: np.stack(floats * (args.batch_size // len(floats) + 1))[:args.batch_size], args.batch_size),
+    }
+    hparams = {'translate_const': int(size * 0.45), 'interpolation': config.DATA.INTERPOLATION, 'magnitude_std': 0.5,
+               'img_mean': tuple(min(255, round(255 * m)) for m in config.DATA.IMAGENET_MEAN)}
+    for op in augment.ops:
+        applied = AugmentOp(op.name, 1.0, op.magnitude, hparams)
+        stages[f'  RandAugment op {op.name} (applied)'] = (each(crops, applied), 1)
+    result = {}
+    for name, (fn, images_per_call) in stages.items():
+        rate, _ = timed(fn, images_per_call, max(1, args.repeats // 2), min_seconds=0.5)
+        result[name] = 1000.0 / rate
+    return {'ms_per_image': result, 'threads': 1,
+            'bytes_per_sample': {'uint8 (now)': int(pixels[0].nbytes), 'float32 (before)': int(floats[0].nbytes)}}
+
+
+def step_launches(config, args):
+    """Paddle ops per optimizer step (the optimizer and the EMA update, on the plain path that GPU runs take:
+    CPU_KERNELS False) counted by paddle.profiler, and host reads (Tensor.numpy/item, which float(), int() and
+    bool() go through) per training step of engine.train_one_epoch with the recipe's mixup and loss, between
+    report steps and at them."""
+    import numpy as np
+    import paddle
+    from paddle.profiler import Profiler, ProfilerTarget
+    from paddle.profiler.profiler_statistic import StatisticData
+    from engine import TrainState, train_one_epoch
+    from losses import build_criterion
+    from mixup import build_mixup
+    from model_ema import ModelEma
+    from optim import build_lr_scheduler, build_optimizer
+    from pit import build_pit
+    model = build_pit(config)
+    model.train()
+    optimizer = build_optimizer(config, model, build_lr_scheduler(config, 1))
+    ema = ModelEma(model, config.TRAIN.MODEL_EMA_DECAY)
+    size, batch = config.DATA.IMAGE_SIZE, args.batch_size
+    x = paddle.to_tensor(np.random.RandomState(0).rand(batch, 3, size, size).astype('float32'))
+    y = paddle.to_tensor(np.arange(batch) % config.MODEL.NUM_CLASSES)
+
+    def backward():
+        out = model(x)
+        paddle.nn.functional.cross_entropy(out[0] if isinstance(out, tuple) else out, y).backward()
+    for _ in range(2):  # the accumulators, the groups, the EMA's scratch exist after the first step
+        backward()
+        optimizer.step()
+        optimizer.clear_grad()
+        ema.update(model)
+    backward()
+    profiler = Profiler(targets=[ProfilerTarget.CPU], on_trace_ready=lambda prof: None)
+    profiler.start()
+    optimizer.step()
+    ema.update(model)
+    profiler.stop()
+    optimizer.clear_grad()
+    items = StatisticData(profiler.profiler_result.get_data(), profiler.profiler_result.get_extra_info()
+                          ).event_summary.items
+    ops = {name: item.call for name, item in items.items()}
+    steps, report = 6, 3
+    reads = []
+    originals = {name: getattr(paddle.Tensor, name) for name in ('numpy', 'item')}
+    for name, original in originals.items():
+        setattr(paddle.Tensor, name, lambda self, *a, _f=original, **k: (reads.append(1), _f(self, *a, **k))[1])
+    try:
+        trained = config.clone()
+        trained.defrost()
+        trained.REPORT_FREQ = report
+        trained.freeze()
+        mixup = build_mixup(trained)
+        criterion = build_criterion(trained, None, mixup_active=mixup is not None)
+        scaler = paddle.amp.GradScaler(enable=False)
+        state = TrainState(model, optimizer, None, scaler, {'enable': False}, ema)
+        per_step = []
+        train_one_epoch(state, criterion, [(x, y, paddle.zeros([batch], 'int64'))] * steps, 0, trained, mixup,
+                        stop=lambda: per_step.append(len(reads)) or False)
+    finally:
+        for name, original in originals.items():
+            setattr(paddle.Tensor, name, original)
+    between = [b - a for a, b in zip(per_step, per_step[1:])]
+    return {'ops_per_optimizer_step': sum(ops.values()), 'params': len(optimizer._parameter_list),
+            'ops_by_name': dict(sorted(ops.items(), key=lambda kv: -kv[1])[:12]),
+            'host_reads_per_step_between_reports': [d for i, d in enumerate(between) if (i + 2) % report],
+            'host_reads_per_epoch_of_6_steps_report_every_3': len(reads)}
 
 
 def run_phase(phase, args):
@@ -76,22 +255,17 @@ def run_phase(phase, args):
     from cpu_kernels import configure_cpu
     threads = args.threads if gpu_available() else configure_cpu(args.threads)
     config = build_config(args.cfg, args.opts + ['DATA.BATCH_SIZE', str(args.batch_size)], world_size=1)
+    if phase == 'step_launches':  # the plain path GPU runs take: Paddle's ops, AdamPGroups, merged EMA update
+        config = build_config(args.cfg, args.opts + ['DATA.BATCH_SIZE', str(args.batch_size), 'CPU_KERNELS', 'False'],
+                              world_size=1)
     size, batch = config.DATA.IMAGE_SIZE, 1 if phase == 'latency_b1' else args.batch_size
     paddle.seed(0)
-    if phase == 'data_per_worker':
-        from datasets import load_rgb
-        from transforms import build_transforms
-        import random
-        random.seed(0)
-        transform = build_transforms(config, 'train')
-        paths = sample_images(os.path.join(args.tmp, 'images'))
-        state = {'i': 0}
-
-        def load_one():
-            transform(load_rgb(paths[state['i'] % len(paths)]))
-            state['i'] += 1
-        rate, rates = timed(load_one, 1, args.repeats)
-        return {'img_per_s': rate, 'runs': rates, 'threads': 1}
+    if phase in ['data_per_worker'] + DATA_PHASES:
+        return data_phase(phase, config, args)
+    if phase == 'data_breakdown':
+        return data_breakdown(config, args)
+    if phase == 'step_launches':
+        return step_launches(config, args)
     model = build_pit(config)
     x = paddle.to_tensor(np.random.RandomState(0).rand(batch, 3, size, size).astype('float32'))
     if phase in ('dygraph_infer', 'latency_b1'):
@@ -138,7 +312,7 @@ def run_reference(args, variant, phase):
     cmd = [python, script, '-model', variant, '-batch_size', str(args.batch_size), '-threads', str(args.threads),
            '-repeats', str(args.repeats), '-image_size', str(args.image_size), '-tmp', args.tmp,
            '-amp_dtype', args.amp_dtype, '-drop_path', str(args.drop_path), '-phases', phase,
-           '-optimizer', json.dumps(args.optimizer)]
+           '-optimizer', json.dumps(args.optimizer)] + (['-images', args.images] if args.images else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         return None, out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'failed'
@@ -153,6 +327,30 @@ def summary(runs):
     return figures
 
 
+def run_detail(cmd, phase):
+    """Run a phase of DETAIL_PHASES once (ours only) and print its figures."""
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f'  {phase}: failed: {out.stderr.strip().splitlines()[-1]}')
+        return None
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f'  {phase}:')
+    for line in detail_lines(phase, figures):
+        print(f'    {line}')
+    return figures
+
+
+def detail_lines(phase, figures):
+    """The lines a DETAIL_PHASES result prints as."""
+    if phase == 'data_breakdown':
+        return ([f"{ms:7.3f} ms/img  {name}" for name, ms in figures['ms_per_image'].items()] +
+                [f"bytes per sample: {figures['bytes_per_sample']}"])
+    return [f"ops per optimizer step (AdamP + EMA, plain path): {figures['ops_per_optimizer_step']} for "
+            f"{figures['params']} parameters; most called: {figures['ops_by_name']}",
+            f"host reads per training step between report steps: {figures['host_reads_per_step_between_reports']}; "
+            f"in an epoch of 6 steps reporting every 3: {figures['host_reads_per_epoch_of_6_steps_report_every_3']}"]
+
+
 def ratio(ours, ref, key):
     return f"{ours[key] / ref[key]:.2f}x" if ours.get(key) and ref.get(key) else '-'
 
@@ -162,7 +360,7 @@ def markdown(result):
              f"ours peak MB | reference img/s | reference peak MB | speed ours / reference | "
              f"peak ours / reference |", '|---|---|---|---|---|---|---|']
     nan = float('nan')
-    for phase in [p for p in PHASES + GPU_PHASES if p in result['ours'] or p in PHASES]:
+    for phase in [p for p in PHASES + DATA_PHASES + GPU_PHASES if p in result['ours'] or p in PHASES]:
         ours = result['ours'].get(phase, {})
         ref = (result.get('reference') or {}).get(phase, {})
         pairs = result.get('pair_ratios', {}).get(phase)  # the median of the pairs' ratios, where pairs ran
@@ -170,6 +368,9 @@ def markdown(result):
                        (ratio(ours, ref, 'img_per_s'), ratio(ours, ref, 'peak_mb')))
         lines.append(f"| {phase} | {ours.get('img_per_s', nan):.1f} | {ours.get('peak_mb', nan):.0f} | "
                      f"{ref.get('img_per_s', nan):.1f} | {ref.get('peak_mb', nan):.0f} | {speed} | {peak} |")
+    for phase in DETAIL_PHASES:
+        if result['ours'].get(phase):
+            lines += ['', f'{phase}:'] + [f'- {line}' for line in detail_lines(phase, result['ours'][phase])]
     return '\n'.join(lines)
 
 
@@ -182,8 +383,10 @@ def main():
     parser.add_argument('-rounds', type=int, default=1,
                         help='alternate ours / the reference this many times per phase (processes in turn); the '
                              'ratio is the median of the pairs')
-    parser.add_argument('-phases', nargs='+', default=None, choices=PHASES + GPU_PHASES,
+    parser.add_argument('-phases', nargs='+', default=None, choices=PHASES + DATA_PHASES + DETAIL_PHASES + GPU_PHASES,
                         help='default: all (train_step_amp only where a GPU exists)')
+    parser.add_argument('-images', default=None,
+                        help='a folder of JPEGs for the data phases (default: photos written to a temporary folder)')
     parser.add_argument('-json', default=None, help='also write the figures here')
     parser.add_argument('-markdown', action='store_true', help='print a markdown table')
     parser.add_argument('-no_reference', action='store_true')
@@ -202,7 +405,7 @@ def main():
     from complexity import count_macs, count_params
     on_gpu = gpu_available()
     if args.phases is None:
-        args.phases = PHASES + (GPU_PHASES if on_gpu else [])
+        args.phases = PHASES + DATA_PHASES + DETAIL_PHASES + (GPU_PHASES if on_gpu else [])
     from pit import build_pit
     config = build_config(args.cfg, args.opts)
     args.image_size, args.amp_dtype = config.DATA.IMAGE_SIZE, config.AMP_DTYPE
@@ -230,7 +433,11 @@ def main():
         for phase in args.phases:
             cmd = [sys.executable, os.path.abspath(__file__), '-cfg', args.cfg, '-batch_size', str(args.batch_size),
                    '-threads', str(args.threads), '-repeats', str(args.repeats), '-phase', phase, '-tmp', tmp]
+            cmd += ['-images', args.images] if args.images else []
             cmd += ['-opts'] + args.opts if args.opts else []
+            if phase in DETAIL_PHASES:
+                result['ours'][phase] = run_detail(cmd, phase)
+                continue
             ours_runs, ref_runs = [], []
             for round_ in range(args.rounds):
                 out = subprocess.run(cmd, capture_output=True, text=True)

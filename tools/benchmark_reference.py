@@ -4,7 +4,9 @@ Run by tools/benchmark.py under a python with torch and timm (PIT_REFERENCE_PYTH
 Phases mirror ours: dygraph_infer (eager, no_grad), exported_infer (the same eager model: the target compares
 our exported model with the reference's eager one), latency_b1 (eager, one image at a time), train_step (forward,
 backward and a step of the config's optimizer: torch's AdamW or SGD, timm's AdamP, with the config's settings),
-data_per_worker (PIL decode + timm.create_transform of the recipe, on the JPEGs benchmark.py wrote).
+data_per_worker (PIL decode + timm.create_transform of the recipe, on the JPEGs benchmark.py wrote),
+data_vs_prefetcher (the same in timm's prefetcher mode: uint8 out, normalise and erasing left to the device),
+data_decode (PIL decode to RGB alone).
 """
 import argparse
 import glob
@@ -19,7 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from timing import timed  # noqa: E402  (the standard library only, like this script)
 
 
-PHASES = ['dygraph_infer', 'exported_infer', 'latency_b1', 'train_step', 'train_step_amp', 'data_per_worker']
+PHASES = ['dygraph_infer', 'exported_infer', 'latency_b1', 'train_step', 'train_step_amp', 'data_per_worker',
+          'data_vs_prefetcher', 'data_decode']
+DATA_PHASES = {'data_per_worker': False, 'data_vs_prefetcher': True, 'data_decode': None}  # -> use_prefetcher
 
 
 def figures(timing):
@@ -44,6 +48,29 @@ def build_optimizer(params, spec):
     sys.exit(f"no reference optimizer for {spec['name']!r}")
 
 
+def data_pipeline(paths, image_size, prefetcher):
+    """One sample per call: decode (PIL, to RGB), then timm's create_transform of the recipe (prefetcher
+    False: ToTensor, Normalize, RandomErasing on the CPU; True: uint8 out), or nothing more (None)."""
+    import timm
+    from PIL import Image
+    transform = None if prefetcher is None else timm.data.create_transform(
+        image_size, is_training=True, auto_augment='rand-m9-mstd0.5-inc1', re_prob=0.25, re_mode='pixel', re_count=1,
+        interpolation='bicubic', use_prefetcher=prefetcher)
+    random.seed(0)
+    state = {'i': 0}
+
+    def load_one():
+        with Image.open(paths[state['i'] % len(paths)]) as img:
+            img = img.convert('RGB')
+            try:
+                if transform is not None:
+                    transform(img)
+            except ValueError:  # timm's posterize at 0 bits fails on Pillow >= 10; the sample still counts
+                pass
+        state['i'] += 1
+    return load_one
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('-model', required=True)
@@ -52,6 +79,7 @@ def main():
     parser.add_argument('-repeats', type=int, default=5)
     parser.add_argument('-image_size', type=int, default=224)
     parser.add_argument('-tmp', default=None)
+    parser.add_argument('-images', default=None, help='the JPEG folder (default: TMP/images)')
     parser.add_argument('-amp_dtype', default='float16', choices=['float16', 'bfloat16'])
     parser.add_argument('-drop_path', type=float, default=0.0, help="the config's MODEL.DROP_PATH (training step)")
     parser.add_argument('-phases', nargs='+', default=PHASES, choices=PHASES)
@@ -61,7 +89,6 @@ def main():
     args = parser.parse_args()
     import timm
     import torch
-    from PIL import Image
     torch.set_num_threads(args.threads or os.cpu_count())
     name = f'{args.model}_{args.image_size}'
     if name not in timm.list_models('pit_*'):
@@ -108,22 +135,11 @@ def main():
     if 'train_step_amp' in args.phases and device == 'cuda':
         dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
         result['train_step_amp'] = figures(timed(train_step(dtype), args.batch_size, args.repeats))
-    paths = sorted(glob.glob(os.path.join(args.tmp or '', 'images', '*.JPEG')))
-    if 'data_per_worker' in args.phases and paths:
-        torch.set_num_threads(1)
-        transform = timm.data.create_transform(args.image_size, is_training=True, auto_augment='rand-m9-mstd0.5-inc1',
-                                               re_prob=0.25, re_mode='pixel', re_count=1, interpolation='bicubic')
-        random.seed(0)
-        state = {'i': 0}
-
-        def load_one():
-            with Image.open(paths[state['i'] % len(paths)]) as img:
-                try:
-                    transform(img.convert('RGB'))
-                except ValueError:  # timm's posterize at 0 bits fails on Pillow >= 10; the sample still counts
-                    pass
-            state['i'] += 1
-        result['data_per_worker'] = figures(timed(load_one, 1, args.repeats))
+    paths = sorted(glob.glob(os.path.join(args.images or os.path.join(args.tmp or '', 'images'), '*.JPEG')))
+    for phase, prefetcher in DATA_PHASES.items():
+        if phase in args.phases and paths:
+            torch.set_num_threads(1)
+            result[phase] = figures(timed(data_pipeline(paths, args.image_size, prefetcher), 1, args.repeats))
     # of this process's phases, measured as ours is: max RSS on CPU, max allocated on GPU
     result['peak_mb'] = (torch.cuda.max_memory_allocated() if device == 'cuda' else
                          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 20

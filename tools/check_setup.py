@@ -33,7 +33,8 @@ from checkpoint import checkpoint_bytes, checkpoint_files  # noqa: E402
 from cli import argument_parser, command_config, num_processes, run_command, setup_device, spawn, use_gpu  # noqa: E402
 from compat import parse_version, unsupported_reason  # noqa: E402
 from config import ConfigError, finalize_config  # noqa: E402
-from datasets import DatasetError, build_dataloader, build_dataset  # noqa: E402
+from datasets import (DatasetError, advised_workers, build_dataloader, build_dataset, num_workers,  # noqa: E402
+                      worker_budget)
 from engine import build_train_state, train_one_epoch  # noqa: E402
 from losses import build_criterion  # noqa: E402
 from mixup import build_mixup  # noqa: E402
@@ -154,7 +155,8 @@ def _kernel_of(facts, precision, dropout, head_dim):
 def check_shared_memory(report, config, nprocs):
     """/dev/shm against what the loaders of this node hold, decided as training decides it."""
     report.section('shared memory')
-    need = gpu.shared_memory_need(config.DATA.BATCH_SIZE, config.DATA.IMAGE_SIZE, config.DATA.NUM_WORKERS, nprocs)
+    need = gpu.shared_memory_need(config.DATA.BATCH_SIZE, config.DATA.IMAGE_SIZE,
+                                  num_workers(config.DATA.NUM_WORKERS, processes=nprocs), nprocs)
     free = gpu.free_shared_memory()
     use, warning = gpu.shared_memory_decision(need, free, config.DATA.SHARED_MEMORY)
     if warning:
@@ -292,11 +294,14 @@ def check_processes(report, args, config, nprocs, steps, timeout):
     return speed / nprocs
 
 
-def check_loader(report, config, batches, model_speed):
-    """DataLoader img/s of one process on the real training data (workers as configured), against the model's."""
-    report.section(f'data loader: {batches} batches of the real training data, {config.DATA.NUM_WORKERS} workers')
+def check_loader(report, config, batches, model_speed, nprocs):
+    """DataLoader img/s of one process on the real training data, with the workers each of nprocs training
+    processes would start, against the model's; more workers advised within the cores each process has."""
+    workers = num_workers(config.DATA.NUM_WORKERS, processes=nprocs)
+    report.section(f'data loader: {batches} batches of the real training data, {workers} workers '
+                   f'(DATA.NUM_WORKERS {config.DATA.NUM_WORKERS})')
     try:
-        speed = loader_speed(config, batches)
+        speed = loader_speed(config, batches, workers)
     except (DatasetError, OSError) as e:
         report.line(FAIL, f"the training data under '{config.DATA.DATA_PATH}' cannot be loaded: "
                           f"{' '.join(str(e).split())}", 'fix DATA.DATA_PATH / -data_path')
@@ -311,7 +316,7 @@ def check_loader(report, config, batches, model_speed):
     if model_speed is None:
         report.line(OK, text)
     elif speed < model_speed:
-        workers = gpu.advised_workers(config.DATA.NUM_WORKERS, speed, model_speed)
+        workers = advised_workers(workers, speed, model_speed, worker_budget(processes=nprocs))
         report.line(WARN, f'{text}: the loader feeds {speed:,.0f} img/s, the model takes {model_speed:,.0f}',
                     f'set DATA.NUM_WORKERS {workers} (the loader bounds the run at {speed / model_speed:.0%} of '
                     f'the model speed)')
@@ -319,8 +324,13 @@ def check_loader(report, config, batches, model_speed):
         report.line(OK, f'{text}, the model takes {model_speed:,.1f}: the loader keeps up')
 
 
-def loader_speed(config, batches):
-    """img/s of the training DataLoader of one process over `batches` batches (after LOADER_WARMUP_BATCHES)."""
+def loader_speed(config, batches, workers):
+    """img/s of the training DataLoader of one process with `workers` workers over `batches` batches (after
+    LOADER_WARMUP_BATCHES)."""
+    config = config.clone()
+    config.defrost()
+    config.DATA.NUM_WORKERS = workers
+    config.freeze()
     loader = build_dataloader(config, build_dataset(config, 'train'), 'train')
     loader.batch_sampler.set_epoch(0)
     if len(loader) <= LOADER_WARMUP_BATCHES:
@@ -357,7 +367,7 @@ def main():
     check_shared_memory(report, checked, nprocs)
     check_disk(report, checked, build_model(checked))
     model_speed = check_processes(report, args, checked, nprocs, args.steps, args.timeout)
-    check_loader(report, checked, args.batches, model_speed)
+    check_loader(report, checked, args.batches, model_speed, nprocs)
     sys.exit(report.verdict())
 
 
