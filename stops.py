@@ -8,7 +8,8 @@ is. A training process replaces both for the whole run (`handled()`):
   an optimizer step, between evaluation batches), every process agrees on it there (`agreed()`, a collective), and
   the run ends at that point, after writing a mid-epoch checkpoint when that keeps enough work (main_single_gpu).
   In a multi-process run the training loop asks `agreed()` only after the first optimizer step following each
-  report step and at the epoch's end (engine.stop_due), not after every step: it is a host sync there.
+  report step, every engine.STOP_CHECK_STEPS optimizer steps and at the epoch's end (engine.stop_due), not after
+  every step: it is a host sync there.
 Later signals are ignored while the first is acted on: a terminal's Ctrl-C reaches every process of its group and
 main_multi_gpu's launcher forwards what it receives, so a training process often gets the same signal twice.
 

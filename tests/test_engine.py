@@ -161,12 +161,15 @@ def test_the_host_reads_the_device_only_at_report_steps_and_once_at_the_end(monk
     assert stats['loss'] == reference['loss'] and stats['acc1'] == reference['acc1']  # the same sums
 
 
-@pytest.mark.parametrize('accum, asked', [(1, [4, 8]), (3, [6, 9])])
-def test_in_several_processes_stop_is_asked_after_the_first_optimizer_step_of_each_report(monkeypatch, accum,
-                                                                                            asked):
-    """stops.agreed is an all-reduce read on the host there: asked once per report, not after every step."""
-    config = finalize_config(merge_opts(get_config(), ['REPORT_FREQ', '4', 'TRAIN.ACCUM_ITER', str(accum)]))
-    batches = Loader([(paddle.to_tensor([[1.0, 2.0]]), paddle.to_tensor([0]), paddle.to_tensor([0]))] * 10)
+@pytest.mark.parametrize('report, accum, batches, asked', [
+    (4, 1, 10, [4, 8]), (4, 3, 10, [6, 9]),
+    (50, 1, 25, [10, 20]), (50, 3, 40, [30])])  # at most STOP_CHECK_STEPS optimizer steps apart
+def test_in_several_processes_stop_is_asked_after_the_first_optimizer_step_of_each_report(monkeypatch, report, accum,
+                                                                                            batches, asked):
+    """stops.agreed is an all-reduce read on the host there: asked once per report (and every STOP_CHECK_STEPS
+    optimizer steps, so a signal still ends the run within seconds), not after every step."""
+    config = finalize_config(merge_opts(get_config(), ['REPORT_FREQ', str(report), 'TRAIN.ACCUM_ITER', str(accum)]))
+    batches = Loader([(paddle.to_tensor([[1.0, 2.0]]), paddle.to_tensor([0]), paddle.to_tensor([0]))] * batches)
     state, steps = linear_state(), []
     monkeypatch.setattr(engine, 'get_world_size', lambda: 2)  # the state is built: only the stop cadence sees it
     train_one_epoch(state, soft_target_loss, batches, 0, config, stop=lambda: steps.append(state.step) or False)
