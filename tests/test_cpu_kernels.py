@@ -13,7 +13,7 @@ import paddle.nn.functional as F
 import pytest
 
 import cpu_kernels
-from pit import Attention, LayerNorm, PoolingTransformer
+from pit import Attention, PoolingTransformer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 linux_only = pytest.mark.skipif(not sys.platform.startswith('linux'), reason='cpu_kernels are built on Linux only')
@@ -259,7 +259,7 @@ def test_gpu_attention_branches_compute_the_cpu_kernels_values_and_gradients(ker
 
 @linux_only
 def test_model_layers_use_the_kernels_on_cpu_and_paddle_ops_under_static_export(kernels):
-    norm = LayerNorm(6, epsilon=1e-6, kernels=kernels)
+    norm = cpu_kernels.LayerNorm(6, epsilon=1e-6, kernels=kernels)
     x = paddle.randn([2, 6])
     np.testing.assert_allclose(norm(x).numpy(), F.layer_norm(x, [6], norm.weight, norm.bias, 1e-6).numpy(),
                                rtol=1e-5, atol=1e-6)
