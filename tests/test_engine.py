@@ -3,7 +3,7 @@ import numpy as np
 import paddle
 import pytest
 
-from config import finalize_config, get_config, merge_opts
+from config import build_config, finalize_config, merge_opts
 from engine import NonFiniteLossError, TrainState, accumulation_scale, evaluate, topk_correct, train_one_epoch
 from utils import MetricSums
 
@@ -34,7 +34,7 @@ class Constant(paddle.nn.Layer):
 
 
 def test_evaluate_excludes_and_counts_label_minus_one_samples():
-    config = get_config()
+    config = build_config()
     batches = [(paddle.zeros([3, 3, 2, 2]), paddle.to_tensor([2, -1, 2])),
                (paddle.zeros([2, 3, 2, 2]), paddle.to_tensor([1, 2]))]
     stats = evaluate(Constant(2), batches, config, amp={'enable': False})
@@ -47,7 +47,7 @@ class Loader(list):
 
 
 def test_non_finite_loss_raises_with_epoch_and_step():
-    config = finalize_config(merge_opts(get_config(), ['REPORT_FREQ', '1']))
+    config = finalize_config(merge_opts(build_config(), ['REPORT_FREQ', '1']))
     model = paddle.nn.Linear(2, 2)
     optimizer = paddle.optimizer.SGD(learning_rate=0.1, parameters=model.parameters())
     batches = Loader([(paddle.to_tensor([[1.0, 2.0]]), paddle.to_tensor([0]), paddle.to_tensor([0]))] * 3)
@@ -64,7 +64,7 @@ def test_non_finite_loss_raises_with_epoch_and_step():
 
 
 def test_training_epoch_steps_the_optimizer_every_accum_iter_batches():
-    config = finalize_config(merge_opts(get_config(), ['TRAIN.ACCUM_ITER', '2', 'REPORT_FREQ', '10']))
+    config = finalize_config(merge_opts(build_config(), ['TRAIN.ACCUM_ITER', '2', 'REPORT_FREQ', '10']))
     paddle.seed(0)
     model = paddle.nn.Linear(2, 3)
     optimizer = paddle.optimizer.SGD(learning_rate=0.1, parameters=model.parameters())
@@ -90,7 +90,7 @@ def test_every_optimizer_step_averages_its_batches_also_the_last_short_group(ste
 
 def test_an_accumulated_step_equals_one_step_on_the_concatenated_batches():
     """5 batches, ACCUM_ITER 2: the last optimizer step sees only batch 5, at full weight (it was scaled by 1/2)."""
-    config = finalize_config(merge_opts(get_config(), ['TRAIN.ACCUM_ITER', '2', 'REPORT_FREQ', '10']))
+    config = finalize_config(merge_opts(build_config(), ['TRAIN.ACCUM_ITER', '2', 'REPORT_FREQ', '10']))
     rng = np.random.RandomState(0)
     batches = Loader([(paddle.to_tensor(rng.rand(4, 2).astype('float32')), paddle.to_tensor(rng.randint(0, 3, 4)),
                        paddle.zeros([4], 'int64')) for _ in range(5)])

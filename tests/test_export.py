@@ -197,11 +197,11 @@ def test_a_deploy_config_without_the_crop_fraction_gives_crop_size_over_resize(t
 @pytest.fixture(scope='module')
 def tiny_weights(tmp_path_factory):
     """A 10-class tiny PiT's weights: (path prefix, model)."""
-    from config import get_config, merge_opts
+    from config import build_config, merge_opts
     from pit import build_pit
     tmp = tmp_path_factory.mktemp('export')
     paddle.seed(3)
-    model = build_pit(merge_opts(get_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml')), TINY))
+    model = build_pit(merge_opts(build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml')), TINY))
     model.eval()  # (Paddle 2.6's Layer.eval returns None: no chaining)
     paddle.save(model.state_dict(), str(tmp / 'tiny.pdparams'))
     return str(tmp / 'tiny'), model

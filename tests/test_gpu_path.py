@@ -15,7 +15,7 @@ import pytest
 from paddle.amp.auto_cast import _update_list
 
 import checkpoint
-from config import ConfigError, build_config, finalize_config, get_config, merge_opts
+from config import ConfigError, build_config, finalize_config, merge_opts
 import datasets
 from datasets import build_dataloader, build_dataset
 from demo_data import write_dataset
@@ -143,7 +143,7 @@ class Loader(list):
 
 @pytest.mark.parametrize('name', ['AdamP', 'AdamW', 'SGD'])
 def test_a_step_the_scaler_finds_non_finite_is_skipped_counted_and_recorded(name, tmp_path):
-    config = finalize_config(merge_opts(get_config(), ['TRAIN.OPTIMIZER.NAME', name, 'REPORT_FREQ', '100',
+    config = finalize_config(merge_opts(build_config(), ['TRAIN.OPTIMIZER.NAME', name, 'REPORT_FREQ', '100',
                                                        'SAVE', str(tmp_path), 'VISUALDL', 'False']))
     paddle.seed(0)
     model = paddle.nn.Linear(4, 3)
@@ -175,7 +175,7 @@ def test_a_step_the_scaler_finds_non_finite_is_skipped_counted_and_recorded(name
 
 
 def test_no_step_is_counted_without_loss_scaling():
-    config = finalize_config(merge_opts(get_config(), ['REPORT_FREQ', '100']))
+    config = finalize_config(merge_opts(build_config(), ['REPORT_FREQ', '100']))
     model = paddle.nn.Linear(2, 2)
     optimizer = paddle.optimizer.SGD(learning_rate=0.1, parameters=model.parameters())
     batch = (paddle.ones([2, 2]), paddle.to_tensor([0, 1]), paddle.to_tensor([0, 0]))
@@ -310,7 +310,7 @@ def test_local_processes_come_from_the_launcher():
 @pytest.mark.parametrize('requested, free, expected', [('auto', 10 ** 9, True), ('auto', 10 ** 5, False),
                                                        ('True', 10 ** 5, True), ('False', 10 ** 9, False)])
 def test_the_loader_is_built_with_the_decided_value(digits, pit_log, requested, free, expected):
-    config = finalize_config(merge_opts(get_config(), ['DATA.DATA_PATH', digits, 'DATA.IMAGE_SIZE', '32',
+    config = finalize_config(merge_opts(build_config(), ['DATA.DATA_PATH', digits, 'DATA.IMAGE_SIZE', '32',
                                                        'DATA.BATCH_SIZE', '8', 'DATA.NUM_WORKERS', '2',
                                                        'MODEL.NUM_CLASSES', '10', 'DATA.SHARED_MEMORY', requested]))
     datasets.SHARED_MEMORY_IN_USE.clear()

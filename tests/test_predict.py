@@ -37,10 +37,10 @@ def test_checkpoint_classes_take_precedence_and_wnids_become_readable():
 @pytest.fixture(scope='module')
 def tiny_model(tmp_path_factory):
     """A 1000-class tiny PiT saved as weights, plus three photos and one broken file."""
-    from config import get_config, merge_opts
+    from config import build_config, merge_opts
     from pit import build_pit
     tmp = tmp_path_factory.mktemp('predict')
-    config = merge_opts(get_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml')), TINY)
+    config = merge_opts(build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml')), TINY)
     paddle.seed(1)
     model = build_pit(config)
     model.eval()

@@ -10,7 +10,7 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
-from config import get_config, merge_opts
+from config import build_config, merge_opts
 from pit import build_pit
 from pit import pooling_layout
 from weights import (WeightsError, fit_state_dict, load_pretrained, read_checkpoint,
@@ -26,7 +26,7 @@ def fixture(name):
 
 def micro_model():
     paddle.seed(0)
-    return build_pit(get_config(fixture('pit_micro.yaml')))
+    return build_pit(build_config(fixture('pit_micro.yaml')))
 
 
 def micro_logits(model):
@@ -203,7 +203,7 @@ def test_paddle_bicubic_resize_matches_torch_interpolate(size):
 # ---------------------------------------------------------------- load_pretrained
 
 def test_checkpoint_trained_at_224_loads_into_a_384_model_and_runs(tmp_path):
-    config = get_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'))
+    config = build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'))
     paddle.seed(1)
     model_224 = build_pit(config)
     paddle.save({'model': model_224.state_dict(), 'epoch': 299}, str(tmp_path / 'checkpoint.pdparams'))
@@ -229,7 +229,7 @@ def test_strict_misfit_leaves_the_model_unchanged():
 
 
 def test_non_strict_loads_what_fits_and_reports_a_new_classifier():
-    config = merge_opts(get_config(fixture('pit_micro.yaml')), ['MODEL.NUM_CLASSES', '3'])
+    config = merge_opts(build_config(fixture('pit_micro.yaml')), ['MODEL.NUM_CLASSES', '3'])
     model = build_pit(config)
     head_before = model.head.weight.numpy().copy()
     report = load_pretrained(model, fixture('pit_micro_timm.pth'), strict=False)
