@@ -322,6 +322,11 @@ class PoolingTransformer(nn.Layer):
         """Structured names of parameters that must never be decayed (the optimizer also skips 1-D params)."""
         return {'pos_embed', 'cls_token'}
 
+    def classifier_names(self):
+        """Structured names of the classifier layers (timm's pretrained_cfg['classifier']): fine-tuning to another
+        class count re-initialises them (weights.fit_state_dict)."""
+        return ('head', 'head_dist') if self.distilled else ('head',)
+
     def forward_stages(self, x):
         """[B, 3, H, W], any H, W of at least one patch -> (the stage outputs [B, C_s, H_s, W_s] for each stage s,
         the class tokens [B, 1 or 2, C_last] before the final norm). pos_embed is resized (bicubic) to the patch

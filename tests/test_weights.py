@@ -240,6 +240,35 @@ def test_non_strict_loads_what_fits_and_reports_a_new_classifier():
     assert 'head.weight' in str(report)
 
 
+class Probe(paddle.nn.Layer):
+    """A model that is not PiT: its classifier layer is `fc`, declared as the model declares it (classifier_names)."""
+
+    def __init__(self, classes, declared=('fc',)):
+        super().__init__()
+        self.head = paddle.nn.Linear(4, 4)  # named like PiT's classifier, but not this model's
+        self.fc = paddle.nn.Linear(4, classes)
+        self.declared = declared
+
+    def classifier_names(self):
+        return self.declared
+
+
+def test_fine_tuning_reinitialises_only_the_classifier_the_model_declares():
+    source = {k: v.numpy() for k, v in Probe(3).state_dict().items()}
+    source['head.weight'] = np.zeros([4, 5], 'float32')
+    fit = fit_state_dict(source, Probe(7), from_torch=False, finetune=True)
+    assert fit.reinitialised == ['fc.weight', 'fc.bias']
+    assert [k for k, _, _ in fit.mismatched] == ['head.weight']
+    fit = fit_state_dict(source, Probe(7, declared=()), from_torch=False, finetune=True)
+    assert fit.reinitialised == [] and [k for k, _, _ in fit.mismatched] == ['head.weight', 'fc.weight', 'fc.bias']
+
+
+def test_a_distilled_pit_declares_both_heads_as_its_classifier():
+    config = merge_opts(build_config(fixture('pit_micro.yaml')), ['MODEL.DISTILL', 'True'])
+    assert build_pit(config).classifier_names() == ('head', 'head_dist')
+    assert micro_model().classifier_names() == ('head',)
+
+
 def _safetensors_file(path, header, body=b''):
     raw = json.dumps(header).encode()
     path.write_bytes(len(raw).to_bytes(8, 'little') + raw + body)
