@@ -3,8 +3,9 @@
 Train: RandomResizedCrop(AUG.SCALE, AUG.RATIO, DATA.INTERPOLATION) -> horizontal flip (AUG.HFLIP) ->
 auto-augment (AUG.AUTO_AUGMENT) or colour jitter (AUG.COLOR_JITTER, only without auto-augment) ->
 ToTensor + Normalize -> RandomErasing (AUG.RE_*). Eval: resize the short side to floor(IMAGE_SIZE / CROP_PCT),
-center crop IMAGE_SIZE. Output: float32 [3, S, S]. Random draws use python's `random` (seeded per epoch and
-per DataLoader worker), as torchvision/timm draw theirs per sample.
+center crop IMAGE_SIZE. Output: float32 [3, S, S]. Random draws use python's `random`, seeded per sample by the
+training data set (datasets.ImageNetDataset, with the seed datasets.SeededBatchSampler derives from SEED, epoch,
+rank and position), so a sample's augmentation depends neither on the DataLoader worker that makes it nor on a resume.
 """
 import math
 import random
