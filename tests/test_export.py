@@ -12,7 +12,7 @@ from errors import error_line
 from export import export_inference_model, publish_export
 from inference import (GPU_MEMORY_POOL_MB, ExportError, PredictorSettings, apply_settings, class_names, model_files,
                        predictor_settings, read_export_description, tensorrt_config, write_deploy_files)
-from test_faults import one_line_error, tmpfs
+from conftest import one_line_error, tmpfs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',

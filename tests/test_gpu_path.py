@@ -16,9 +16,9 @@ from paddle.amp.auto_cast import _update_list
 
 import checkpoint
 from config import ConfigError, build_config, finalize_config, merge_opts
+from conftest import TINY_MODEL
 import datasets
 from datasets import build_dataloader, build_dataset
-from demo_data import write_dataset
 from engine import TrainState, train_one_epoch
 import gpu
 from metrics import RunRecords, read_records
@@ -99,16 +99,7 @@ def test_scaler_restore_decides_both_directions_across_amp():
     assert gpu.scaler_state_to_load({}, False) == (None, None)
 
 
-@pytest.fixture(scope='module')
-def digits(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp('digits'))
-    write_dataset(root, source='digits', image_size=32, train_per_class=4, val_per_class=2)
-    return root
-
-
-TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
-        'MODEL.TRANS.BASE_DIMS', '[8, 8, 8]', 'MODEL.TRANS.DEPTH', '[1, 1, 1]', 'TRAIN.WARMUP_EPOCHS', '0',
-        'DATA.NUM_WORKERS', '0']
+TINY = TINY_MODEL + ['TRAIN.WARMUP_EPOCHS', '0', 'DATA.NUM_WORKERS', '0']
 
 
 def train(data, save, epochs, *flags):

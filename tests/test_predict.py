@@ -13,7 +13,7 @@ from PIL import Image
 
 from export import export_inference_model
 from inference import class_names, create_predictor, gpu_visible, read_imagenet_index, run_predictor, write_deploy_files
-from test_faults import one_line_error
+from conftest import one_line_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '1000', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
