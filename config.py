@@ -270,14 +270,6 @@ def _update_config_from_file(config, cfg_file, touched=None, chain=()):
     _merge_dict(config, data, f"'{cfg_file}'", touched)
 
 
-def get_config(cfg_file=None):
-    """Return a copy of the defaults, updated from cfg_file (and its BASE chain) when given."""
-    config = _C.clone()
-    if cfg_file:
-        _update_config_from_file(config, cfg_file)
-    return config
-
-
 def merge_opts(config, opts, touched=None, source='-opts'):
     """Apply ['KEY', 'VALUE', ...] overrides; values are parsed as yaml ('0.1', '[1, 2]', 'None'). 'None',
     'none' and 'null' are None, except for a key with a 'none' choice, which takes that word

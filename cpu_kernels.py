@@ -16,8 +16,9 @@ says why in one line (a failed build: the compiler's first error line; its whole
 folder's build.log); a process tries once, and shows that line once (`take_warning`).
 
 Which kernels a model runs is decided when it is built: `for_model()` gives the `Kernels` its layers keep (see
-its docstring for the rule). Each call then checks only its input tensor (float32, on the CPU, in dygraph), so
-GPU runs and exported graphs use paddle's ops.
+its docstring for the rule); `Linear`, `LayerNorm` and `Conv2D` are paddle.nn's layers running a `Kernels`, and an
+optimizer asks `for_model()` for the same `Kernels` (the same rule). Each call then checks only its input tensor
+(float32, on the CPU, in dygraph), so GPU runs and exported graphs use paddle's ops.
 """
 import contextlib
 import ctypes
@@ -33,6 +34,7 @@ import sysconfig
 import warnings
 
 import paddle
+import paddle.nn as nn
 import paddle.nn.functional as F
 
 from gpu import local_process_count
@@ -338,6 +340,55 @@ def for_model(enabled=True):
             warnings.warn(message, RuntimeWarning, stacklevel=2)
         return PADDLE
     return Kernels(_ops)
+
+
+# ---------------------------------------------------------------- layers on the kernels
+# paddle.nn layers with the same parameters and names (a state dict loads either way) that run `kernels`.
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and names) on `kernels` (a Kernels): on CPU, one op whose bias
+    gradient runs on all threads (paddle's bias add and its backward run on one). With gelu, the layer's
+    output is gelu(x @ weight + bias) (exact GELU), the bias add and the GELU in one kernel."""
+
+    def __init__(self, in_features, out_features, kernels=PADDLE, gelu=False, **kwargs):
+        super().__init__(in_features, out_features, **kwargs)
+        self.kernels = kernels
+        self.gelu = gelu
+
+    def forward(self, x):
+        if self.gelu:
+            return self.kernels.linear_gelu(x, self.weight, self.bias)
+        return self.kernels.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return super().extra_repr() + (', activation=gelu' if self.gelu else '')
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters and names) on `kernels` (a Kernels)."""
+
+    def __init__(self, normalized_shape, epsilon=1e-5, kernels=PADDLE):
+        super().__init__(normalized_shape, epsilon=epsilon)
+        self.kernels = kernels
+
+    def forward(self, x):
+        return self.kernels.layer_norm(x, self.weight, self.bias, self._epsilon)
+
+
+class Conv2D(nn.Conv2D):
+    """nn.Conv2D (same parameters and names) on `kernels` (a Kernels): paddle's CPU conv runs its
+    im2col, and its depthwise conv altogether, on one thread."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, groups=1, kernels=PADDLE,
+                 **kwargs):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
+                         **kwargs)
+        self.kernels = kernels
+        self.square = (int(stride), int(padding), int(groups))  # ints: one value for both axes
+
+    def forward(self, x):
+        return self.kernels.conv2d(x, self.weight, self.bias, *self.square)
 
 
 # ---------------------------------------------------------------- process set-up

@@ -3,34 +3,19 @@ import paddle
 import paddle.nn as nn
 
 
-def drop_path(x, drop_prob=0.0, training=False):
-    """Zero the branch x for a random drop_prob fraction of samples and rescale the rest by 1/(1-drop_prob).
-
-    x: [B, ...]; one Bernoulli(1 - drop_prob) draw per sample, broadcast over the other dims, so the
-    expectation of the output equals x (as timm's drop_path, scale_by_keep=True).
-    """
-    if drop_prob == 0.0 or not training:
-        return x
-    keep_prob = 1.0 - drop_prob
-    shape = [x.shape[0]] + [1] * (x.ndim - 1)
-    mask = paddle.floor(keep_prob + paddle.rand(shape, dtype=x.dtype))
-    return x / keep_prob * mask
-
-
 class DropPath(nn.Layer):
-    """Layer form of drop_path; identity in eval mode or when drop_prob is 0."""
+    """The drop path of one residual branch, fused by the model into its residual add:
+    `x + branch * sample_scale(branch)[b]` (cpu_kernels.Kernels.add). A Layer so that train()/eval() reach it;
+    no scale (the plain add) in eval mode or when drop_prob is 0."""
 
     def __init__(self, drop_prob=0.0):
         super().__init__()
         self.drop_prob = float(drop_prob)
 
-    def forward(self, x):
-        return drop_path(x, self.drop_prob, self.training)
-
     def sample_scale(self, x):
-        """The per-sample factor forward(x) multiplies x by, as a [B] tensor (0 for a dropped sample,
-        1 / keep_prob for a kept one; the same random draw as forward), or None where forward is the identity.
-        For kernels that fuse the drop path into the residual add: x + branch * scale[b]."""
+        """The per-sample factor of the branch x ([B, ...]) as a [B] tensor: one Bernoulli(1 - drop_prob) draw per
+        sample, 0 for a dropped sample and 1 / keep_prob for a kept one, so the expectation of the scaled branch
+        is x (timm's drop_path, scale_by_keep=True); None where the drop path is the identity."""
         if self.drop_prob == 0.0 or not self.training:
             return None
         keep_prob = 1.0 - self.drop_prob

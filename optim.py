@@ -20,7 +20,7 @@ import math
 import paddle
 from paddle.optimizer.lr import LRScheduler
 
-from cpu_kernels import PADDLE
+from cpu_kernels import PADDLE, for_model
 from utils import unwrap_model
 
 
@@ -57,7 +57,7 @@ def build_optimizer(config, model, lr_scheduler):
     common = dict(learning_rate=lr_scheduler, parameters=[p for p in model.parameters() if not p.stop_gradient],
                   weight_decay=wd, grad_clip=clip, apply_decay_param_fun=decay_names.__contains__)
     beta1, beta2 = config.TRAIN.OPTIMIZER.BETAS
-    kernels = getattr(unwrap_model(model), 'kernels', PADDLE)  # the model's CPU kernels run its optimizer step
+    kernels = for_model(config.CPU_KERNELS)  # the kernels a model built now runs (cpu_kernels' rule)
     if name == 'AdamW':
         return AdamW(beta1=beta1, beta2=beta2, epsilon=config.TRAIN.OPTIMIZER.EPS, kernels=kernels, **common)
     if name == 'AdamP':
@@ -75,8 +75,9 @@ def build_optimizer(config, model, lr_scheduler):
 
 class AdamW(paddle.optimizer.AdamW):
     """paddle.optimizer.AdamW with accumulator names that do not depend on the process history. With `kernels`
-    (cpu_kernels.Kernels; build_optimizer passes the model's), a float32 CPU parameter takes the same update on
-    all threads (pit_adamw) instead of Paddle's single-threaded op; the accumulators are Paddle's own."""
+    (cpu_kernels.Kernels; build_optimizer passes cpu_kernels.for_model's), a float32 CPU parameter takes the
+    same update on all threads (pit_adamw) instead of Paddle's single-threaded op; the accumulators are Paddle's
+    own."""
 
     def __init__(self, *args, kernels=PADDLE, **kwargs):
         super().__init__(*args, **kwargs)
@@ -156,7 +157,7 @@ class AdamP(_FlatOptimizer):
     Layout: the channel view keeps axis 0 (conv [out, in, kh, kw], as in PyTorch), except for 2-D weights,
     which Paddle's Linear stores as [in, out]: there the output channel is axis 1, so the views (and so the
     updates) equal those of the PyTorch reference on the same model. With `kernels` (cpu_kernels.Kernels;
-    build_optimizer passes the model's), a float32 CPU parameter takes one fused multi-threaded step
+    build_optimizer passes cpu_kernels.for_model's), a float32 CPU parameter takes one fused multi-threaded step
     (pit_adamp). Every other parameter (a GPU run, or CPU_KERNELS False) is updated by AdamPGroups: a few
     dozen ops per group of same-shaped parameters instead of about twenty per parameter, all on the device
     (no step waits for the host). The per-parameter accumulators (moment1, moment2, beta pows) stay what

@@ -21,7 +21,7 @@ from paddle.incubate.nn.memory_efficient_attention import memory_efficient_atten
 from paddle.nn.functional.flash_attention import flash_attention
 
 from compat import parse_version
-from cpu_kernels import PADDLE, for_model
+from cpu_kernels import PADDLE, Conv2D, LayerNorm, Linear, for_model
 from droppath import DropPath
 from gpu import attention_backend, dtype_name, gpu_capability
 
@@ -34,56 +34,11 @@ def _torch_default_uniform(fan_in):
     return nn.initializer.Uniform(-bound, bound)
 
 
-class Linear(nn.Linear):
-    """nn.Linear (same parameters and names) on `kernels` (cpu_kernels.Kernels): on CPU, one op whose bias
-    gradient runs on all threads (paddle's bias add and its backward run on one). With gelu, the layer's
-    output is gelu(x @ weight + bias) (exact GELU), the bias add and the GELU in one kernel."""
-
-    def __init__(self, in_features, out_features, kernels=PADDLE, gelu=False, **kwargs):
-        super().__init__(in_features, out_features, **kwargs)
-        self.kernels = kernels
-        self.gelu = gelu
-
-    def forward(self, x):
-        if self.gelu:
-            return self.kernels.linear_gelu(x, self.weight, self.bias)
-        return self.kernels.linear(x, self.weight, self.bias)
-
-    def extra_repr(self):
-        return super().extra_repr() + (', activation=gelu' if self.gelu else '')
-
-
-class LayerNorm(nn.LayerNorm):
-    """nn.LayerNorm (same parameters and names) on `kernels` (cpu_kernels.Kernels)."""
-
-    def __init__(self, normalized_shape, epsilon=1e-5, kernels=PADDLE):
-        super().__init__(normalized_shape, epsilon=epsilon)
-        self.kernels = kernels
-
-    def forward(self, x):
-        return self.kernels.layer_norm(x, self.weight, self.bias, self._epsilon)
-
-
 def _linear(in_features, out_features, kernels=PADDLE, gelu=False):
     """Linear with PyTorch's default init, as the official code keeps it (Paddle's default is Xavier)."""
     init = _torch_default_uniform(in_features)
     return Linear(in_features, out_features, kernels, gelu, weight_attr=paddle.ParamAttr(initializer=init),
                   bias_attr=paddle.ParamAttr(initializer=init))
-
-
-class Conv2D(nn.Conv2D):
-    """nn.Conv2D (same parameters and names) on `kernels` (cpu_kernels.Kernels): paddle's CPU conv runs its
-    im2col, and its depthwise conv altogether, on one thread."""
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, groups=1, kernels=PADDLE,
-                 **kwargs):
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
-                         **kwargs)
-        self.kernels = kernels
-        self.square = (int(stride), int(padding), int(groups))  # ints: one value for both axes
-
-    def forward(self, x):
-        return self.kernels.conv2d(x, self.weight, self.bias, *self.square)
 
 
 def _conv(in_channels, out_channels, kernel_size, stride, padding, groups=1, kernels=PADDLE):
@@ -366,6 +321,11 @@ class PoolingTransformer(nn.Layer):
     def no_weight_decay(self):
         """Structured names of parameters that must never be decayed (the optimizer also skips 1-D params)."""
         return {'pos_embed', 'cls_token'}
+
+    def classifier_names(self):
+        """Structured names of the classifier layers (timm's pretrained_cfg['classifier']): fine-tuning to another
+        class count re-initialises them (weights.fit_state_dict)."""
+        return ('head', 'head_dist') if self.distilled else ('head',)
 
     def forward_stages(self, x):
         """[B, 3, H, W], any H, W of at least one patch -> (the stage outputs [B, C_s, H_s, W_s] for each stage s,

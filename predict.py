@@ -47,16 +47,13 @@ class PredictError(UserError):
     """Bad input to predict.py (an -img_path, -topk or -batch_size it cannot use); the message names it."""
 
 
-def image_extensions():
-    """Extensions of the files predict reads in folders: the datasets' list, plus .gif (first frame)."""
-    return IMAGE_EXTENSIONS + ('.gif',)
+EXTENSIONS = IMAGE_EXTENSIONS + ('.gif',)  # the data sets' list; predict also classifies a GIF's first frame
 
 
 def list_images(paths):
     """(files to classify, [(path, why it is skipped)]): the files given, plus the files with an image extension
     inside given folders, sorted; the other entries of those folders are skipped. Raises PredictError for a
     folder that cannot be listed."""
-    extensions = image_extensions()
     files, skipped = [], []
     for path in paths:
         if not os.path.isdir(path):
@@ -69,10 +66,10 @@ def list_images(paths):
         for entry in (os.path.join(path, name) for name in entries):
             if os.path.isdir(entry):
                 skipped.append((entry, 'a folder (folders inside -img_path folders are not searched)'))
-            elif entry.lower().endswith(extensions):
+            elif entry.lower().endswith(EXTENSIONS):
                 files.append(entry)
             else:
-                skipped.append((entry, f'not an image file ({" ".join(extensions)})'))
+                skipped.append((entry, f'not an image file ({" ".join(EXTENSIONS)})'))
     return files, skipped
 
 

@@ -7,7 +7,8 @@ boxes on its device (`NormalizeOnDevice`, `RandomErasing.erase`), as NVIDIA's Im
 prefetcher do: a sample crosses from its DataLoader worker as S * S * 3 bytes, not 4 bytes a value. Eval:
 resize the short side to floor(IMAGE_SIZE / CROP_PCT), center crop IMAGE_SIZE, ToTensor + Normalize: float32
 [3, S, S]. Random draws use python's `random` and numpy's global generator, seeded per sample
-(datasets.SeededBatchSampler), as torchvision/timm draw theirs per sample.
+by the training data set (with the seed datasets.SeededBatchSampler derives from SEED, epoch, rank and position),
+so a sample's augmentation depends neither on the DataLoader worker that makes it nor on a resume.
 """
 import math
 import random

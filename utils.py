@@ -8,8 +8,6 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from cpu_kernels import configure_cpu  # noqa: F401  (its home is cpu_kernels; kept here for callers' scripts)
-
 
 def get_world_size():
     return dist.get_world_size() if dist.is_initialized() else 1

@@ -436,7 +436,6 @@ def read_checkpoint(path, prefer_ema=False):
 # ---------------------------------------------------------------- fitting a state dict onto a model
 
 _NP_DTYPES = {paddle.float32: np.float32, paddle.float64: np.float64, paddle.float16: np.float16}
-CLASSIFIER_PREFIXES = ('head.', 'head_dist.')  # re-initialised by finetune when their shapes differ
 
 
 @dataclass
@@ -479,12 +478,14 @@ def fit_state_dict(state, model, from_torch=True, finetune=False):
 
     The model's own `checkpoint_filter(state)` (if it has one) first renames keys and adapts tensors
     (returns (state, notes)). from_torch: the source stores Linear weights as PyTorch does ([out, in]); they are
-    transposed to Paddle's [in, out]. finetune: classifier tensors (head.*, head_dist.*) of another class count
-    are left at the model's init and listed in `reinitialised` instead of `mismatched`.
+    transposed to Paddle's [in, out]. finetune: tensors of the classifier layers the model declares
+    (`model.classifier_names()`) of another class count are left at the model's init and listed in
+    `reinitialised` instead of `mismatched`.
     """
     notes = {}
     if hasattr(model, 'checkpoint_filter'):
         state, notes = model.checkpoint_filter(state)
+    classifier = tuple(f'{name}.' for name in (model.classifier_names() if hasattr(model, 'classifier_names') else ()))
     params = model.state_dict()
     linear_weights = {f'{name}.weight' for name, layer in model.named_sublayers() if isinstance(layer, nn.Linear)}
     fit = Fit(arrays={}, notes=notes)
@@ -496,7 +497,7 @@ def fit_state_dict(state, model, from_torch=True, finetune=False):
         if from_torch and key in linear_weights and value.ndim == 2:
             value = value.T
         if tuple(value.shape) != tuple(target.shape):
-            if finetune and key.startswith(CLASSIFIER_PREFIXES):
+            if finetune and key.startswith(classifier):
                 fit.reinitialised.append(key)
             else:
                 fit.mismatched.append((key, tuple(value.shape), tuple(target.shape)))
@@ -569,8 +570,9 @@ def load_state(model, obj, path, strict=True, prefer_ema=False, finetune=False):
     LoadReport.
 
     strict: any missing, unexpected or mis-shaped key raises WeightsError and leaves the model unchanged.
-    finetune: a classifier (head, head_dist) of another class count is re-initialised, not an error; every
-    other tensor must still fit when strict. Not strict: the keys that fit are loaded, the rest is reported.
+    finetune: a classifier (the model's classifier_names()) of another class count is re-initialised, not an
+    error; every other tensor must still fit when strict. Not strict: the keys that fit are loaded, the rest is
+    reported.
     `.pdparams` files already hold Paddle layouts; all other formats are PyTorch layouts (transposed Linear).
     """
     state, entry = weights_in(obj, path, prefer_ema)

@@ -1,5 +1,4 @@
 """Augmentations checked against their definitions: crops, eval resize, RandAugment, erasing, mixup/cutmix."""
-import math
 import os
 import subprocess
 import random
@@ -10,7 +9,7 @@ import pytest
 from PIL import Image
 
 from augment import LEVELS, RAND_INCREASING_OPS, RAND_OPS, AugmentOp, auto_augment_transform
-from config import get_config, merge_opts
+from config import build_config, merge_opts
 from mixup import Mixup, build_mixup, rand_bbox
 from random_erasing import RandomErasing
 from transforms import NormalizeOnDevice, RandomResizedCrop, ToNormalizedArray, build_transforms, eval_resize_size
@@ -28,7 +27,7 @@ def test_a_crop_pct_written_as_size_over_short_side_gives_that_short_side_back()
 
 
 def test_eval_transform_resizes_short_side_then_center_crops():
-    config = merge_opts(get_config(), ['DATA.CROP_PCT', '0.875'])
+    config = merge_opts(build_config(), ['DATA.CROP_PCT', '0.875'])
     gradient = np.tile(np.arange(500, dtype=np.float64) * 255 / 499, (375, 1)).astype(np.uint8)
     out = build_transforms(config, 'val')(Image.fromarray(gradient).convert('RGB'))
     assert out.shape == (3, 224, 224)
@@ -202,13 +201,13 @@ def test_per_sample_modes_mix_each_sample_with_its_mirror(mode):
 def test_odd_batch_is_a_clear_error_and_mixup_off_builds_nothing():
     with pytest.raises(ValueError, match='even batch'):
         Mixup()(paddle.zeros([3, 3, 4, 4]), paddle.to_tensor([0, 1, 2]))
-    assert build_mixup(merge_opts(get_config(), ['AUG.MIXUP', '0.0', 'AUG.CUTMIX', '0.0'])) is None
-    mixer = build_mixup(get_config())
+    assert build_mixup(merge_opts(build_config(), ['AUG.MIXUP', '0.0', 'AUG.CUTMIX', '0.0'])) is None
+    mixer = build_mixup(build_config())
     assert (mixer.mixup_alpha, mixer.cutmix_alpha, mixer.label_smoothing, mixer.switch_prob) == (0.8, 1.0, 0.1, 0.5)
 
 
 def test_train_samples_are_uint8_pixels_that_normalise_on_the_device_to_the_float_transform_bit_for_bit():
-    config = merge_opts(get_config(), ['DATA.IMAGE_SIZE', '64'])
+    config = merge_opts(build_config(), ['DATA.IMAGE_SIZE', '64'])
     img = Image.fromarray(np.random.RandomState(0).randint(0, 255, (90, 120, 3), dtype=np.uint8))
     samples = []
     for seed in range(8):

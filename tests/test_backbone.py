@@ -7,7 +7,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 import pytest
 
-from config import get_config
+from config import build_config
 from pit import PiTFeatures, PoolingTransformer, build_pit, resize_pos_embed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def variant(name, features_only=True):
     paddle.seed(0)
-    model = build_pit(get_config(os.path.join(ROOT, 'configs', name + '.yaml')), features_only=features_only)
+    model = build_pit(build_config(os.path.join(ROOT, 'configs', name + '.yaml')), features_only=features_only)
     model.eval()  # (Paddle 2.6's Layer.eval returns None: no chaining)
     return model
 

@@ -12,13 +12,12 @@ import checkpoint
 from config import build_config
 from checkpoint import checkpoint_files
 from datasets import advised_workers, num_workers, worker_budget
+from conftest import TINY_MODEL
 from demo_data import write_dataset
 from engine import build_train_state
 from pit import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
-        'MODEL.TRANS.BASE_DIMS', '[8,8,8]', 'MODEL.TRANS.DEPTH', '[1,1,1]', 'MODEL.TRANS.HEADS', '[2,4,8]']
 SECTIONS = ['== paddle', '== devices', '== precision', '== shared memory', '== disk', 'training process(es)',
             '== data loader', '== verdict']
 
@@ -32,7 +31,8 @@ def digits(tmp_path_factory):
 
 def preflight(*args, prefix=(), opts=(), **kwargs):
     cmd = [*prefix, sys.executable, os.path.join(ROOT, 'tools', 'check_setup.py'), '-cfg',
-           os.path.join(ROOT, 'configs', 'pit_ti.yaml'), '-batch_size', '16', '-amp', *args, '-opts', *TINY, *opts]
+           os.path.join(ROOT, 'configs', 'pit_ti.yaml'), '-batch_size', '16', '-amp', *args, '-opts', *TINY_MODEL,
+           *opts]
     env = dict(os.environ)
     env.pop('OMP_NUM_THREADS', None)
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900, **kwargs)
@@ -84,7 +84,7 @@ def test_preflight_without_training_data_fails_and_names_the_data_path(tmp_path)
 
 def test_a_checkpoint_is_as_large_as_the_estimate(tmp_path):
     """The disk check's checkpoint size (model, EMA, two Adam moments in float32) against a real save."""
-    config = build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'), TINY + ['SAVE', str(tmp_path)],
+    config = build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'), TINY_MODEL + ['SAVE', str(tmp_path)],
                           world_size=1)
     model = build_model(config)
     state = build_train_state(config, model, 1)
@@ -100,7 +100,7 @@ def test_a_checkpoint_is_as_large_as_the_estimate(tmp_path):
 def test_the_disk_estimate_counts_the_distinct_files_a_run_leaves(tmp_path, keep, save_freq):
     """Four epochs saved, the best the first, then a stop inside the fifth and last: as many distinct files in
     SAVE as the disk check counts (numbered files kept, best, latest)."""
-    config = build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'), TINY + [
+    config = build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'), TINY_MODEL + [
         'SAVE', str(tmp_path), 'TRAIN.NUM_EPOCHS', '5', 'KEEP_CHECKPOINTS', str(keep), 'SAVE_FREQ', str(save_freq)],
         world_size=1)
     model = build_model(config)

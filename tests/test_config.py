@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import config as config_module
-from config import ConfigError, build_config, finalize_config, get_config, get_key, merge_opts
+from config import ConfigError, build_config, finalize_config, get_key, merge_opts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,7 +39,7 @@ def unread_keys(keys, text):
 
 
 def test_every_config_key_is_read_by_the_code():
-    keys = [k for k in leaf_keys(get_config()) if k != 'BASE']
+    keys = [k for k in leaf_keys(build_config()) if k != 'BASE']
     assert unread_keys(keys, source_text()) == []
 
 
@@ -56,31 +56,31 @@ def write(path, text):
 def test_base_chain_merges_in_order(tmp_path):
     write(tmp_path / 'base.yaml', 'DATA:\n  IMAGE_SIZE: 64\n  CROP_PCT: 0.875\n')
     child = write(tmp_path / 'child.yaml', "BASE: ['base.yaml']\nDATA:\n  IMAGE_SIZE: 96\n")
-    config = get_config(child)
+    config = build_config(child)
     assert config.DATA.IMAGE_SIZE == 96 and config.DATA.CROP_PCT == 0.875
 
 
 def test_unknown_yaml_key_is_rejected_with_its_name(tmp_path):
     bad = write(tmp_path / 'bad.yaml', 'TRAIN:\n  WARMUP_EPOCH: 3\n')
     with pytest.raises(ConfigError, match=r"unknown config key 'TRAIN.WARMUP_EPOCH'.*bad.yaml"):
-        get_config(bad)
+        build_config(bad)
 
 
 def test_wrong_value_type_is_rejected_with_key_and_value(tmp_path):
     bad = write(tmp_path / 'bad.yaml', 'DATA:\n  BATCH_SIZE: many\n')
     with pytest.raises(ConfigError, match=r"DATA.BATCH_SIZE.*'many'"):
-        get_config(bad)
+        build_config(bad)
 
 
 def test_seed_yaml_layout_still_loads(tmp_path):
     seed = write(tmp_path / 'seed.yaml', 'DATA:\n  IMAGE_SIZE: 224\n  CROP_PCT: 0.90\nMODEL:\n  TYPE: PiT\n'
                  '  NAME: pit_ti\n  DISTILL: False\n  TRANS:\n    PATCH_SIZE: 16\n    STRIDE: 8\n'
                  '    BASE_DIMS: [32, 32, 32]\n    DEPTH: [2, 6, 4]\n    HEADS: [2, 4, 8]\n')
-    assert get_config(seed).MODEL.TRANS.HEADS == [2, 4, 8]
+    assert build_config(seed).MODEL.TRANS.HEADS == [2, 4, 8]
 
 
 def test_opts_override_values_parsed_as_yaml():
-    config = merge_opts(get_config(), ['TRAIN.BASE_LR', '0.001', 'AUG.CUTMIX_MINMAX', '[0.2, 0.8]',
+    config = merge_opts(build_config(), ['TRAIN.BASE_LR', '0.001', 'AUG.CUTMIX_MINMAX', '[0.2, 0.8]',
                                        'TRAIN.GRAD_CLIP', 'None', 'AUG.AUTO_AUGMENT', 'rand-m7-n3'])
     assert config.TRAIN.BASE_LR == 0.001 and config.AUG.CUTMIX_MINMAX == [0.2, 0.8]
     assert config.TRAIN.GRAD_CLIP is None and config.AUG.AUTO_AUGMENT == 'rand-m7-n3'
@@ -88,11 +88,11 @@ def test_opts_override_values_parsed_as_yaml():
 
 def test_opts_unknown_key_is_rejected():
     with pytest.raises(ConfigError, match="unknown config key 'TRAIN.LRR'"):
-        merge_opts(get_config(), ['TRAIN.LRR', '1'])
+        merge_opts(build_config(), ['TRAIN.LRR', '1'])
 
 
 def test_finalize_scales_lr_linearly_once_and_freezes():
-    config = merge_opts(get_config(), ['DATA.BATCH_SIZE', '128', 'TRAIN.ACCUM_ITER', '2'])
+    config = merge_opts(build_config(), ['DATA.BATCH_SIZE', '128', 'TRAIN.ACCUM_ITER', '2'])
     finalize_config(config, world_size=4)
     assert config.TRAIN.BASE_LR == pytest.approx(5e-4 * 128 * 4 * 2 / 512)
     assert config.DATA.BATCH_SIZE_EVAL == 128
@@ -102,7 +102,7 @@ def test_finalize_scales_lr_linearly_once_and_freezes():
 
 
 def test_finalize_rejects_a_value_outside_its_choices():
-    config = merge_opts(get_config(), ['TRAIN.OPTIMIZER.NAME', 'Adam'])
+    config = merge_opts(build_config(), ['TRAIN.OPTIMIZER.NAME', 'Adam'])
     with pytest.raises(ConfigError, match=r"TRAIN.OPTIMIZER.NAME='Adam' is not one of"):
         finalize_config(config)
 
@@ -130,7 +130,7 @@ def test_cli_bad_flag_is_an_argparse_error():
 
 
 def test_defaults_are_the_recipe_pit_was_trained_with():
-    config = get_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'))
+    config = build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'))
     assert config.TRAIN.OPTIMIZER.NAME == 'AdamP' and config.TRAIN.LR_SCHEDULER.DEIT_LAG is True
     assert config.DATA.CROP_PCT == 0.875 and config.AUG.AUTO_AUGMENT == 'rand-m9-mstd0.5-inc1'
 
@@ -174,7 +174,7 @@ def test_a_base_chain_that_includes_itself_is_named(tmp_path):
     write(tmp_path / 'a.yaml', "BASE: ['b.yaml']\n")
     write(tmp_path / 'b.yaml', "BASE: ['a.yaml']\n")
     with pytest.raises(ConfigError, match=r'includes itself through BASE: .*a.yaml -> .*b.yaml -> .*a.yaml'):
-        get_config(str(tmp_path / 'a.yaml'))
+        build_config(str(tmp_path / 'a.yaml'))
 
 
 def test_a_checkpoint_description_is_the_base_and_a_contradicting_model_key_is_named():
@@ -189,7 +189,7 @@ def test_a_checkpoint_description_is_the_base_and_a_contradicting_model_key_is_n
 
 def default_of(key):
     """The default of a key, or for a None default the kind of value it takes."""
-    value = get_key(get_config(), key)
+    value = get_key(build_config(), key)
     return config_module._NULLABLE[key] if value is None else value
 
 
@@ -200,7 +200,7 @@ def wrong_type_value(default):
     return {bool: 'maybe', int: 'many', float: 'fast', str: '[1]'}[type(default)]
 
 
-ALL_KEYS = list(leaf_keys(get_config()))
+ALL_KEYS = list(leaf_keys(build_config()))
 
 
 @pytest.mark.parametrize('key', ALL_KEYS)

@@ -8,7 +8,7 @@ import paddle
 import pytest
 
 from checkpoint import CheckpointWriteError, convert_weights, described_keys
-from config import build_config, get_config
+from config import build_config
 from pit import build_pit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +22,7 @@ MICRO_SOURCES = ['pit_micro_naver.pth', 'pit_micro_timm.pth', 'pit_micro_timm08.
 
 def logits_of(pdparams, cfg=MICRO_CFG):
     """Eval logits on the fixture input of a fresh model loaded with plain paddle.load + set_state_dict."""
-    model = build_pit(get_config(cfg))
+    model = build_pit(build_config(cfg))
     missing, unexpected = model.set_state_dict(paddle.load(pdparams)['model'])
     assert not missing and not unexpected
     model.eval()
@@ -96,7 +96,7 @@ def test_converted_weights_describe_their_model_and_imagenet_classes(tmp_path):
     from weights import read_paddle_file
     convert_weights(build_config(MICRO_CFG), os.path.join(FIXTURES, 'pit_micro_timm.pth'), str(tmp_path / 'x'))
     saved = read_paddle_file(str(tmp_path / 'x.pdparams'))
-    config = get_config(MICRO_CFG)
+    config = build_config(MICRO_CFG)
     assert described_keys(saved)['MODEL.TRANS.BASE_DIMS'] == list(config.MODEL.TRANS.BASE_DIMS)
     assert described_keys(saved)['DATA.CROP_PCT'] == config.DATA.CROP_PCT
     assert saved['classes'] is None  # a 5-class model: no ImageNet names to attach

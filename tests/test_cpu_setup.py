@@ -53,9 +53,3 @@ def test_configure_cpu_sets_threads_mkl_on_amd_only_and_plain_transposes():
     assert intel == {'threads': 1, 'omp': '1', 'mkl': None, 'stride': False}
     # A user's own MKL setting wins.
     assert configure_in_subprocess('AuthenticAMD', 1, {'MKL_DEBUG_CPU_TYPE': '2'})['mkl'] == '2'
-
-
-def test_utils_configure_cpu_is_the_cpu_kernels_one():
-    import cpu_kernels
-    import utils
-    assert utils.configure_cpu is cpu_kernels.configure_cpu

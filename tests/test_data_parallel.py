@@ -17,7 +17,7 @@ import paddle
 import paddle.distributed as dist
 import paddle.nn.functional as F
 sys.path.insert(0, sys.argv[1])
-from config import get_config, merge_opts
+from config import build_config, merge_opts
 from pit import build_pit
 from cpu_kernels import configure_cpu
 
@@ -41,7 +41,7 @@ def worker(out_dir):
     configure_cpu(1)
     dist.init_parallel_env()
     rank = dist.get_rank()
-    config = merge_opts(get_config(os.path.join(sys.argv[1], 'configs', 'pit_ti.yaml')), TINY)
+    config = merge_opts(build_config(os.path.join(sys.argv[1], 'configs', 'pit_ti.yaml')), TINY)
     paddle.seed(0)
     model = build_pit(config)
     model.train()
@@ -81,7 +81,7 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 sys.path.insert(0, sys.argv[1])
-from config import finalize_config, get_config, merge_opts
+from config import build_config, finalize_config, merge_opts
 from engine import TrainState, train_one_epoch
 
 
@@ -98,7 +98,7 @@ def criterion(inputs, outputs, targets):
 def worker(out_dir):
     dist.init_parallel_env()
     rank = dist.get_rank()
-    config = finalize_config(merge_opts(get_config(), ['TRAIN.ACCUM_ITER', '2', 'REPORT_FREQ', '10']))
+    config = finalize_config(merge_opts(build_config(), ['TRAIN.ACCUM_ITER', '2', 'REPORT_FREQ', '10']))
     paddle.seed(0)
     model = paddle.nn.Linear(3, 2)
     optimizer = paddle.optimizer.SGD(learning_rate=0.0, parameters=model.parameters())

@@ -7,14 +7,14 @@ import paddle
 import pytest
 from PIL import Image
 
-from config import finalize_config, get_config, merge_opts
+from config import build_config, finalize_config, merge_opts
 from datasets import (DatasetError, ExactlyOnceSampler, LoaderClock, RepeatedAugSampler, build_dataloader,
                       build_dataset, find_samples, num_workers)
 from demo_data import write_dataset
 
 
 def make_config(root, *opts):
-    config = merge_opts(get_config(), ['DATA.DATA_PATH', str(root), 'DATA.IMAGE_SIZE', '16', 'DATA.CROP_PCT',
+    config = merge_opts(build_config(), ['DATA.DATA_PATH', str(root), 'DATA.IMAGE_SIZE', '16', 'DATA.CROP_PCT',
                                        '1.0', 'DATA.BATCH_SIZE', '8', 'DATA.NUM_WORKERS', '0',
                                        'MODEL.NUM_CLASSES', '10', *opts])
     return finalize_config(config)

@@ -17,7 +17,7 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 sys.path.insert(0, sys.argv[1])
-from config import finalize_config, get_config, merge_opts
+from config import build_config, finalize_config, merge_opts
 from cpu_kernels import configure_cpu
 from engine import TrainState, train_one_epoch
 from losses import build_criterion
@@ -54,7 +54,7 @@ def train(out_dir):
     if os.environ.get('PADDLE_TRAINERS_NUM', '1') != '1':
         dist.init_parallel_env()
     world, rank = get_world_size(), get_rank()
-    config = finalize_config(merge_opts(get_config(os.path.join(sys.argv[1], 'configs', 'pit_ti.yaml')),
+    config = finalize_config(merge_opts(build_config(os.path.join(sys.argv[1], 'configs', 'pit_ti.yaml')),
                                         OPTS + ['DATA.BATCH_SIZE', str(TOTAL // world)]), world)
     paddle.seed(0)
     model = build_pit(config)

@@ -4,7 +4,7 @@ import paddle
 import pytest
 
 import engine
-from config import finalize_config, get_config, merge_opts
+from config import build_config, finalize_config, merge_opts
 from engine import NonFiniteLossError, TrainState, accumulation_scale, evaluate, topk_correct, train_one_epoch
 from utils import MetricSums
 
@@ -35,7 +35,7 @@ class Constant(paddle.nn.Layer):
 
 
 def test_evaluate_excludes_and_counts_label_minus_one_samples():
-    config = get_config()
+    config = build_config()
     batches = [(paddle.zeros([3, 3, 2, 2]), paddle.to_tensor([2, -1, 2])),
                (paddle.zeros([2, 3, 2, 2]), paddle.to_tensor([1, 2]))]
     stats = evaluate(Constant(2), batches, config, amp={'enable': False})
@@ -48,7 +48,7 @@ class Loader(list):
 
 
 def test_non_finite_loss_raises_with_epoch_and_step():
-    config = finalize_config(merge_opts(get_config(), ['REPORT_FREQ', '1']))
+    config = finalize_config(merge_opts(build_config(), ['REPORT_FREQ', '1']))
     model = paddle.nn.Linear(2, 2)
     optimizer = paddle.optimizer.SGD(learning_rate=0.1, parameters=model.parameters())
     batches = Loader([(paddle.to_tensor([[1.0, 2.0]]), paddle.to_tensor([0]), paddle.to_tensor([0]))] * 3)
@@ -65,7 +65,7 @@ def test_non_finite_loss_raises_with_epoch_and_step():
 
 
 def test_training_epoch_steps_the_optimizer_every_accum_iter_batches():
-    config = finalize_config(merge_opts(get_config(), ['TRAIN.ACCUM_ITER', '2', 'REPORT_FREQ', '10']))
+    config = finalize_config(merge_opts(build_config(), ['TRAIN.ACCUM_ITER', '2', 'REPORT_FREQ', '10']))
     paddle.seed(0)
     model = paddle.nn.Linear(2, 3)
     optimizer = paddle.optimizer.SGD(learning_rate=0.1, parameters=model.parameters())
@@ -91,7 +91,7 @@ def test_every_optimizer_step_averages_its_batches_also_the_last_short_group(ste
 
 def test_an_accumulated_step_equals_one_step_on_the_concatenated_batches():
     """5 batches, ACCUM_ITER 2: the last optimizer step sees only batch 5, at full weight (it was scaled by 1/2)."""
-    config = finalize_config(merge_opts(get_config(), ['TRAIN.ACCUM_ITER', '2', 'REPORT_FREQ', '10']))
+    config = finalize_config(merge_opts(build_config(), ['TRAIN.ACCUM_ITER', '2', 'REPORT_FREQ', '10']))
     rng = np.random.RandomState(0)
     batches = Loader([(paddle.to_tensor(rng.rand(4, 2).astype('float32')), paddle.to_tensor(rng.randint(0, 3, 4)),
                        paddle.zeros([4], 'int64')) for _ in range(5)])
@@ -148,12 +148,12 @@ def linear_epoch(config, batches, criterion=soft_target_loss, stop=None):
 
 
 def test_the_host_reads_the_device_only_at_report_steps_and_once_at_the_end(monkeypatch):
-    config = finalize_config(merge_opts(get_config(), ['REPORT_FREQ', '5']))
+    config = finalize_config(merge_opts(build_config(), ['REPORT_FREQ', '5']))
     rng = np.random.RandomState(0)
     batches = Loader([(paddle.to_tensor(rng.rand(4, 2).astype('float32')), paddle.to_tensor(rng.randint(0, 3, 4)),
                        paddle.zeros([4], 'int64')) for _ in range(10)])
     per_step = []
-    reference, _ = linear_epoch(finalize_config(merge_opts(get_config(), ['REPORT_FREQ', '1'])), batches)
+    reference, _ = linear_epoch(finalize_config(merge_opts(build_config(), ['REPORT_FREQ', '1'])), batches)
     reads = device_reads(monkeypatch)
     stats, _ = linear_epoch(config, batches, stop=lambda: per_step.append(len(reads)) or False)
     assert len(reads) == 3  # the reports after steps 5 and 10, the skipped-file count at the end
@@ -168,7 +168,7 @@ def test_in_several_processes_stop_is_asked_after_the_first_optimizer_step_of_ea
                                                                                             batches, asked):
     """stops.agreed is an all-reduce read on the host there: asked once per report (and every STOP_CHECK_STEPS
     optimizer steps, so a signal still ends the run within seconds), not after every step."""
-    config = finalize_config(merge_opts(get_config(), ['REPORT_FREQ', str(report), 'TRAIN.ACCUM_ITER', str(accum)]))
+    config = finalize_config(merge_opts(build_config(), ['REPORT_FREQ', str(report), 'TRAIN.ACCUM_ITER', str(accum)]))
     batches = Loader([(paddle.to_tensor([[1.0, 2.0]]), paddle.to_tensor([0]), paddle.to_tensor([0]))] * batches)
     state, steps = linear_state(), []
     monkeypatch.setattr(engine, 'get_world_size', lambda: 2)  # the state is built: only the stop cadence sees it
@@ -180,7 +180,7 @@ def test_in_several_processes_stop_is_asked_after_the_first_optimizer_step_of_ea
 
 
 def test_a_nan_loss_between_report_steps_is_caught_at_the_next_report_naming_its_step():
-    config = finalize_config(merge_opts(get_config(), ['REPORT_FREQ', '4']))
+    config = finalize_config(merge_opts(build_config(), ['REPORT_FREQ', '4']))
     batches = Loader([(paddle.to_tensor([[1.0, 2.0]]), paddle.to_tensor([0]), paddle.to_tensor([0]))] * 6)
     calls = []
 

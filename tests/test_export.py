@@ -12,7 +12,7 @@ from errors import error_line
 from export import export_inference_model, publish_export
 from inference import (GPU_MEMORY_POOL_MB, ExportError, PredictorSettings, apply_settings, class_names, model_files,
                        predictor_settings, read_export_description, tensorrt_config, write_deploy_files)
-from test_faults import one_line_error, tmpfs
+from conftest import one_line_error, tmpfs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
@@ -197,11 +197,11 @@ def test_a_deploy_config_without_the_crop_fraction_gives_crop_size_over_resize(t
 @pytest.fixture(scope='module')
 def tiny_weights(tmp_path_factory):
     """A 10-class tiny PiT's weights: (path prefix, model)."""
-    from config import get_config, merge_opts
+    from config import build_config, merge_opts
     from pit import build_pit
     tmp = tmp_path_factory.mktemp('export')
     paddle.seed(3)
-    model = build_pit(merge_opts(get_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml')), TINY))
+    model = build_pit(merge_opts(build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml')), TINY))
     model.eval()  # (Paddle 2.6's Layer.eval returns None: no chaining)
     paddle.save(model.state_dict(), str(tmp / 'tiny.pdparams'))
     return str(tmp / 'tiny'), model

@@ -1,6 +1,5 @@
 """User and environment faults through the real command lines: one line naming the thing, a non-zero exit, no
 traceback, nothing readable lost, no code run from a file."""
-import contextlib
 import os
 import pickle
 import subprocess
@@ -11,46 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from demo_data import write_dataset
+from conftest import TINY_ONE_EPOCH, one_line_error, tmpfs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
-        'MODEL.TRANS.BASE_DIMS', '[8, 8, 8]', 'MODEL.TRANS.DEPTH', '[1, 1, 1]', 'TRAIN.NUM_EPOCHS', '1',
-        'TRAIN.WARMUP_EPOCHS', '0']
-
-
-@pytest.fixture(scope='module')
-def digits(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp('digits'))
-    write_dataset(root, source='digits', image_size=32, train_per_class=4, val_per_class=2)
-    return root
 
 
 def train(data, save, *flags, opts=()):
     cmd = [sys.executable, 'main_single_gpu.py', '-cfg', 'configs/pit_ti.yaml', '-data_path', data,
-           '-save_path', str(save), '-batch_size', '8', *flags, '-opts', *TINY, *opts]
+           '-save_path', str(save), '-batch_size', '8', *flags, '-opts', *TINY_ONE_EPOCH, *opts]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
-
-
-def one_line_error(result, status=None):
-    """The run failed with exactly one 'error:' line as the last stderr line and no traceback."""
-    assert result.returncode != 0 and (status is None or result.returncode == status), result.stderr[-2000:]
-    assert 'Traceback' not in result.stderr, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith('error: '), result.stderr[-2000:]
-    return last
-
-
-@contextlib.contextmanager
-def tmpfs(path, size='64k', readonly=False):
-    os.makedirs(path, exist_ok=True)
-    options = f'size={size}' + (',ro' if readonly else '')
-    if subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', str(path)], capture_output=True).returncode:
-        pytest.skip('cannot mount a tmpfs here (needs root): the full/read-only disk cases need one')
-    try:
-        yield path
-    finally:
-        subprocess.run(['umount', str(path)], capture_output=True)
 
 
 @pytest.mark.parametrize('opts, expected', [

@@ -14,7 +14,7 @@ from demo_data import write_dataset
 from metrics import read_records
 from pit import build_pit
 from torch_zip import save_torch_zip, to_timm_layout
-from weights import WeightsError, load_pretrained, read_checkpoint
+from weights import WeightsError, load_pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ['DATA.IMAGE_SIZE', '32', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',

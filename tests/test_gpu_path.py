@@ -13,10 +13,10 @@ import pytest
 from paddle.amp.auto_cast import _update_list
 
 import checkpoint
-from config import ConfigError, build_config, finalize_config, get_config, merge_opts
+from config import ConfigError, build_config, finalize_config, merge_opts
+from conftest import TINY_MODEL
 import datasets
 from datasets import build_dataloader, build_dataset
-from demo_data import write_dataset
 from engine import TrainState, train_one_epoch
 import gpu
 from metrics import RunRecords, read_records
@@ -84,16 +84,7 @@ def test_scaler_restore_decides_both_directions_across_amp():
     assert gpu.scaler_state_to_load({}, False) == (None, None)
 
 
-@pytest.fixture(scope='module')
-def digits(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp('digits'))
-    write_dataset(root, source='digits', image_size=32, train_per_class=4, val_per_class=2)
-    return root
-
-
-TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
-        'MODEL.TRANS.BASE_DIMS', '[8, 8, 8]', 'MODEL.TRANS.DEPTH', '[1, 1, 1]', 'TRAIN.WARMUP_EPOCHS', '0',
-        'DATA.NUM_WORKERS', '0']
+TINY = TINY_MODEL + ['TRAIN.WARMUP_EPOCHS', '0', 'DATA.NUM_WORKERS', '0']
 
 
 def train(data, save, epochs, *flags):
@@ -128,7 +119,7 @@ class Loader(list):
 
 @pytest.mark.parametrize('name', ['AdamP', 'AdamW', 'SGD'])
 def test_a_step_the_scaler_finds_non_finite_is_skipped_counted_and_recorded(name, tmp_path):
-    config = finalize_config(merge_opts(get_config(), ['TRAIN.OPTIMIZER.NAME', name, 'REPORT_FREQ', '100',
+    config = finalize_config(merge_opts(build_config(), ['TRAIN.OPTIMIZER.NAME', name, 'REPORT_FREQ', '100',
                                                        'SAVE', str(tmp_path), 'VISUALDL', 'False']))
     paddle.seed(0)
     model = paddle.nn.Linear(4, 3)
@@ -160,7 +151,7 @@ def test_a_step_the_scaler_finds_non_finite_is_skipped_counted_and_recorded(name
 
 
 def test_no_step_is_counted_without_loss_scaling():
-    config = finalize_config(merge_opts(get_config(), ['REPORT_FREQ', '100']))
+    config = finalize_config(merge_opts(build_config(), ['REPORT_FREQ', '100']))
     model = paddle.nn.Linear(2, 2)
     optimizer = paddle.optimizer.SGD(learning_rate=0.1, parameters=model.parameters())
     batch = (paddle.ones([2, 2]), paddle.to_tensor([0, 1]), paddle.to_tensor([0, 0]))
@@ -296,7 +287,7 @@ def test_local_processes_come_from_the_launcher():
 @pytest.mark.parametrize('requested, free, expected', [('auto', 10 ** 9, True), ('auto', 10 ** 4, False),
                                                        ('True', 10 ** 4, True), ('False', 10 ** 9, False)])
 def test_the_loader_is_built_with_the_decided_value(digits, pit_log, requested, free, expected):
-    config = finalize_config(merge_opts(get_config(), ['DATA.DATA_PATH', digits, 'DATA.IMAGE_SIZE', '32',
+    config = finalize_config(merge_opts(build_config(), ['DATA.DATA_PATH', digits, 'DATA.IMAGE_SIZE', '32',
                                                        'DATA.BATCH_SIZE', '8', 'DATA.NUM_WORKERS', '2',
                                                        'MODEL.NUM_CLASSES', '10', 'DATA.SHARED_MEMORY', requested]))
     datasets.SHARED_MEMORY_IN_USE.clear()

@@ -15,23 +15,14 @@ import paddle
 import pytest
 
 import cpu_kernels
+from conftest import TINY_ONE_EPOCH, one_line_error
 from demo_data import write_dataset
 from pit import PiTFeatures, PoolingTransformer
 from tests.torch_zip import save_torch_zip
 from weights import read_paddle_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
-        'MODEL.TRANS.BASE_DIMS', '[8, 8, 8]', 'MODEL.TRANS.DEPTH', '[1, 1, 1]', 'TRAIN.NUM_EPOCHS', '1',
-        'TRAIN.WARMUP_EPOCHS', '0']
 COMPILER = re.compile(r'(^|.*-)(g\+\+|c\+\+|gcc|cc|clang|clang\+\+)(-[\d.]+)?$')
-
-
-@pytest.fixture(scope='module')
-def digits(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp('digits'))
-    write_dataset(root, source='digits', image_size=32, train_per_class=4, val_per_class=2)
-    return root
 
 
 @pytest.fixture(scope='module')
@@ -57,20 +48,11 @@ def run(*cmd, env=None, timeout=600):
 
 def train(data, save, *flags, opts=(), env=None):
     return run('main_single_gpu.py', '-cfg', 'configs/pit_ti.yaml', '-data_path', str(data), '-save_path', str(save),
-               '-batch_size', '8', *flags, '-opts', *TINY, *opts, env=env)
+               '-batch_size', '8', *flags, '-opts', *TINY_ONE_EPOCH, *opts, env=env)
 
 
 def predict(weights, images, env=None):
     return run('predict.py', '-pretrained', weights, '-img_path', images, env=env)
-
-
-def one_line_error(result, status):
-    """The run failed with `status` and exactly one 'error:' line, the last on stderr, and no traceback."""
-    assert result.returncode == status, (result.returncode, result.stderr[-3000:])
-    assert 'Traceback' not in result.stderr, result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith('error: ') and sum(line.startswith('error:') for line in lines) == 1, lines
-    return lines[-1]
 
 
 def output(result):
@@ -118,7 +100,8 @@ def test_without_a_compiler_training_and_predict_say_so_once_and_go_on(digits, t
 @pytest.mark.slow
 def test_without_a_compiler_a_two_process_run_says_so_once_on_the_console(digits, tmp_path):
     result = run('main_multi_gpu.py', '-ngpus', '2', '-cfg', 'configs/pit_ti.yaml', '-data_path', digits,
-                 '-save_path', str(tmp_path / 'run'), '-batch_size', '4', '-opts', *TINY, env=env_without(tmp_path))
+                 '-save_path', str(tmp_path / 'run'), '-batch_size', '4', '-opts', *TINY_ONE_EPOCH,
+                 env=env_without(tmp_path))
     assert result.returncode == 0 and 'Traceback' not in output(result), output(result)[-3000:]
     assert output(result).count('no C++ compiler found') == 1
     assert 'no C++ compiler found' in (tmp_path / 'run' / 'log_rank1.txt').read_text()  # each rank's log has it
@@ -190,7 +173,7 @@ def test_run_sh_with_spaces_in_every_path(digits, tmp_path):
     workspace = tmp_path / 'work space'
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH'],
                WORKSPACE=str(workspace), DATA_ROOT=str(datasets), NGPUS='1', BATCH_SIZE='8',
-               EXTRA_OPTS=' '.join(TINY).replace(', ', ','))
+               EXTRA_OPTS=' '.join(TINY_ONE_EPOCH).replace(', ', ','))
     env.pop('OMP_NUM_THREADS', None)
     result = subprocess.run(['bash', 'run.sh'], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
     assert result.returncode == 0, output(result)[-3000:]

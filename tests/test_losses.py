@@ -3,7 +3,7 @@ import numpy as np
 import paddle
 import pytest
 
-from config import get_config, merge_opts
+from config import build_config, merge_opts
 from losses import DistillationLoss, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy, build_criterion
 
 B, C = 4, 5
@@ -118,13 +118,13 @@ def test_distillation_without_dist_logits_raises_a_clear_error(batch):
     (False, '0.0', paddle.nn.CrossEntropyLoss),
 ])
 def test_build_criterion_picks_the_base_loss_like_deit(mixup, smoothing, base_type):
-    criterion = build_criterion(merge_opts(get_config(), ['TRAIN.SMOOTHING', smoothing]), mixup_active=mixup)
+    criterion = build_criterion(merge_opts(build_config(), ['TRAIN.SMOOTHING', smoothing]), mixup_active=mixup)
     assert isinstance(criterion, DistillationLoss) and criterion.distillation_type == 'none'
     assert type(criterion.base_criterion) is base_type
 
 
 def test_build_criterion_passes_distillation_settings_and_needs_a_teacher():
-    config = merge_opts(get_config(), ['TRAIN.DISTILLATION_TYPE', 'soft', 'TRAIN.DISTILLATION_ALPHA', '0.25',
+    config = merge_opts(build_config(), ['TRAIN.DISTILLATION_TYPE', 'soft', 'TRAIN.DISTILLATION_ALPHA', '0.25',
                                        'TRAIN.DISTILLATION_TAU', '3.0'])
     criterion = build_criterion(config, LinearTeacher())
     assert (criterion.distillation_type, criterion.alpha, criterion.tau) == ('soft', 0.25, 3.0)

@@ -4,7 +4,7 @@ import math
 import paddle
 import pytest
 
-from config import ConfigError, build_config, get_config, merge_opts
+from config import ConfigError, build_config, merge_opts
 from optim import build_lr_scheduler
 
 BASE, START, END = 1e-3, 1e-6, 1e-5
@@ -12,13 +12,13 @@ BASE, START, END = 1e-3, 1e-6, 1e-5
 
 def schedule_config(*opts):
     """The curve as timm defines it (DEIT_LAG off); the lag is tested on its own."""
-    return merge_opts(get_config(), ['TRAIN.NUM_EPOCHS', '20', 'TRAIN.WARMUP_EPOCHS', '3', 'TRAIN.BASE_LR', f'{BASE:f}',
+    return merge_opts(build_config(), ['TRAIN.NUM_EPOCHS', '20', 'TRAIN.WARMUP_EPOCHS', '3', 'TRAIN.BASE_LR', f'{BASE:f}',
                                      'TRAIN.WARMUP_START_LR', f'{START:.6f}', 'TRAIN.END_LR', f'{END:.5f}',
                                      'TRAIN.LR_SCHEDULER.DEIT_LAG', 'False', *opts])
 
 
 def test_the_default_recipe_runs_the_lr_curve_deit_ran():
-    assert get_config().TRAIN.LR_SCHEDULER.DEIT_LAG is True
+    assert build_config().TRAIN.LR_SCHEDULER.DEIT_LAG is True
 
 
 def cosine_formula(t, warmup=3, decay_epochs=20):

@@ -6,8 +6,9 @@ import numpy as np
 import paddle
 import pytest
 
-from config import get_config
-from pit import Attention, build_pit, Linear, PoolingTransformer
+from config import build_config
+from cpu_kernels import Linear
+from pit import Attention, build_pit, PoolingTransformer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +26,7 @@ def count_params(model):
 
 @pytest.mark.parametrize('name', sorted(OFFICIAL_PARAMS))
 def test_config_builds_official_parameter_count(name):
-    model = build_pit(get_config(os.path.join(ROOT, 'configs', name + '.yaml')))
+    model = build_pit(build_config(os.path.join(ROOT, 'configs', name + '.yaml')))
     assert count_params(model) == OFFICIAL_PARAMS[name]
 
 
@@ -42,7 +43,7 @@ def tiny(**kw):
 
 
 def test_drop_path_config_reaches_every_block_as_rate_i_over_n():
-    config = get_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'))
+    config = build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'))
     config.MODEL.DROP_PATH = 0.3
     model = build_pit(config)
     rates = [blk.drop_path.drop_prob for t in model.transformers for blk in t.blocks]
@@ -50,7 +51,7 @@ def test_drop_path_config_reaches_every_block_as_rate_i_over_n():
 
 
 def test_dropout_config_reaches_model():
-    config = get_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'))
+    config = build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'))
     config.MODEL.DROPOUT = 0.2
     config.MODEL.ATTENTION_DROPOUT = 0.1
     model = build_pit(config)

@@ -23,10 +23,10 @@ TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STR
 
 def export_tiny(name, tmp):
     """(model, tmp holding its tiny.pdparams, path of its ONNX export at the default opset): a tiny PiT of name."""
-    from config import get_config, merge_opts
+    from config import build_config, merge_opts
     from pit import build_pit
     paddle.seed(2)
-    model = build_pit(merge_opts(get_config(os.path.join(ROOT, 'configs', name + '.yaml')), TINY))
+    model = build_pit(merge_opts(build_config(os.path.join(ROOT, 'configs', name + '.yaml')), TINY))
     model.eval()  # (Paddle 2.6's Layer.eval returns None: no chaining)
     paddle.save(model.state_dict(), str(tmp / 'tiny.pdparams'))
     return model, tmp, export_onnx(export_inference_model(model, 32, str(tmp / 'inference')))

@@ -7,7 +7,7 @@ import pytest
 
 import cpu_kernels
 
-from config import get_config, merge_opts
+from config import build_config, merge_opts
 from optim import SGD, AdamP, AdamW, build_optimizer, param_groups
 from pit import build_pit
 
@@ -15,7 +15,7 @@ LR, WD = 0.05, 0.5
 
 
 def small_config(*opts):
-    return merge_opts(get_config('configs/pit_ti.yaml'), [
+    return merge_opts(build_config('configs/pit_ti.yaml'), [
         'DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '5', 'MODEL.DROP_PATH', '0.0',
         'MODEL.TRANS.BASE_DIMS', '[4, 4, 4]', 'MODEL.TRANS.DEPTH', '[1, 1, 1]', 'MODEL.TRANS.HEADS', '[1, 2, 2]',
         'TRAIN.WEIGHT_DECAY', str(WD), *opts])

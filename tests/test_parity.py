@@ -14,7 +14,7 @@ import numpy as np
 import paddle
 import pytest
 
-from config import build_config, get_config, merge_opts
+from config import build_config, merge_opts
 from pit import build_pit
 from checkpoint import convert_weights
 from complexity import count_macs, count_params
@@ -37,7 +37,7 @@ def converted_model(cfg, src, tmp_path):
     """Convert src with the CLI, then load the result into a fresh model of cfg without drop path."""
     dst = str(tmp_path / 'converted.pdparams')
     convert_weights(build_config(cfg), src, dst)
-    model = build_pit(merge_opts(get_config(cfg), ['MODEL.DROP_PATH', '0.0']))
+    model = build_pit(merge_opts(build_config(cfg), ['MODEL.DROP_PATH', '0.0']))
     model.set_state_dict(paddle.load(dst)['model'])
     return model
 
@@ -104,14 +104,14 @@ PUBLISHED_GMACS = {'pit_ti': 0.70, 'pit_xs': 1.40, 'pit_s': 2.88, 'pit_b': 12.42
 
 @pytest.mark.parametrize('name', sorted(PUBLISHED_GMACS))
 def test_counted_gmacs_round_to_the_published_figure(name):
-    model = build_pit(get_config(os.path.join(ROOT, 'configs', name + '.yaml')))
+    model = build_pit(build_config(os.path.join(ROOT, 'configs', name + '.yaml')))
     assert round(count_macs(model, 224)['total'] / 1e9, 2) == PUBLISHED_GMACS[name]
 
 
 def test_count_macs_follows_its_definition_on_a_small_model():
     """patch conv, per stage: blocks (qkv, q k^T, attn v, proj, 2 MLP linears, 2 LayerNorms), pooling conv and
     fc, final LayerNorm on the class token, head; for the pit_micro sizes at 24 px."""
-    model = build_pit(get_config(os.path.join(FIXTURES, 'pit_micro.yaml')))
+    model = build_pit(build_config(os.path.join(FIXTURES, 'pit_micro.yaml')))
     grids, widths, classes = [5, 3, 2], [2, 4, 8], 5
     conv = grids[0] ** 2 * widths[0] * 3 * 8 * 8
     conv += sum(grids[s + 1] ** 2 * widths[s + 1] * 3 * 3 for s in range(2))  # depthwise: 1 input channel each
@@ -129,7 +129,7 @@ def test_count_macs_follows_its_definition_on_a_small_model():
 
 
 def test_count_macs_restores_train_mode_and_count_params_counts_every_weight():
-    model = build_pit(get_config(os.path.join(FIXTURES, 'pit_micro.yaml')))
+    model = build_pit(build_config(os.path.join(FIXTURES, 'pit_micro.yaml')))
     model.train()
     count_macs(model, 24)
     assert model.training

@@ -13,7 +13,7 @@ from PIL import Image
 
 from export import export_inference_model
 from inference import class_names, create_predictor, gpu_visible, read_imagenet_index, run_predictor, write_deploy_files
-from test_faults import one_line_error
+from conftest import one_line_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '1000', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
@@ -37,10 +37,10 @@ def test_checkpoint_classes_take_precedence_and_wnids_become_readable():
 @pytest.fixture(scope='module')
 def tiny_model(tmp_path_factory):
     """A 1000-class tiny PiT saved as weights, plus three photos and one broken file."""
-    from config import get_config, merge_opts
+    from config import build_config, merge_opts
     from pit import build_pit
     tmp = tmp_path_factory.mktemp('predict')
-    config = merge_opts(get_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml')), TINY)
+    config = merge_opts(build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml')), TINY)
     paddle.seed(1)
     model = build_pit(config)
     model.eval()

@@ -9,25 +9,20 @@ import sys
 
 import pytest
 
-from demo_data import write_dataset
+from conftest import TINY_ONE_EPOCH
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COUNTER = os.path.join(ROOT, 'tests', 'fixtures', 'open_counter')
-TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
-        'MODEL.TRANS.BASE_DIMS', '[8, 8, 8]', 'MODEL.TRANS.DEPTH', '[1, 1, 1]', 'TRAIN.NUM_EPOCHS', '1',
-        'TRAIN.WARMUP_EPOCHS', '0']
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
+def trained(digits, tmp_path_factory):
     """(digits data, a copy of a tiny trained checkpoint named weights.pdparams)."""
     tmp = tmp_path_factory.mktemp('reads')
-    data = str(tmp / 'data')
-    write_dataset(data, source='digits', image_size=32, train_per_class=4, val_per_class=2)
-    run(sys.executable, 'main_single_gpu.py', '-cfg', 'configs/pit_ti.yaml', '-data_path', data, '-save_path',
-        str(tmp / 'run'), '-batch_size', '8', '-opts', *TINY)
+    run(sys.executable, 'main_single_gpu.py', '-cfg', 'configs/pit_ti.yaml', '-data_path', digits, '-save_path',
+        str(tmp / 'run'), '-batch_size', '8', '-opts', *TINY_ONE_EPOCH)
     shutil.copy(tmp / 'run' / 'checkpoint-latest.pdparams', tmp / 'weights.pdparams')
-    return data, str(tmp / 'weights.pdparams')
+    return digits, str(tmp / 'weights.pdparams')
 
 
 def run(*cmd, env=None):
@@ -69,7 +64,7 @@ def test_fine_tuning_reads_the_pretrained_weights_once(trained, tmp_path):
     data, weights = trained
     assert list(opens(weights, 'main_single_gpu.py', '-cfg', 'configs/pit_ti.yaml', '-pretrained', weights,
                       '-data_path', data, '-save_path', str(tmp_path), '-batch_size', '8', '-opts',
-                      *TINY).values()) == [1]
+                      *TINY_ONE_EPOCH).values()) == [1]
 
 
 @pytest.mark.slow

@@ -8,13 +8,12 @@ import sys
 import pytest
 import yaml
 
+from conftest import TINY_MODEL
 from demo_data import write_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
-TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
-        'MODEL.TRANS.BASE_DIMS', '[8, 8, 8]', 'MODEL.TRANS.DEPTH', '[1, 1, 1]', 'TRAIN.NUM_EPOCHS', '2',
-        'TRAIN.WARMUP_EPOCHS', '0', 'DATA.CROP_PCT', '0.9']
+TINY = TINY_MODEL + ['TRAIN.NUM_EPOCHS', '2', 'TRAIN.WARMUP_EPOCHS', '0', 'DATA.CROP_PCT', '0.9']
 
 
 def run(*args, check=True):

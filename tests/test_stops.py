@@ -51,9 +51,9 @@ class Batches(list):
 
 
 def test_an_epoch_stopped_after_an_optimizer_step_and_resumed_there_ends_as_one_pass():
-    from config import finalize_config, get_config, merge_opts
+    from config import build_config, finalize_config, merge_opts
     from engine import TrainState, train_one_epoch
-    config = finalize_config(merge_opts(get_config(), ['TRAIN.ACCUM_ITER', '2']))
+    config = finalize_config(merge_opts(build_config(), ['TRAIN.ACCUM_ITER', '2']))
     rng = np.random.RandomState(0)
     batches = Batches((paddle.to_tensor(rng.rand(4, 6).astype('float32')), paddle.to_tensor(rng.randint(0, 3, 4)),
                        paddle.to_tensor([0])) for _ in range(7))

@@ -10,7 +10,7 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
-from config import get_config, merge_opts
+from config import build_config, merge_opts
 from pit import build_pit
 from pit import pooling_layout
 from weights import (WeightsError, fit_state_dict, load_pretrained, read_checkpoint,
@@ -26,7 +26,7 @@ def fixture(name):
 
 def micro_model():
     paddle.seed(0)
-    return build_pit(get_config(fixture('pit_micro.yaml')))
+    return build_pit(build_config(fixture('pit_micro.yaml')))
 
 
 def micro_logits(model):
@@ -203,7 +203,7 @@ def test_paddle_bicubic_resize_matches_torch_interpolate(size):
 # ---------------------------------------------------------------- load_pretrained
 
 def test_checkpoint_trained_at_224_loads_into_a_384_model_and_runs(tmp_path):
-    config = get_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'))
+    config = build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml'))
     paddle.seed(1)
     model_224 = build_pit(config)
     paddle.save({'model': model_224.state_dict(), 'epoch': 299}, str(tmp_path / 'checkpoint.pdparams'))
@@ -229,7 +229,7 @@ def test_strict_misfit_leaves_the_model_unchanged():
 
 
 def test_non_strict_loads_what_fits_and_reports_a_new_classifier():
-    config = merge_opts(get_config(fixture('pit_micro.yaml')), ['MODEL.NUM_CLASSES', '3'])
+    config = merge_opts(build_config(fixture('pit_micro.yaml')), ['MODEL.NUM_CLASSES', '3'])
     model = build_pit(config)
     head_before = model.head.weight.numpy().copy()
     report = load_pretrained(model, fixture('pit_micro_timm.pth'), strict=False)
@@ -238,6 +238,35 @@ def test_non_strict_loads_what_fits_and_reports_a_new_classifier():
     state = read_checkpoint(fixture('pit_micro_timm.pth'))
     np.testing.assert_array_equal(model.norm.weight.numpy(), state['norm.weight'])
     assert 'head.weight' in str(report)
+
+
+class Probe(paddle.nn.Layer):
+    """A model that is not PiT: its classifier layer is `fc`, declared as the model declares it (classifier_names)."""
+
+    def __init__(self, classes, declared=('fc',)):
+        super().__init__()
+        self.head = paddle.nn.Linear(4, 4)  # named like PiT's classifier, but not this model's
+        self.fc = paddle.nn.Linear(4, classes)
+        self.declared = declared
+
+    def classifier_names(self):
+        return self.declared
+
+
+def test_fine_tuning_reinitialises_only_the_classifier_the_model_declares():
+    source = {k: v.numpy() for k, v in Probe(3).state_dict().items()}
+    source['head.weight'] = np.zeros([4, 5], 'float32')
+    fit = fit_state_dict(source, Probe(7), from_torch=False, finetune=True)
+    assert fit.reinitialised == ['fc.weight', 'fc.bias']
+    assert [k for k, _, _ in fit.mismatched] == ['head.weight']
+    fit = fit_state_dict(source, Probe(7, declared=()), from_torch=False, finetune=True)
+    assert fit.reinitialised == [] and [k for k, _, _ in fit.mismatched] == ['head.weight', 'fc.weight', 'fc.bias']
+
+
+def test_a_distilled_pit_declares_both_heads_as_its_classifier():
+    config = merge_opts(build_config(fixture('pit_micro.yaml')), ['MODEL.DISTILL', 'True'])
+    assert build_pit(config).classifier_names() == ('head', 'head_dist')
+    assert micro_model().classifier_names() == ('head',)
 
 
 def _safetensors_file(path, header, body=b''):

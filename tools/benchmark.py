@@ -159,7 +159,7 @@ def data_breakdown(config, args):
         'to uint8 array': (each(crops, to_array), 1),
         'erasing boxes (draw)': (each(pixels, erasing), 1),
         f'collate uint8, batch {args.batch_size}': (lambda: collate_train(batch), args.batch_size),
-        f'worker -> trainer copy uint8 (memcpy of the batch)': (lambda: collated[0].copy(), args.batch_size),
+        'worker -> trainer copy uint8 (memcpy of the batch)': (lambda: collated[0].copy(), args.batch_size),
         f'trainer: normalise + erase the batch ({paddle.get_device()})':
             (lambda: erasing.erase(normalize(on_device[0]), on_device[1]).numpy(), args.batch_size),
         'before: ToTensor + Normalize (float32, in the worker)': (each(crops, to_float), 1),
