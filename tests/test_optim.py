@@ -215,27 +215,31 @@ def test_grad_clip_scales_by_the_global_norm_over_all_parameters():
         np.testing.assert_allclose(p.numpy(), before[n] - LR * grads[n] * 0.5 / norm, rtol=1e-5, atol=1e-7)
 
 
+def train_steps(config, x, steps, state=None, kernels=None):
+    """{'model', 'optimizer'} state dicts after `steps` steps of a seeded small PiT on the loss mean(model(x)^2),
+    started from `state` when given; `kernels` forces the optimizer's path (cpu_kernels.PADDLE: the grouped one)."""
+    paddle.seed(3)
+    model = small_pit(config)
+    if state is not None:
+        model.set_state_dict(state['model'])
+    optimizer = build_optimizer(config, model, LR)
+    if kernels is not None:
+        optimizer._kernels = kernels
+    if state is not None:
+        optimizer.set_state_dict(state['optimizer'])
+    for _ in range(steps):
+        (model(x) ** 2).mean().backward()
+        optimizer.step()
+        optimizer.clear_grad()
+    return {'model': model.state_dict(), 'optimizer': optimizer.state_dict()}
+
+
 @pytest.mark.parametrize('name', ['AdamW', 'AdamP', 'SGD'])
 def test_optimizer_state_dict_resumes_the_same_trajectory(name):
     config = small_config('TRAIN.OPTIMIZER.NAME', name)
     x = paddle.randn([2, 3, 32, 32])
-
-    def run(steps, state=None):
-        paddle.seed(3)
-        model = small_pit(config)
-        if state is not None:
-            model.set_state_dict(state['model'])
-        optimizer = build_optimizer(config, model, LR)
-        if state is not None:
-            optimizer.set_state_dict(state['optimizer'])
-        for _ in range(steps):
-            (model(x) ** 2).mean().backward()
-            optimizer.step()
-            optimizer.clear_grad()
-        return {'model': model.state_dict(), 'optimizer': optimizer.state_dict()}
-
-    straight = run(3)
-    resumed = run(1, state=run(2))
+    straight = train_steps(config, x, 3)
+    resumed = train_steps(config, x, 1, state=train_steps(config, x, 2))
     for key, value in straight['model'].items():
         np.testing.assert_allclose(resumed['model'][key].numpy(), value.numpy(), rtol=1e-6, atol=1e-7, err_msg=key)
 
@@ -294,28 +298,18 @@ def test_adamp_state_moves_between_the_grouped_and_the_fused_cpu_path():
     if not kernels.applies(paddle.ones([1])):
         pytest.skip(cpu_kernels.status())
     config = small_config('TRAIN.OPTIMIZER.NAME', 'AdamP')
+    paddle.seed(0)  # the same input whatever ran before
     x = paddle.randn([2, 3, 32, 32])
 
     def run(steps, path, state=None):
-        paddle.seed(3)
-        model = small_pit(config)
-        if state is not None:
-            model.set_state_dict(state['model'])
-        optimizer = build_optimizer(config, model, LR)
-        optimizer._kernels = path
-        if state is not None:
-            optimizer.set_state_dict(state['optimizer'])
-        for _ in range(steps):
-            (model(x) ** 2).mean().backward()
-            optimizer.step()
-            optimizer.clear_grad()
-        return {'model': model.state_dict(), 'optimizer': optimizer.state_dict()}
+        return train_steps(config, x, steps, state, kernels=path)
 
     grouped, fused = run(2, cpu_kernels.PADDLE), run(2, kernels)
     assert set(grouped['optimizer']) == set(fused['optimizer'])
     for key, value in fused['optimizer'].items():
         if hasattr(value, 'numpy'):
-            np.testing.assert_allclose(grouped['optimizer'][key].numpy(), value.numpy(), rtol=1e-4, atol=1e-7,
+            # the moments of near-zero gradients differ by rounding (a few 1e-7) between the two summation orders
+            np.testing.assert_allclose(grouped['optimizer'][key].numpy(), value.numpy(), rtol=1e-4, atol=1e-6,
                                        err_msg=key)
     straight = run(3, cpu_kernels.PADDLE)
     resumed = run(1, cpu_kernels.PADDLE, state=grouped)
