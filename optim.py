@@ -338,7 +338,10 @@ class Segment:
         if not self.rows:
             pieces = paddle.split(tensor, self.sizes)
             return [p if list(p.shape) == shape else p.reshape(shape) for p, shape in zip(pieces, self.shapes)]
-        whole = tensor.transpose([0, 2, 1]) if self.transposed else tensor.reshape([self.count] + self.shape)
+        # contiguous: Paddle 3's transpose is a strided view, and merged_momentum_ refuses a non-contiguous
+        # update as its in-place velocity (it copies it first, then finds velocity and velocity out differ)
+        whole = tensor.transpose([0, 2, 1]).contiguous() if self.transposed else tensor.reshape(
+            [self.count] + self.shape)
         return paddle.unbind(whole, axis=0)
 
 

@@ -18,6 +18,7 @@ import quiet  # noqa: E402,F401  (first, as in every entry point: Pillow's codec
 # Tests run the model under the same CPU settings as training, evaluation and prediction (threads, MKL path,
 # copying transposes, malloc, cpu_kernels), so parity and gradient tests check the configuration users get.
 import cpu_kernels  # noqa: E402
+import paddle  # noqa: E402
 
 cpu_kernels.configure_cpu()
 
@@ -28,6 +29,15 @@ from demo_data import write_dataset  # noqa: E402
 TINY_MODEL = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4',
               'MODEL.TRANS.STRIDE', '2', 'MODEL.TRANS.BASE_DIMS', '[8, 8, 8]', 'MODEL.TRANS.DEPTH', '[1, 1, 1]']
 TINY_ONE_EPOCH = TINY_MODEL + ['TRAIN.NUM_EPOCHS', '1', 'TRAIN.WARMUP_EPOCHS', '0']
+
+
+@pytest.fixture
+def gpu_strides():
+    """Paddle's stride kernels on for the test, as a GPU run has them (configure_cpu turns them off for CPU
+    speed): transpose, split and unbind then return strided views, which the plain (GPU) paths must handle."""
+    paddle.set_flags({'FLAGS_use_stride_kernel': True})
+    yield
+    paddle.set_flags({'FLAGS_use_stride_kernel': False})
 
 
 @pytest.fixture(scope='session')

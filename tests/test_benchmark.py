@@ -22,10 +22,17 @@ def test_benchmark_prints_and_writes_all_phases(tmp_path):
                             capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(out.read_text())
-    assert set(figures['ours']) == {'dygraph_infer', 'exported_infer', 'train_step', 'latency_b1', 'data_per_worker'}
-    assert all(f['img_per_s'] > 0 and f['peak_mb'] > 0 for f in figures['ours'].values())
-    assert all(len(f['rounds']) == 2 for f in figures['ours'].values())  # -rounds: processes per phase
+    timed = {'dygraph_infer', 'exported_infer', 'train_step', 'latency_b1', 'data_per_worker', 'data_vs_prefetcher',
+             'data_decode'}
+    assert set(figures['ours']) == timed | {'data_breakdown', 'step_launches'}
+    assert all(figures['ours'][p]['img_per_s'] > 0 and figures['ours'][p]['peak_mb'] > 0 for p in timed)
+    assert all(len(figures['ours'][p]['rounds']) == 2 for p in timed)  # -rounds: processes per phase
+    # samples cross from the workers as uint8 pixels (32 x 32 x 3 bytes and a small header), not float32
+    assert 32 * 32 * 3 <= figures['ours']['data_per_worker']['bytes_per_sample'] < 32 * 32 * 3 * 2
+    launches = figures['ours']['step_launches']
+    assert launches['ops_per_optimizer_step'] > 0 and set(launches['host_reads_per_step_between_reports']) == {0}
+    assert all(ms > 0 for ms in figures['ours']['data_breakdown']['ms_per_image'].values())
     assert figures['params'] > 0 and '| train_step |' in result.stdout and '1 threads' in result.stdout
-    assert figures['threads'] == 1 and all(f['threads'] == 1 for f in figures['ours'].values())
+    assert figures['threads'] == 1 and all(figures['ours'][p]['threads'] == 1 for p in timed)
     # the training step runs the config's optimizer (the reference is asked for the same one)
     assert figures['optimizer'] == 'AdamP' and 'training step with AdamP' in result.stdout

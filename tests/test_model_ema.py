@@ -8,6 +8,9 @@ import pytest
 from model_ema import ModelEma
 from optim import AdamW
 
+# the plain (GPU) paths run as on a GPU: with Paddle's strided views
+pytestmark = pytest.mark.usefixtures('gpu_strides')
+
 
 class Net(paddle.nn.Layer):
     def __init__(self):

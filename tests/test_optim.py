@@ -11,6 +11,9 @@ from config import build_config, merge_opts
 from optim import SGD, AdamP, AdamW, build_optimizer, param_groups
 from pit import build_pit
 
+# the plain (GPU) paths run as on a GPU: with Paddle's strided views
+pytestmark = pytest.mark.usefixtures('gpu_strides')
+
 LR, WD = 0.05, 0.5
 
 
@@ -287,6 +290,30 @@ def test_grouped_adamp_updates_same_shaped_parameters_together_as_each_alone():
             np.testing.assert_allclose(to_torch[k](p.numpy()), ref[k], rtol=1e-5, atol=1e-5, err_msg=f'{k} {step}')
     groups, = optimizer._groups
     assert len(groups.segments) == 4  # the Linear weights, the conv weights, the decayed bias, the other biases
+
+
+def test_the_gpu_configuration_steps_every_parameter_of_a_pit_as_the_published_adamp():
+    """CPU_KERNELS False builds the model and the optimizer as a GPU run has them (plain Paddle layers, grouped
+    AdamP): every parameter of a whole PiT, Linear weights included (their rows are a transposed view of a
+    group), takes the published update, step by step."""
+    config = small_config('TRAIN.OPTIMIZER.NAME', 'AdamP', 'CPU_KERNELS', 'False')  # the recipe: nesterov, wd_ratio
+    model = small_pit(config)
+    optimizer = build_optimizer(config, model, LR)
+    decayed = {id(p) for p in param_groups(model, WD)[0]['params']}
+    params = dict(model.named_parameters())
+    to_torch = {k: (lambda a: a.T) if p.ndim == 2 else (lambda a: a) for k, p in params.items()}
+    ref = {k: to_torch[k](p.numpy().astype(np.float64)) for k, p in params.items()}
+    states = {k: {'step': 0, 'm': np.zeros_like(v), 'v': np.zeros_like(v)} for k, v in ref.items()}
+    rng = np.random.RandomState(2)
+    for step in range(2):
+        grads = {k: rng.randn(*v.shape) for k, v in ref.items()}
+        sum((p * paddle.to_tensor(to_torch[k](grads[k]), dtype='float32')).sum() for k, p in params.items()).backward()
+        optimizer.step()
+        optimizer.clear_grad()
+        for k, p in params.items():
+            ref[k], _ = reference_adamp(ref[k], grads[k], states[k], LR, wd=WD if id(p) in decayed else 0,
+                                        wd_ratio=0.01, nesterov=True)
+            np.testing.assert_allclose(to_torch[k](p.numpy()), ref[k], rtol=1e-5, atol=1e-5, err_msg=f'{k} {step}')
 
 
 def test_adamp_state_moves_between_the_grouped_and_the_fused_cpu_path():
