@@ -1,5 +1,5 @@
 """Pictures of what the model looks at (explain.py, tools/visualize.py) and training curves (tools/plot_metrics.py):
-the maps' contracts, a model trained here to find a square whose maps point at it, and the commands' files and
+the maps' contracts, Grad-CAM against its definition, and the commands' files and
 one-line errors."""
 import contextlib
 import json
