@@ -17,6 +17,8 @@ import logging
 import math
 import os
 
+from errors import UserError
+
 METRICS_FILE = 'metrics.jsonl'
 EVAL_FILE = 'eval.json'
 logger = logging.getLogger('pit')
@@ -123,7 +125,33 @@ def write_eval_result(save_dir, stats, weights_path, ema):
     return path
 
 
+class MetricsError(UserError):
+    """A metrics.jsonl that is not as written here; the message names the file and line."""
+
+
 def read_records(save_dir):
-    """The epoch records of save_dir/metrics.jsonl, in order (tools and tests read these, not log text)."""
-    with open(os.path.join(save_dir, METRICS_FILE), encoding='utf-8') as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The epoch records of save_dir/metrics.jsonl, in order (tools and tests read these, not log text). Raises
+    FileNotFoundError naming the file when it is missing, MetricsError naming the file and line where a line is
+    not a record of the format above (a JSON object with a positive integer epoch, every value a number or null)."""
+    path = os.path.join(save_dir, METRICS_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"metrics file '{path}' not found (training runs write SAVE/{METRICS_FILE})")
+    with open(path, encoding='utf-8', errors='replace') as f:
+        return [_record(line, path, number) for number, line in enumerate(f, 1) if line.strip()]
+
+
+def _record(line, path, number):
+    """The record of one line of a metrics file; MetricsError naming path and line number otherwise."""
+    try:
+        record = json.loads(line)
+    except ValueError as e:
+        raise MetricsError(f"metrics file '{path}' line {number}: not JSON ({e})") from None
+    if not isinstance(record, dict):
+        raise MetricsError(f"metrics file '{path}' line {number}: expected a JSON object, got {line.strip()[:80]!r}")
+    epoch = record.get('epoch')
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        raise MetricsError(f"metrics file '{path}' line {number}: expected a positive integer 'epoch', got {epoch!r}")
+    for key, value in record.items():
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise MetricsError(f"metrics file '{path}' line {number}: '{key}' must be a number or null, got {value!r}")
+    return record

@@ -82,6 +82,10 @@ class Attention(nn.Layer):
     scaled_dot_product_attention, or on older Paddle flash or memory-efficient attention called directly where
     the GPU and dtype allow, else `_attend_plain`. Traced for export: `_attend_fusable`, the pattern
     paddle.inference fuses.
+
+    `recorded`: None, or a list to which each call appends its softmax weights [B, heads, N, N] (before the
+    attention dropout, in the autograd graph); while it is a list, every call takes `_attend_plain`, the one path
+    that forms them (the fused kernels never do). explain.recording_attention sets and clears it.
     """
 
     def __init__(self, dim, num_heads, attn_drop=0.0, proj_drop=0.0, kernels=PADDLE):
@@ -94,11 +98,12 @@ class Attention(nn.Layer):
         self.proj = _linear(dim, dim, kernels)
         self.proj_drop = nn.Dropout(proj_drop)
         self.kernels = kernels
+        self.recorded = None
 
     def forward(self, x):
         B, N, C = x.shape
         qkv = self.qkv(x)
-        x = self.attend(qkv, B, N, self.backend_for(qkv))
+        x = self.attend(qkv, B, N, 'plain' if self.recorded is not None else self.backend_for(qkv))
         return self.proj_drop(self.proj(x.reshape([B, N, C])))
 
     def backend_for(self, qkv):
@@ -159,9 +164,10 @@ class Attention(nn.Layer):
         writes a full zero tensor). Returns [B, N, heads, head_dim]."""
         qkv = qkv.reshape([B, N, 3 * self.num_heads, self.head_dim]).transpose([0, 2, 1, 3])
         q, k, v = paddle.split(qkv, 3, axis=1)
-        attn = paddle.matmul(q * self.scale, k, transpose_y=True)
-        attn = self.attn_drop(self.kernels.softmax(attn))
-        return paddle.matmul(attn, v).transpose([0, 2, 1, 3])
+        attn = self.kernels.softmax(paddle.matmul(q * self.scale, k, transpose_y=True))
+        if self.recorded is not None:
+            self.recorded.append(attn)
+        return paddle.matmul(self.attn_drop(attn), v).transpose([0, 2, 1, 3])
 
     def _query_scale_factor(self, dtype):
         """[3C]: the scale over the q part of qkv, 1 over k and v."""
