@@ -4,6 +4,8 @@ Layouts under DATA.DATA_PATH (DATA.LAYOUT 'auto' picks the first that exists for
     folder: {split}/<class>/<image>         classes = sorted folder names (e.g. wnids), index = position
     list:   {split}_list.txt                 lines 'relative/path label'; class names from classes.txt
                                              (one per line) when present, else '0'..'N-1'
+With -eval, DATA.EVAL_SET picks the val set: the val split (imagenet; real adds ReaL's label sets, read_real_labels)
+or the class folders of ImageNetV2, -A or -R directly under DATA.DATA_PATH (eval_set_samples).
 Images are decoded with PIL and converted to RGB (grey, palette, RGBA, CMYK). A file that cannot be decoded is
 logged with its path; in training it is replaced by the next readable sample, and each training sample carries
 the number of files it skipped (summed by `engine.train_one_epoch` over workers and processes, so nothing is
