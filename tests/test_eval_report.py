@@ -84,6 +84,17 @@ def test_eval_json_and_logits_are_the_same_in_one_and_two_processes(ten_classes,
     assert one['eval_set'] == 'imagenet'
 
 
+def test_an_undecodable_image_skipped_is_a_minus_1_label_and_a_nan_row_in_two_processes(ten_classes, tmp_path):
+    weights, data = ten_classes
+    subprocess.run(['cp', '-r', data, str(tmp_path / 'data')], check=True)
+    (tmp_path / 'data' / 'val' / 'c1' / 'broken.png').write_bytes(b'not an image')  # first of c1: image 3
+    report, logits, labels = evaluate(weights, str(tmp_path / 'data'), str(tmp_path / 'out'),
+                                      'DATA.SKIP_BAD_EVAL_IMAGES', 'True', processes=2)
+    assert labels.tolist()[3:7] == [-1, 1, 1, 1]
+    assert np.isnan(logits[3]).all() and not np.isnan(np.delete(logits, 3, 0)).any()
+    assert report['images'] == 23 and report['per_class']['c1']['images'] == 3
+
+
 def test_real_accuracy_counts_a_prediction_in_the_label_set_and_skips_empty_sets(ten_classes, tmp_path):
     weights, _ = ten_classes
     # val images named as ImageNet's, numbered across the class folders: sorted name order != dataset order
