@@ -63,6 +63,8 @@ FLAGS = {
     '-device': dict(type=str, default=None, help="DEVICE: 'auto', 'gpu' or 'cpu'"),
     '-eval': dict(action='store_true', help='evaluate only'),
     '-ema': dict(action='store_true', help="MODEL.EMA_WEIGHTS: use the file's EMA weights"),
+    '-eval_save_logits': dict(action='store_true',
+                              help='EVAL_SAVE_LOGITS: -eval also writes SAVE/eval_logits.npy and eval_labels.npy'),
     '-amp': dict(action='store_true', help='mixed precision training (GPU)'),
     '-opts': dict(nargs='+', default=None, metavar='KEY VALUE', help='override config keys'),
 }

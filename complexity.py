@@ -1,8 +1,9 @@
 """Parameters and multiply-accumulates (MACs) of a PiT, counted the way fvcore does, which is how the published PiT
 figures (0.70 / 1.40 / 2.88 / 12.42 GMACs for ti / xs / s / b at 224 px) come out: one per multiply-accumulate
 of every convolution, Linear and the two attention matmuls (q k^T and attn v), plus 5 per LayerNorm element
-(normalise and affine); softmax, GELU, additions and dropout count 0. tools/model_info.py prints them;
-tools/benchmark.py reports them beside its figures.
+(normalise and affine); softmax, GELU, additions and dropout count 0. One FLOP count is two MACs.
+tools/model_info.py prints them, by kind and by part of the model (macs_by_part); tools/benchmark.py reports
+them beside its figures.
 """
 import numpy as np
 import paddle
@@ -34,21 +35,57 @@ def _per_image_macs(layer, inputs, output):
 
 
 def count_macs(model, image_size):
-    """{'conv', 'linear', 'attention', 'layernorm', 'total'}: MACs for one image_size x image_size image.
+    """{'conv', 'linear', 'attention', 'layernorm', 'total'}: MACs for one image_size x image_size image
+    (layer_macs summed by kind)."""
+    counts = dict.fromkeys(KINDS.values(), 0)
+    for _, kind, macs in layer_macs(model, image_size):
+        counts[kind] += macs
+    counts['total'] = sum(counts.values())
+    return counts
 
-    Runs one eval forward of a zero image with hooks on Conv2D, Linear, Attention and LayerNorm layers; the
-    model's train/eval mode is restored afterwards.
-    """
-    kinds = {nn.Conv2D: 'conv', nn.Linear: 'linear', Attention: 'attention', nn.LayerNorm: 'layernorm'}
-    counts = dict.fromkeys(kinds.values(), 0)
 
+def macs_by_part(model, image_size):
+    """{part: {'conv', 'linear', 'attention', 'layernorm', 'total'}} for one image, parts in forward order:
+    'patch embedding', 'stage s' (its blocks), 'pooling s->s+1' (the depthwise conv and the class-token Linear
+    between two stages), 'head' (final LayerNorm and classifier(s)); s counts from 1."""
+    parts = {}
+    for name, kind, macs in layer_macs(model, image_size):
+        counts = parts.setdefault(part_of(name), dict.fromkeys(list(KINDS.values()) + ['total'], 0))
+        counts[kind] += macs
+        counts['total'] += macs
+    return parts
+
+
+def part_of(name):
+    """The part (macs_by_part) of the PiT sublayer `name` (e.g. 'transformers.1.blocks.0.attn' -> 'stage 2')."""
+    top, _, rest = name.partition('.')
+    stage = int(rest.split('.')[0]) + 1 if rest and rest[0].isdigit() else None
+    if top == 'transformers':
+        return f'stage {stage}'
+    if top == 'pools':
+        return f'pooling {stage}->{stage + 1}'
+    return 'patch embedding' if top == 'patch_embed' else 'head'
+
+
+KINDS = {nn.Conv2D: 'conv', nn.Linear: 'linear', Attention: 'attention', nn.LayerNorm: 'layernorm'}
+
+
+def layer_macs(model, image_size):
+    """[(sublayer name, kind, MACs)] of one eval forward of a zero image_size x image_size image, in call order,
+    for each Conv2D, Linear, Attention (its two matmuls only: qkv and proj are Linears) and LayerNorm call;
+    the model's train/eval mode is restored afterwards."""
     def kind_of(layer):
-        return next((kind for cls, kind in kinds.items() if isinstance(layer, cls)), None)
+        return next((kind for cls, kind in KINDS.items() if isinstance(layer, cls)), None)
 
-    def hook(layer, inputs, output):
-        counts[kind_of(layer)] += _per_image_macs(layer, inputs, output)
+    calls = []
 
-    handles = [layer.register_forward_post_hook(hook) for layer in model.sublayers() if kind_of(layer)]
+    def hook_for(name, kind):
+        def hook(layer, inputs, output):
+            calls.append((name, kind, _per_image_macs(layer, inputs, output)))
+        return hook
+
+    handles = [layer.register_forward_post_hook(hook_for(name, kind_of(layer)))
+               for name, layer in model.named_sublayers() if kind_of(layer)]
     was_training = model.training
     model.eval()
     try:
@@ -59,5 +96,4 @@ def count_macs(model, image_size):
             handle.remove()
         if was_training:  # (Paddle 2.6's train() takes no mode)
             model.train()
-    counts['total'] = sum(counts.values())
-    return counts
+    return calls

@@ -35,6 +35,8 @@ _C.DATA.IMAGENET_STD = [0.229, 0.224, 0.225]  # normalisation std (RGB, 0-1)
 _C.DATA.SKIP_BAD_EVAL_IMAGES = False  # eval: skip undecodable images (reported) instead of failing the run
 _C.DATA.REPEATED_AUG = False  # repeated-augmentation sampler (DeiT RASampler), used by the PiT-B recipe
 _C.DATA.REPEATED_AUG_REPEATS = 3  # repeats of each sample per epoch with REPEATED_AUG
+_C.DATA.EVAL_SET = 'imagenet'  # -eval set: 'imagenet' (val split), 'real' (val + REAL_LABELS), 'v2', 'a', 'r' (class folders under DATA_PATH)
+_C.DATA.REAL_LABELS = None  # EVAL_SET real: real.json, one list of label indices per val image in sorted file name order
 
 # ---------------------------------------------------------------- model
 _C.MODEL = CN()
@@ -119,6 +121,7 @@ _C.REPORT_FREQ = 50  # log (and VisualDL) every REPORT_FREQ train steps and eval
 _C.VALIDATE_FREQ = 1  # evaluate every VALIDATE_FREQ epochs (and after the last)
 _C.SEED = 0  # random seed (offset by rank in each process)
 _C.EVAL = False  # evaluate only
+_C.EVAL_SAVE_LOGITS = False  # -eval: also write SAVE/eval_logits.npy [N, C] and eval_labels.npy [N] in dataset order
 _C.AMP = False  # automatic mixed precision on GPU (auto_cast + a GradScaler kept for the whole run)
 _C.AMP_DTYPE = 'float16'  # 'float16' or 'bfloat16'
 _C.DEVICE = 'auto'  # 'auto' (GPU if available), 'gpu' or 'cpu'
@@ -178,7 +181,7 @@ def _merge_dict(config, data, source, touched=None):
 
 # the keys that may be None (the default of most of them): a value of the type they take otherwise
 _NULLABLE = {'DATA.BATCH_SIZE_EVAL': 0, 'TRAIN.GRAD_CLIP': 0.0, 'TRAIN.LINEAR_SCALED_LR': 0,
-             'MODEL.RESUME': '', 'MODEL.PRETRAINED': '', 'AUG.CUTMIX_MINMAX': [0.0, 1.0]}
+             'MODEL.RESUME': '', 'MODEL.PRETRAINED': '', 'DATA.REAL_LABELS': '', 'AUG.CUTMIX_MINMAX': [0.0, 1.0]}
 # list keys of a fixed length (the others: any length, checked against each other where they must agree)
 _LIST_LENGTHS = {'DATA.IMAGENET_MEAN': 3, 'DATA.IMAGENET_STD': 3, 'TRAIN.OPTIMIZER.BETAS': 2, 'AUG.SCALE': 2,
                  'AUG.RATIO': 2, 'AUG.CUTMIX_MINMAX': 2}
@@ -310,7 +313,7 @@ _FLAG_KEYS = {
     'teacher_model': 'TRAIN.TEACHER_MODEL',
     'device': 'DEVICE',
 }
-_FLAG_SWITCHES = {'eval': 'EVAL', 'amp': 'AMP', 'ema': 'MODEL.EMA_WEIGHTS'}
+_FLAG_SWITCHES = {'eval': 'EVAL', 'amp': 'AMP', 'ema': 'MODEL.EMA_WEIGHTS', 'eval_save_logits': 'EVAL_SAVE_LOGITS'}
 
 
 def _flag_opts(args):
@@ -408,6 +411,7 @@ def finalize_config(config, world_size=1):
 
 _CHOICES = {
     'DATA.LAYOUT': ('auto', 'folder', 'list'),
+    'DATA.EVAL_SET': ('imagenet', 'real', 'v2', 'a', 'r'),
     'DATA.INTERPOLATION': ('bicubic', 'bilinear', 'nearest'),
     'MODEL.TYPE': ('PiT',),
     'TRAIN.DISTILLATION_TYPE': ('none', 'hard', 'soft'),
@@ -483,6 +487,7 @@ def check_config(config):
     _check_model(config)
     _check_schedule(config)
     _check_augment(config)
+    _check_eval(config)
     if config.TRAIN.DISTILLATION_TYPE != 'none' and not config.MODEL.DISTILL:
         raise ConfigError(f'TRAIN.DISTILLATION_TYPE={config.TRAIN.DISTILLATION_TYPE!r} needs a distilled model '
                           '(MODEL.DISTILL: True)')
@@ -515,6 +520,25 @@ def _check_schedule(config):
     betas = list(config.TRAIN.OPTIMIZER.BETAS)
     if not all(0.0 <= b < 1.0 for b in betas):
         raise _bad('TRAIN.OPTIMIZER.BETAS', betas, 'must be two numbers in [0, 1)')
+
+
+def _check_eval(config):
+    """The evaluation-only keys: asked with -eval (EVAL), REAL_LABELS an existing file exactly when EVAL_SET is
+    'real', a and r (200-class subsets of ImageNet-1k) on a 1000-class model."""
+    eval_set, real = config.DATA.EVAL_SET, config.DATA.REAL_LABELS
+    if not config.EVAL:
+        for key, off in (('DATA.EVAL_SET', 'imagenet'), ('EVAL_SAVE_LOGITS', False)):
+            if get_key(config, key) != off:
+                raise _bad(key, get_key(config, key), f'is for -eval (EVAL True); training evaluates with {off!r}')
+    if eval_set == 'real' and not real:
+        raise _bad('DATA.REAL_LABELS', real, "must name ReaL's real.json with DATA.EVAL_SET 'real'")
+    if real and eval_set != 'real':
+        raise _bad('DATA.REAL_LABELS', real, f"is read only with DATA.EVAL_SET 'real', not {eval_set!r}")
+    if real and not os.path.isfile(real):
+        raise _bad('DATA.REAL_LABELS', real, 'is not a file')
+    if eval_set in ('a', 'r') and config.MODEL.NUM_CLASSES != 1000:
+        raise _bad('MODEL.NUM_CLASSES', config.MODEL.NUM_CLASSES,
+                   f"must be 1000 with DATA.EVAL_SET {eval_set!r} (a subset of the ImageNet-1k classes)")
 
 
 def _check_augment(config):

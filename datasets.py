@@ -4,6 +4,8 @@ Layouts under DATA.DATA_PATH (DATA.LAYOUT 'auto' picks the first that exists for
     folder: {split}/<class>/<image>         classes = sorted folder names (e.g. wnids), index = position
     list:   {split}_list.txt                 lines 'relative/path label'; class names from classes.txt
                                              (one per line) when present, else '0'..'N-1'
+With -eval, DATA.EVAL_SET picks the val set: the val split (imagenet; real adds ReaL's label sets, read_real_labels)
+or the class folders of ImageNetV2, -A or -R directly under DATA.DATA_PATH (eval_set_samples).
 Images are decoded with PIL and converted to RGB (grey, palette, RGBA, CMYK). A file that cannot be decoded is
 logged with its path; in training it is replaced by the next readable sample, and each training sample carries
 the number of files it skipped (summed by `engine.train_one_epoch` over workers and processes, so nothing is
@@ -11,6 +13,7 @@ shared between processes and the dataset pickles plainly); in evaluation it come
 label -1, which `engine.evaluate` counts and excludes (the run then fails unless DATA.SKIP_BAD_EVAL_IMAGES).
 """
 import functools
+import json
 import logging
 import math
 import os
@@ -23,6 +26,7 @@ from PIL import Image
 
 import gpu
 from errors import UserError
+from inference import read_imagenet_index
 from stops import init_dataloader_worker
 from transforms import NormalizeOnDevice, build_erasing, build_transforms
 
@@ -35,25 +39,27 @@ class DatasetError(UserError):
 
 
 def _folder_samples(split_dir):
-    """([(path, label)], classes) of class folders; symlinked folders are followed once (a link loop ends)
-    and empty class folders are reported (they keep their index, as the wnid order demands)."""
+    """([(path, label)], classes) of class folders: classes sorted by name, label = position (the wnid order)."""
     classes = sorted(d.name for d in os.scandir(split_dir) if d.is_dir())
-    samples = []
-    for label, name in enumerate(classes):
-        found, seen = [], set()
-        for root, dirs, files in os.walk(os.path.join(split_dir, name), followlinks=True):
-            real = os.path.realpath(root)
-            if real in seen:
-                dirs[:] = []
-                continue
-            seen.add(real)
-            dirs.sort()
-            found += [(os.path.join(root, f), label) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
-        if not found:
-            logger.warning(f"class folder '{os.path.join(split_dir, name)}' holds no images "
-                           f'(extensions {", ".join(IMAGE_EXTENSIONS)})')
-        samples += found
-    return samples, classes
+    return [(path, label) for label, name in enumerate(classes)
+            for path in _folder_images(os.path.join(split_dir, name))], classes
+
+
+def _folder_images(folder):
+    """The image files under one class folder, sorted; symlinked folders are followed once (a link loop ends)
+    and an empty class folder is reported (it keeps its index, as the wnid order demands)."""
+    found, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    if not found:
+        logger.warning(f"class folder '{folder}' holds no images (extensions {', '.join(IMAGE_EXTENSIONS)})")
+    return found
 
 
 def _list_samples(root, list_file, num_classes):
@@ -152,6 +158,68 @@ def find_samples(config, split):
     return samples, classes
 
 
+# DATA.EVAL_SET sets whose class folders lie directly under DATA.DATA_PATH (as their archives unpack)
+FOLDER_EVAL_SETS = {'v2': 'ImageNetV2', 'a': 'ImageNet-A', 'r': 'ImageNet-R'}
+
+
+def eval_set_samples(config):
+    """([(path, label)], classes, class_subset) of DATA.EVAL_SET v2, a or r: class folders directly under
+    DATA.DATA_PATH. v2: folders named by class index 0..NUM_CLASSES-1 (label = the number, not the position of
+    the name in a lexical sort), class_subset None. a, r: folders named by ImageNet-1k wnids, label = the wnid's
+    position in the 1000-class order (inference.read_imagenet_index); class_subset = the sorted labels of the
+    folders present (the 200 classes of the set), to which evaluation restricts the logits. classes: a name per
+    label (ImageNet wnids for 1000 classes). DatasetError naming a folder that is not a class of the set."""
+    eval_set, root = config.DATA.EVAL_SET, config.DATA.DATA_PATH
+    title, num_classes = FOLDER_EVAL_SETS[eval_set], config.MODEL.NUM_CLASSES
+    if not os.path.isdir(root):
+        raise DatasetError(f"data path '{root}' not found (DATA.DATA_PATH, DATA.EVAL_SET {eval_set}: {title})")
+    wnids = [wnid for wnid, _ in read_imagenet_index()]
+    if eval_set == 'v2':
+        expected = f'a class index 0..{num_classes - 1}'
+        label_of = {str(i): i for i in range(num_classes)}.get
+    else:
+        expected = 'an ImageNet-1k wnid (n01440764 ...)'
+        label_of = {wnid: i for i, wnid in enumerate(wnids)}.get
+    labelled = []
+    for name in sorted(d.name for d in os.scandir(root) if d.is_dir()):
+        if label_of(name) is None:
+            raise DatasetError(f"folder '{os.path.join(root, name)}' is not {expected} "
+                               f'(DATA.EVAL_SET {eval_set}: {title} class folders under DATA.DATA_PATH)')
+        labelled.append((label_of(name), name))
+    samples = [(path, label) for label, name in sorted(labelled) for path in _folder_images(os.path.join(root, name))]
+    if not samples:
+        raise DatasetError(f"no images of DATA.EVAL_SET {eval_set} ({title}) found in class folders under '{root}' "
+                           f'(extensions {", ".join(IMAGE_EXTENSIONS)})')
+    classes = wnids if num_classes == len(wnids) else [str(i) for i in range(num_classes)]
+    return samples, classes, None if eval_set == 'v2' else sorted(label for label, _ in labelled)
+
+
+def read_real_labels(path, samples, num_classes):
+    """ReaL's labels of the val images `samples` ([(path, label)] in dataset order): real.json is a JSON list
+    with one entry per val image in sorted file name order (ILSVRC2012_val_00000001 ...), each a list of label
+    indices (empty: no label agreed on; the image is left out of ReaL accuracy). Returns those lists in the
+    order of samples. DatasetError naming the file and the first bad entry, or the two counts that differ."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            entries = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DatasetError(f"ReaL labels '{path}' (DATA.REAL_LABELS) are not JSON: {e}") from None
+    if not isinstance(entries, list):
+        raise DatasetError(f"ReaL labels '{path}' (DATA.REAL_LABELS) must be a JSON list of label lists, "
+                           f'got {type(entries).__name__}')
+    for number, entry in enumerate(entries):
+        if not isinstance(entry, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v < num_classes for v in entry):
+            raise DatasetError(f"ReaL labels '{path}' entry {number}: expected a list of label indices in "
+                               f'[0, MODEL.NUM_CLASSES={num_classes}), got {entry!r}')
+    if len(entries) != len(samples):
+        raise DatasetError(f"ReaL labels '{path}' hold {len(entries)} entries but the val split has {len(samples)} "
+                           'images (one entry per val image, in sorted file name order)')
+    names = [os.path.basename(sample_path) for sample_path, _ in samples]
+    position = {name: rank for rank, name in enumerate(sorted(names))}
+    return [entries[position[name]] for name in names]
+
+
 def load_rgb(path):
     """Decoded RGB PIL image (fully loaded, so truncated files fail here, not later). Images over PIL's
     decompression-bomb limit raise Image.DecompressionBombError before they are decoded."""
@@ -180,8 +248,10 @@ class ImageNetDataset(paddle.io.Dataset):
     boxes: a tuple of (top, left, height, width) ints, see random_erasing), val (image float32 [3, S, S], label);
     see the module docstring for bad files."""
 
-    def __init__(self, samples, classes, transform, train, image_size):
+    def __init__(self, samples, classes, transform, train, image_size, class_subset=None, real_labels=None):
         self.samples = samples
+        self.class_subset = class_subset  # labels the logits are restricted to in evaluation (None: all)
+        self.real_labels = real_labels  # ReaL's label list per sample (DATA.EVAL_SET real), or None
         self.image_size = image_size
         self.classes = classes
         self.transform = transform
@@ -224,10 +294,18 @@ class ImageNetDataset(paddle.io.Dataset):
 
 
 def build_dataset(config, mode):
-    """The 'train' or 'val' dataset of config, with its transform."""
-    samples, classes = find_samples(config, mode)
+    """The 'train' or 'val' dataset of config, with its transform. With -eval, 'val' is DATA.EVAL_SET's:
+    imagenet the val split; real the val split with ReaL's labels (read_real_labels); v2, a, r their class
+    folders (eval_set_samples)."""
+    eval_set, subset, real = config.DATA.EVAL_SET if mode == 'val' else 'imagenet', None, None
+    if eval_set in FOLDER_EVAL_SETS:
+        samples, classes, subset = eval_set_samples(config)
+    else:
+        samples, classes = find_samples(config, mode)
+    if eval_set == 'real':
+        real = read_real_labels(config.DATA.REAL_LABELS, samples, config.MODEL.NUM_CLASSES)
     return ImageNetDataset(samples, classes, build_transforms(config, mode), train=mode == 'train',
-                           image_size=config.DATA.IMAGE_SIZE)
+                           image_size=config.DATA.IMAGE_SIZE, class_subset=subset, real_labels=real)
 
 
 class RepeatedAugSampler(paddle.io.BatchSampler):

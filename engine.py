@@ -12,6 +12,7 @@ import signal
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import paddle
 import paddle.nn.functional as F
 
@@ -21,7 +22,7 @@ from errors import RunFailed
 from gpu import amp_settings
 from model_ema import ModelEma
 from optim import build_lr_scheduler, build_optimizer
-from utils import MetricSums, format_seconds, get_rank, get_world_size, seed_everything, step_seed
+from utils import MetricSums, format_seconds, gather_strided, get_rank, get_world_size, seed_everything, step_seed
 
 logger = logging.getLogger('pit')
 
@@ -371,18 +372,25 @@ def log_progress(sums, epoch, step, steps, done, start, lr, config):
 
 
 @paddle.no_grad()
-def evaluate(model, loader, config, amp, name='model', stop=None):
+def evaluate(model, loader, config, amp, name='model', stop=None, per_sample=False):
     """Loss, Acc@1, Acc@5 over every val image of all ranks exactly once (weighted by counts); a rank may have
-    no image at all (a val set smaller than the number of processes).
+    no image at all (a val set smaller than the number of processes). Where the dataset names a class_subset
+    (DATA.EVAL_SET a, r), the logits of the other classes are -inf for every metric.
 
     Samples with label -1 are images the dataset could not decode: excluded from the metrics and counted in
     'bad' (synced over ranks); the caller decides whether that fails the run (DATA.SKIP_BAD_EVAL_IMAGES).
     `stop()` (local, no communication) is asked before each batch: when it says so this rank stops evaluating
     and 'stopped' is True on every rank (the one all-reduce at the end carries it). Rank 0 logs progress every
     REPORT_FREQ batches (its images so far, img/s, ETA).
+
+    per_sample: also 'samples' (PerSample.gather), every image's label and top-1 prediction, and with
+    EVAL_SAVE_LOGITS its logits, in dataset order on every rank; they stay on the device until the end, so this
+    adds no host sync per batch.
     """
     model.eval()
     sums, start, batches = MetricSums('loss', 'acc1', 'acc5', 'bad', 'stopped'), time.time(), len(loader)
+    mask = logit_mask(loader.dataset, config.MODEL.NUM_CLASSES)
+    kept = PerSample(config.MODEL.NUM_CLASSES, config.EVAL_SAVE_LOGITS) if per_sample else None
     for index, (images, labels) in enumerate(loader):
         if stop is not None and stop():
             sums.add('stopped', 1, 0)
@@ -391,22 +399,74 @@ def evaluate(model, loader, config, amp, name='model', stop=None):
         valid = labels >= 0
         n_valid = int(valid.astype('int64').sum())
         sums.add('bad', labels.shape[0] - n_valid, 1)
+        logits = None
         if n_valid:
             with paddle.amp.auto_cast(**amp):
                 logits = model(images)
             logits = logits.astype('float32')
+            masked = logits if mask is None else logits + mask
+            if kept is not None:
+                kept.add(labels, logits, masked)
             if n_valid < labels.shape[0]:
                 keep = paddle.nonzero(valid).reshape([-1])
-                logits, labels = paddle.gather(logits, keep), paddle.gather(labels, keep)
-            correct1, correct5 = topk_correct(logits, labels)
-            sums.add('loss', float(F.cross_entropy(logits, labels, reduction='sum')), n_valid)
+                masked, labels = paddle.gather(masked, keep), paddle.gather(labels, keep)
+            correct1, correct5 = topk_correct(masked, labels)
+            sums.add('loss', float(F.cross_entropy(masked, labels, reduction='sum')), n_valid)
             sums.add('acc1', correct1, n_valid)
             sums.add('acc5', correct5, n_valid)
+        elif kept is not None:
+            kept.add(labels)
         if (index + 1) % config.REPORT_FREQ == 0 and index + 1 < batches:
             elapsed = time.time() - start
             logger.info(f'Eval {name}: batch {index + 1}/{batches}, {sums.count("acc1")} images on this process, '
                         f'{sums.count("acc1") / max(elapsed, 1e-9):.1f} img/s, '
                         f'ETA {format_seconds((batches - index - 1) * elapsed / (index + 1))}')
     sums.synchronize()
-    return {'loss': sums.avg('loss'), 'acc1': sums.avg('acc1'), 'acc5': sums.avg('acc5'),
-            'images': sums.count('acc1'), 'bad': int(sums.total('bad')), 'stopped': sums.total('stopped') > 0}
+    stats = {'loss': sums.avg('loss'), 'acc1': sums.avg('acc1'), 'acc5': sums.avg('acc5'),
+             'images': sums.count('acc1'), 'bad': int(sums.total('bad')), 'stopped': sums.total('stopped') > 0}
+    if kept is not None and not stats['stopped']:  # every rank knows 'stopped': all gather, or none
+        stats['samples'] = kept.gather(len(loader.dataset))
+    return stats
+
+
+def logit_mask(dataset, num_classes):
+    """None, or where the dataset restricts evaluation to a class_subset (labels), a float32 [num_classes]
+    tensor, 0 on those classes and -inf elsewhere, to add to the logits."""
+    subset = getattr(dataset, 'class_subset', None)
+    if subset is None:
+        return None
+    mask = np.full([num_classes], -np.inf, dtype=np.float32)
+    mask[subset] = 0.0
+    return paddle.to_tensor(mask)
+
+
+class PerSample:
+    """Per-image results of this rank's evaluation batches, kept on the device and read back once (gather)."""
+
+    def __init__(self, num_classes, keep_logits):
+        self.num_classes, self.keep_logits = num_classes, keep_logits
+        self.labels, self.predictions, self.logits = [], [], []
+
+    def add(self, labels, logits=None, masked=None):
+        """One batch: labels int64 [B] (-1: undecodable), the model's logits float32 [B, C] and the masked ones
+        the top-1 prediction is taken from (None, None: no image of the batch could be decoded)."""
+        self.labels.append(labels)
+        if logits is None:
+            logits = masked = paddle.full([labels.shape[0], self.num_classes], float('nan'), dtype='float32')
+        self.predictions.append(paddle.argmax(masked, axis=-1).astype('int64'))
+        if self.keep_logits:
+            self.logits.append(logits)
+
+    def gather(self, total):
+        """{'labels' int64 [total], 'predictions' int64 [total] (-1 for undecodable images), and with
+        keep_logits 'logits' float32 [total, C] (NaN rows for undecodable images)}: the rows of all ranks in
+        dataset order (utils.gather_strided; a collective). The model's logits, before any class_subset mask."""
+        def rows(tensors, shape, dtype):
+            return paddle.concat(tensors).numpy() if tensors else np.zeros(shape, dtype=dtype)
+        labels = rows(self.labels, [0], 'int64')
+        result = {'labels': labels, 'predictions': np.where(labels < 0, -1, rows(self.predictions, [0], 'int64'))}
+        if self.keep_logits:
+            logits = rows(self.logits, [0, self.num_classes], 'float32')
+            logits[labels < 0] = np.nan
+            result['logits'] = logits
+        return {key: gather_strided(value, total) for key, value in result.items()}

@@ -1,5 +1,6 @@
 """Machine-readable records of a run, written by rank 0: SAVE/metrics.jsonl and VisualDL scalars (SAVE/vdl) of a
-training run, SAVE/eval.json of an evaluation (-eval).
+training run, SAVE/eval.json of an evaluation (-eval; eval_result lists its fields) and, with -eval_save_logits,
+SAVE/eval_logits.npy and eval_labels.npy beside it.
 
 metrics.jsonl has one JSON object per epoch, appended and flushed when the epoch ends (a resumed run appends
 to the same file; `epoch` is 1-based):
@@ -17,10 +18,14 @@ import logging
 import math
 import os
 
+import numpy as np
+
 from errors import UserError
+from transforms import eval_resize_size
 
 METRICS_FILE = 'metrics.jsonl'
 EVAL_FILE = 'eval.json'
+LOGITS_FILE, LABELS_FILE = 'eval_logits.npy', 'eval_labels.npy'
 logger = logging.getLogger('pit')
 
 
@@ -111,18 +116,98 @@ def _visualdl_off(folder, error):
     return None
 
 
-def write_eval_result(save_dir, stats, weights_path, ema):
-    """save_dir/eval.json, the result of an evaluation (-eval): {"acc1", "acc5", "loss", "images", "weights": the
-    file evaluated, "ema": whether its EMA weights were}; written to a temporary name, then renamed. Returns its
-    path."""
+TOP_CONFUSIONS = 20  # confusion pairs eval.json lists
+
+
+def eval_result(stats, config, dataset, weights_path):
+    """The content of eval.json for engine.evaluate's stats (with per-sample 'samples') of `dataset` (the
+    val set, DATA.EVAL_SET) and the weights file evaluated:
+      acc1, acc5, loss, images, weights (absolute path), ema (its EMA weights were evaluated), eval_set,
+      preprocess: the eval transform as the config gives it (resize_short, crop, crop_pct, interpolation, mean,
+        std),
+      per_class: {class name: {images, acc1}} for each class with images, in label order,
+      confusions: the TOP_CONFUSIONS most frequent [true, predicted] class pairs with true != predicted, as
+        {true, predicted, count}, most frequent first (ties by label order),
+      and with ReaL labels (DATA.EVAL_SET real) acc1_real and images_real (images with a non-empty label set).
+    Undecodable images (label -1, skipped with DATA.SKIP_BAD_EVAL_IMAGES) are in none of the figures."""
     result = {key: stats[key] for key in ('acc1', 'acc5', 'loss', 'images')}
-    result.update(weights=os.path.abspath(weights_path), ema=bool(ema))
+    result.update(weights=os.path.abspath(weights_path), ema=bool(config.MODEL.EMA_WEIGHTS),
+                  eval_set=config.DATA.EVAL_SET, preprocess=eval_preprocess(config))
+    labels, predictions = stats['samples']['labels'], stats['samples']['predictions']
+    names = list(dataset.classes)
+    result['per_class'] = per_class_accuracy(labels, predictions, names)
+    result['confusions'] = top_confusions(labels, predictions, names)
+    if dataset.real_labels is not None:
+        result.update(real_accuracy(labels, predictions, dataset.real_labels))
+    return result
+
+
+def eval_preprocess(config):
+    """The eval transform of config: short side resized to resize_short, center crop of crop pixels."""
+    return {'resize_short': eval_resize_size(config.DATA.IMAGE_SIZE, config.DATA.CROP_PCT),
+            'crop': config.DATA.IMAGE_SIZE, 'crop_pct': config.DATA.CROP_PCT,
+            'interpolation': config.DATA.INTERPOLATION, 'mean': list(config.DATA.IMAGENET_MEAN),
+            'std': list(config.DATA.IMAGENET_STD)}
+
+
+def per_class_accuracy(labels, predictions, names):
+    """{names[c]: {'images', 'acc1'}} of each class c with images (labels >= 0), in label order."""
+    valid = labels >= 0
+    images = np.bincount(labels[valid], minlength=len(names))
+    hits = np.bincount(labels[valid & (labels == predictions)], minlength=len(names))
+    return {names[c]: {'images': int(images[c]), 'acc1': float(hits[c] / images[c])} for c in np.flatnonzero(images)}
+
+
+def top_confusions(labels, predictions, names, top=TOP_CONFUSIONS):
+    """[{'true', 'predicted', 'count'}] of the `top` most frequent wrong (label, prediction) pairs."""
+    wrong = (labels >= 0) & (labels != predictions)
+    pairs, counts = np.unique(np.stack([labels[wrong], predictions[wrong]], axis=1), axis=0, return_counts=True)
+    order = np.argsort(-counts, kind='stable')[:top]  # np.unique sorted the pairs: ties stay in label order
+    return [{'true': names[pairs[i, 0]], 'predicted': names[pairs[i, 1]], 'count': int(counts[i])} for i in order]
+
+
+def real_accuracy(labels, predictions, real_labels):
+    """{'acc1_real', 'images_real'}: the share of images whose top-1 prediction is in their ReaL label set,
+    over the decodable images whose set is not empty (the ReaL paper leaves the others out)."""
+    scored = [(int(prediction), real) for label, prediction, real in zip(labels, predictions, real_labels)
+              if label >= 0 and real]
+    hits = sum(prediction in real for prediction, real in scored)
+    return {'acc1_real': hits / len(scored) if scored else float('nan'), 'images_real': len(scored)}
+
+
+def write_eval_result(save_dir, result):
+    """save_dir/eval.json holding result (eval_result), written to a temporary name, then renamed. Returns its
+    path."""
     path = os.path.join(save_dir, EVAL_FILE)
     with open(path + '.tmp', 'w', encoding='utf-8') as f:
-        json.dump({k: _finite(v) for k, v in result.items()}, f, indent=1)
+        json.dump(_finite_tree(result), f, indent=1)
         f.write('\n')
     os.replace(path + '.tmp', path)
     return path
+
+
+def write_eval_arrays(save_dir, samples):
+    """save_dir/eval_logits.npy (float32 [N, C], NaN rows for undecodable images) and eval_labels.npy (int64
+    [N], -1 for them) of evaluate's per-sample results, in dataset order; each written to a temporary name
+    first, then both renamed. Returns their paths."""
+    paths = []
+    for name, key, dtype in ((LOGITS_FILE, 'logits', np.float32), (LABELS_FILE, 'labels', np.int64)):
+        path = os.path.join(save_dir, name)
+        with open(path + '.tmp', 'wb') as f:
+            np.save(f, samples[key].astype(dtype))
+        paths.append(path)
+    for path in paths:
+        os.replace(path + '.tmp', path)
+    return paths
+
+
+def _finite_tree(value):
+    """value with every non-finite float inside dicts and lists made null (_finite)."""
+    if isinstance(value, dict):
+        return {k: _finite_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_tree(v) for v in value]
+    return _finite(value)
 
 
 class MetricsError(UserError):

@@ -15,7 +15,7 @@ import stops
 from datasets import build_dataloader, build_dataset
 from gpu import amp_settings
 from losses import build_criterion
-from metrics import RunRecords, write_eval_result
+from metrics import RunRecords, eval_result, write_eval_arrays, write_eval_result
 from mixup import build_mixup
 from pit import build_model
 from regnet import build_teacher
@@ -63,9 +63,10 @@ def train(config, model, val_loader):
 
 
 def evaluate(config, model, val_loader, weights):
-    """-eval: Acc@1/Acc@5 of weights (-pretrained, -resume PATH or the newest checkpoint of SAVE), logged and written
-    to SAVE/eval.json (metrics.write_eval_result); -ema takes the file's EMA weights. Returns the stats of
-    engine.evaluate."""
+    """-eval: Acc@1/Acc@5 of weights (-pretrained, -resume PATH or the newest checkpoint of SAVE) on DATA.EVAL_SET,
+    logged and written to SAVE/eval.json (metrics.eval_result: also the preprocessing, per-class accuracy, the
+    most frequent confusions, ReaL accuracy), with EVAL_SAVE_LOGITS the logits and labels beside it
+    (metrics.write_eval_arrays); -ema takes the file's EMA weights. Returns the stats of engine.evaluate."""
     report = weights.load_into(model, prefer_ema=config.MODEL.EMA_WEIGHTS)
     if config.MODEL.EMA_WEIGHTS and report.entry not in ('model_ema', 'state_dict_ema'):
         raise checkpoint.WeightsError(f"'{weights.path}' holds no EMA weights (model_ema); evaluate it without -ema")
@@ -73,11 +74,16 @@ def evaluate(config, model, val_loader, weights):
     amp, _ = amp_settings(config)
     model_ddp = paddle.DataParallel(model) if get_world_size() > 1 else model
     name = 'EMA' if config.MODEL.EMA_WEIGHTS else 'model'
-    stats = engine.evaluate(model_ddp, val_loader, config, amp, name, stop=stops.pending)
+    stats = engine.evaluate(model_ddp, val_loader, config, amp, name, stop=stops.pending, per_sample=True)
     if stats['stopped']:
         signum = stops.agreed()
         raise stops.StopRequested(signum, f'stopped by {stops.signal_name(signum)} while evaluating {weights.path}')
     engine.report_eval(stats, name, config)
+    result = eval_result(stats, config, val_loader.dataset, weights.path)
+    if 'acc1_real' in result:
+        logger.info(f'Eval {name}: ReaL Acc@1 {result["acc1_real"]:.4f} on {result["images_real"]} images')
     if get_rank() == 0:
-        write_eval_result(config.SAVE, stats, weights.path, config.MODEL.EMA_WEIGHTS)
+        write_eval_result(config.SAVE, result)
+        if config.EVAL_SAVE_LOGITS:
+            write_eval_arrays(config.SAVE, stats['samples'])
     return stats

@@ -93,6 +93,23 @@ class MetricSums:
         return self.sums[name] / count if count else float('nan')
 
 
+def gather_strided(rows, total):
+    """All `total` rows, in order, on every rank, of a set that ranks share as datasets.ExactlyOnceSampler does:
+    rows (numpy, first axis) are items rank, rank + N, rank + 2N, ... of this rank. Shares differ by at most one,
+    so each is padded to ceil(total / N) rows for one all_gather (a collective: every rank calls it); the pads
+    land at positions >= total, which are cut."""
+    world = get_world_size()
+    if world == 1:
+        return rows
+    share = -(-total // world)
+    padded = np.zeros((share,) + rows.shape[1:], dtype=rows.dtype)
+    padded[:len(rows)] = rows
+    gathered = []
+    dist.all_gather(gathered, paddle.to_tensor(padded))
+    stacked = np.stack([tensor.numpy() for tensor in gathered], axis=1)  # [share, world, ...]: position j*N + r
+    return stacked.reshape((share * world,) + rows.shape[1:])[:total]
+
+
 def format_seconds(seconds):
     seconds = int(max(seconds, 0))
     return f'{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
