@@ -8,14 +8,14 @@ import sys
 import pytest
 
 from complexity import count_macs, layer_macs, macs_by_part
-from config import get_config
+from config import build_config
 from pit import build_pit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def pit(name):
-    return build_pit(get_config(os.path.join(ROOT, 'configs', name + '.yaml')))
+    return build_pit(build_config(os.path.join(ROOT, 'configs', name + '.yaml')))
 
 
 @pytest.mark.parametrize('name, heads', [('pit_ti', [2, 4, 8]), ('pit_s', [3, 6, 12])])
