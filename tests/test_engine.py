@@ -36,15 +36,16 @@ class Constant(paddle.nn.Layer):
 
 def test_evaluate_excludes_and_counts_label_minus_one_samples():
     config = build_config()
-    batches = [(paddle.zeros([3, 3, 2, 2]), paddle.to_tensor([2, -1, 2])),
-               (paddle.zeros([2, 3, 2, 2]), paddle.to_tensor([1, 2]))]
+    batches = Loader([(paddle.zeros([3, 3, 2, 2]), paddle.to_tensor([2, -1, 2])),
+                      (paddle.zeros([2, 3, 2, 2]), paddle.to_tensor([1, 2]))])
+    batches.dataset = None  # a data set without a class subset (DATA.EVAL_SET imagenet)
     stats = evaluate(Constant(2), batches, config, amp={'enable': False})
     assert stats['images'] == 4 and stats['bad'] == 1
     assert stats['acc1'] == pytest.approx(3 / 4)
 
 
 class Loader(list):
-    """A list of batches with the DataLoader attributes train_one_epoch uses."""
+    """A list of batches with the DataLoader attributes train_one_epoch and evaluate use."""
 
 
 def test_non_finite_loss_raises_with_epoch_and_step():
