@@ -31,6 +31,7 @@ from stops import init_dataloader_worker
 from transforms import NormalizeOnDevice, build_erasing, build_transforms
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
+IMAGE_FILE_EXTENSIONS = IMAGE_EXTENSIONS + ('.gif',)  # what predict and visualize read (a GIF: its first frame)
 logger = logging.getLogger('pit')
 
 
@@ -559,3 +560,30 @@ def shared_memory_note():
     shown = f'{gpu.gigabytes(free)} free' if free is not None else 'free space unknown'
     return (f', or by a full /dev/shm, which its batches passed through: {shown} at start, about '
             f'{gpu.gigabytes(need)} needed; enlarge it (docker run --shm-size=...) or set DATA.SHARED_MEMORY False')
+
+
+class ImagePathError(UserError):
+    """An -img_path that cannot be listed; the message names it."""
+
+
+def list_images(paths):
+    """(image files, [(path, why it is skipped)]) of an -img_path: the files given, plus the files with an image
+    extension (IMAGE_FILE_EXTENSIONS) inside given folders, sorted; the other entries of those folders are
+    skipped. ImagePathError for a folder that cannot be listed."""
+    files, skipped = [], []
+    for path in paths:
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        try:
+            entries = sorted(os.listdir(path))
+        except OSError as e:
+            raise ImagePathError(f"cannot list folder '{path}' (-img_path): {e.strerror or e}") from None
+        for entry in (os.path.join(path, name) for name in entries):
+            if os.path.isdir(entry):
+                skipped.append((entry, 'a folder (folders inside -img_path folders are not searched)'))
+            elif entry.lower().endswith(IMAGE_FILE_EXTENSIONS):
+                files.append(entry)
+            else:
+                skipped.append((entry, f'not an image file ({" ".join(IMAGE_FILE_EXTENSIONS)})'))
+    return files, skipped

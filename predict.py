@@ -36,7 +36,7 @@ import cpu_kernels
 from checkpoint import read_weights
 from cli import argument_parser, run_command
 from config import build_config
-from datasets import IMAGE_EXTENSIONS, build_transforms, load_rgb
+from datasets import build_transforms, list_images, load_rgb
 from errors import RunFailed, UserError, error_line
 from inference import (build_predictor, check_class_count, class_names, create_onnx_session, describe, gpu_visible,
                        program_suffix, read_export_description, resolve_device, run_onnx, run_predictor, settings_for)
@@ -46,31 +46,6 @@ from pit import build_model
 class PredictError(UserError):
     """Bad input to predict.py (an -img_path, -topk or -batch_size it cannot use); the message names it."""
 
-
-EXTENSIONS = IMAGE_EXTENSIONS + ('.gif',)  # the data sets' list; predict also classifies a GIF's first frame
-
-
-def list_images(paths):
-    """(files to classify, [(path, why it is skipped)]): the files given, plus the files with an image extension
-    inside given folders, sorted; the other entries of those folders are skipped. Raises PredictError for a
-    folder that cannot be listed."""
-    files, skipped = [], []
-    for path in paths:
-        if not os.path.isdir(path):
-            files.append(path)
-            continue
-        try:
-            entries = sorted(os.listdir(path))
-        except OSError as e:
-            raise PredictError(f"cannot list folder '{path}' (-img_path): {e.strerror or e}") from None
-        for entry in (os.path.join(path, name) for name in entries):
-            if os.path.isdir(entry):
-                skipped.append((entry, 'a folder (folders inside -img_path folders are not searched)'))
-            elif entry.lower().endswith(EXTENSIONS):
-                files.append(entry)
-            else:
-                skipped.append((entry, f'not an image file ({" ".join(EXTENSIONS)})'))
-    return files, skipped
 
 
 def load_image(path, transform):

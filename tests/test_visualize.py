@@ -14,6 +14,7 @@ from PIL import Image
 
 from checkpoint import write_weights
 from config import build_config
+from conftest import one_line_error
 from drawing import LINE_HEIGHT, MARGIN
 from explain import explain, grad_cam, recording_attention, rollout
 from metrics import RunRecords
@@ -33,14 +34,6 @@ def tiny_model(*opts):
 def run(tool, *args):
     return subprocess.run([sys.executable, os.path.join('tools', tool), *map(str, args)], capture_output=True,
                           text=True, cwd=ROOT, timeout=300)
-
-
-def one_line_error(result, status):
-    assert result.returncode == status, (result.returncode, result.stderr[-3000:])
-    assert 'Traceback' not in result.stderr, result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith('error: ') and sum(line.startswith('error:') for line in lines) == 1, lines
-    return lines[-1]
 
 
 # ---------------------------------------------------------------- the maps

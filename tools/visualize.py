@@ -33,7 +33,7 @@ import cpu_kernels  # noqa: E402
 from checkpoint import read_weights  # noqa: E402
 from cli import argument_parser, prepare_save_dir, run_command  # noqa: E402
 from config import build_config  # noqa: E402
-from datasets import IMAGE_EXTENSIONS, load_rgb  # noqa: E402
+from datasets import IMAGE_FILE_EXTENSIONS, list_images, load_rgb  # noqa: E402
 from drawing import overlay, panel_row, save_png  # noqa: E402
 from errors import RunFailed, UserError, error_line  # noqa: E402
 from explain import explain  # noqa: E402
@@ -61,21 +61,11 @@ def get_arguments():
 
 
 def image_files(paths):
-    """The files given, plus the files with an image extension in given folders (sorted); VisualizeError when
-    none is left or a folder cannot be listed."""
-    files = []
-    for path in paths:
-        if not os.path.isdir(path):
-            files.append(path)
-            continue
-        try:
-            names = sorted(os.listdir(path))
-        except OSError as e:
-            raise VisualizeError(f"cannot list folder '{path}' (-img_path): {e.strerror or e}") from None
-        files += [os.path.join(path, name) for name in names if name.lower().endswith(IMAGE_EXTENSIONS)
-                  and not os.path.isdir(os.path.join(path, name))]
+    """The image files of -img_path (datasets.list_images: the other entries of its folders are left out);
+    VisualizeError when none is left."""
+    files, _ = list_images(paths)
     if not files:
-        raise VisualizeError(f'no image files in -img_path {" ".join(paths)} ({" ".join(IMAGE_EXTENSIONS)})')
+        raise VisualizeError(f'no image files in -img_path {" ".join(paths)} ({" ".join(IMAGE_FILE_EXTENSIONS)})')
     return files
 
 
