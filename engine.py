@@ -229,11 +229,8 @@ def train_one_epoch(state, criterion, loader, epoch, config, mixup_fn=None, reco
             mixup_fn.seed(seed)
             images, targets = mixup_fn(images, labels)
         boundary = (step + 1) % accum == 0 or step + 1 == steps
-        with gradient_sync(state.model_ddp, boundary):
-            with paddle.amp.auto_cast(**state.amp):
-                outputs = state.model_ddp(images)
-                loss = criterion(images, outputs, targets)
-            state.scaler.scale(loss * accumulation_scale(step, steps, accum)).backward()
+        loss, outputs = forward_backward(state, criterion, images, targets, boundary,
+                                         accumulation_scale(step, steps, accum))
         if boundary:
             skipped_steps = skipped_steps + optimizer_step(state)
         logits = None if mixup_fn is not None else outputs[0] if isinstance(outputs, (tuple, list)) else outputs
@@ -251,6 +248,24 @@ def train_one_epoch(state, criterion, loader, epoch, config, mixup_fn=None, reco
             if stop():
                 break
     window.flush()
+    return epoch_result(state, sums, skipped_total, skipped_steps, start)
+
+
+def forward_backward(state, criterion, images, targets, boundary, scale):
+    """One micro-batch: the forward under the run's autocast and the backward of its loss times `scale` through
+    the loss scaler, its gradients all-reduced only at an accumulation `boundary` (gradient_sync). Returns (loss,
+    outputs), left on the device."""
+    with gradient_sync(state.model_ddp, boundary):
+        with paddle.amp.auto_cast(**state.amp):
+            outputs = state.model_ddp(images)
+            loss = criterion(images, outputs, targets)
+        state.scaler.scale(loss * scale).backward()
+    return loss, outputs
+
+
+def epoch_result(state, sums, skipped_total, skipped_steps, start):
+    """The pass's statistics over all ranks (the one read-back of the counts kept on the device), with
+    state.progress updated to them: what a mid-epoch checkpoint keeps."""
     sums.add('skipped', float(skipped_total), 0)
     sums.synchronize()
     seconds = (state.progress or {}).get('seconds', 0.0) + time.time() - start
