@@ -60,14 +60,19 @@ if __name__ == '__main__':
 '''
 
 
-def test_data_parallel_averages_every_gradient_across_two_cpu_processes(tmp_path):
+def run_two_ranks(tmp_path, source):
+    """Run a worker script (its `worker` spawned on 2 GLOO processes) and return what each rank saved, in rank
+    order (rank{r}.npz in tmp_path)."""
     script = tmp_path / 'worker.py'
-    script.write_text(WORKER)
+    script.write_text(source)
     out = subprocess.run([sys.executable, str(script), ROOT, str(tmp_path)], capture_output=True, text=True,
                          timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
-    for rank in range(2):
-        result = np.load(tmp_path / f'rank{rank}.npz')
+    return [np.load(tmp_path / f'rank{rank}.npz') for rank in range(2)]
+
+
+def test_data_parallel_averages_every_gradient_across_two_cpu_processes(tmp_path):
+    for rank, result in enumerate(run_two_ranks(tmp_path, WORKER)):
         names = [k[len('got/'):] for k in result.files if k.startswith('got/')]
         assert any('.fc1.' in n for n in names) and any('.qkv.' in n for n in names)
         for name in names:
@@ -128,12 +133,6 @@ if __name__ == '__main__':
 
 
 def test_accumulated_micro_batches_all_reduce_once_per_optimizer_step_with_the_same_gradients(tmp_path):
-    script = tmp_path / 'worker.py'
-    script.write_text(ACCUMULATING_WORKER)
-    out = subprocess.run([sys.executable, str(script), ROOT, str(tmp_path)], capture_output=True, text=True,
-                         timeout=300, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    for rank in range(2):
-        result = np.load(tmp_path / f'rank{rank}.npz')
+    for rank, result in enumerate(run_two_ranks(tmp_path, ACCUMULATING_WORKER)):
         assert int(result['no_sync']) == 2  # the first micro-batch of each of the two groups
         np.testing.assert_allclose(result['got'], result['expected'], rtol=1e-5, atol=1e-7, err_msg=f'rank {rank}')

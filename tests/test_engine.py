@@ -48,17 +48,22 @@ class Loader(list):
     """A list of batches with the DataLoader attributes train_one_epoch and evaluate use."""
 
 
+def nan_at_the_second_call(calls):
+    """A criterion giving a zero loss, NaN at its second call (step 1); each call is appended to `calls`."""
+    def criterion(inputs, outputs, targets):
+        calls.append(1)
+        loss = outputs.sum() * 0
+        return loss + float('nan') if len(calls) == 2 else loss
+    return criterion
+
+
 def test_non_finite_loss_raises_with_epoch_and_step():
     config = finalize_config(merge_opts(build_config(), ['REPORT_FREQ', '1']))
     model = paddle.nn.Linear(2, 2)
     optimizer = paddle.optimizer.SGD(learning_rate=0.1, parameters=model.parameters())
     batches = Loader([(paddle.to_tensor([[1.0, 2.0]]), paddle.to_tensor([0]), paddle.to_tensor([0]))] * 3)
     calls = []
-
-    def criterion(inputs, outputs, targets):
-        calls.append(1)
-        loss = outputs.sum() * 0
-        return loss + float('nan') if len(calls) == 2 else loss
+    criterion = nan_at_the_second_call(calls)
 
     state = TrainState(model, optimizer, None, paddle.amp.GradScaler(enable=False), {'enable': False})
     with pytest.raises(NonFiniteLossError, match='loss is nan at epoch 1 step 1'):
@@ -184,11 +189,7 @@ def test_a_nan_loss_between_report_steps_is_caught_at_the_next_report_naming_its
     config = finalize_config(merge_opts(build_config(), ['REPORT_FREQ', '4']))
     batches = Loader([(paddle.to_tensor([[1.0, 2.0]]), paddle.to_tensor([0]), paddle.to_tensor([0]))] * 6)
     calls = []
-
-    def criterion(inputs, outputs, targets):
-        calls.append(1)
-        loss = outputs.sum() * 0
-        return loss + float('nan') if len(calls) == 2 else loss
+    criterion = nan_at_the_second_call(calls)
 
     with pytest.raises(NonFiniteLossError, match='loss is nan at epoch 1 step 1 '):
         linear_epoch(config, batches, criterion)
