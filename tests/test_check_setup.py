@@ -1,6 +1,7 @@
 """The preflight command (tools/check_setup.py): every section and a verdict on this CPU machine, advice where the
 machine falls short (a tiny /dev/shm, a data path without data), and the estimates it rests on."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,7 +41,8 @@ def preflight(*args, prefix=(), opts=(), **kwargs):
 
 @pytest.mark.slow
 def test_preflight_on_two_cpu_processes_prints_every_section_and_a_verdict(digits, tmp_path):
-    result = preflight('-data_path', digits, '-save_path', str(tmp_path / 'save'), '-ngpus', '2', '-steps', '3',
+    # more timed steps than warm-up steps (3): the timed pass is an epoch of its own
+    result = preflight('-data_path', digits, '-save_path', str(tmp_path / 'save'), '-ngpus', '2', '-steps', '5',
                        '-batches', '3')
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -48,6 +50,8 @@ def test_preflight_on_two_cpu_processes_prints_every_section_and_a_verdict(digit
     assert -1 not in positions and positions == sorted(positions), out
     assert 'all-reduce over 2 processes (GLOO)' in out
     assert 'finite; model speed' in out and 'img/s per process' in out
+    speed = re.search(r'model speed ([\d,.]+) img/s over 2 process', out)
+    assert speed and float(speed.group(1).replace(',', '')) > 0, out  # the timed steps ran
     assert f'{num_workers("auto", processes=2)} workers (DATA.NUM_WORKERS auto)' in out  # as each of 2 would start
     assert 'float32 (AMP requested but running on the CPU)' in out
     assert 'READY' in out and 'NOT READY' not in out

@@ -228,6 +228,9 @@ def time_training_steps(config, steps):
     criterion = build_criterion(config, build_teacher(config), mixup_active=mixup_fn is not None)
     batch = _random_batch(config)
     train_one_epoch(state, criterion, [batch] * WARMUP_STEPS, 0, config, mixup_fn)
+    # the timed pass is an epoch of its own: train_one_epoch continues a state from state.step (the batches a
+    # stopped epoch did), which the warm-up pass left at WARMUP_STEPS
+    state.step, state.progress = 0, None
     stats = train_one_epoch(state, criterion, [batch] * steps, 0, config, mixup_fn)
     return {'loss': stats['loss'], 'img_per_s': stats['images'] / max(stats['seconds'], 1e-9),
             'memory': paddle.device.cuda.max_memory_allocated() if paddle.get_device().startswith('gpu') else 0}
