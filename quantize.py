@@ -31,6 +31,7 @@ CALIB_BATCH = 16
 # 'hist': the 99.999th percentile of |activation| (abs_max lets a few outliers after the GELU and in the
 # attention widen the int8 step of every value; KL is several times slower for the same top-1 here).
 CALIBRATION_ALGO = 'hist'
+WEIGHT_QUANTIZE = 'channel_wise_abs_max'
 QUANTIZED_OPS = ['conv2d', 'depthwise_conv2d', 'matmul_v2', 'matmul', 'mul']  # PiT's convs, Linears, attention
 
 
@@ -140,7 +141,7 @@ def quantize_export(prefix, images, input_name):
             executor=paddle.static.Executor(paddle.CPUPlace()), scope=scope, model_dir=folder,
             model_filename=name + '.pdmodel', params_filename=name + '.pdiparams',
             data_loader=_CalibrationBatches(images, input_name), batch_nums=None, algo=CALIBRATION_ALGO,
-            quantizable_op_type=QUANTIZED_OPS, weight_quantize_type='channel_wise_abs_max')
+            quantizable_op_type=QUANTIZED_OPS, weight_quantize_type=WEIGHT_QUANTIZE)
         ptq.quantize()
         ptq.save_quantized_model(quantized, model_filename=name + '.pdmodel', params_filename=name + '.pdiparams')
     for suffix in ('.pdmodel', '.pdiparams'):

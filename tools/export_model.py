@@ -25,7 +25,8 @@ deploy files and the runtimes are inference.py's.
 The check runs the export through paddle.inference with -device (auto: the GPU when paddle has CUDA and sees
 one), -use_trt and -precision, on a batch of 1 and of 2, and compares the logits with the dygraph model's (within
 1% of the largest logit for fp32, 5% for fp16; TensorRT and TF32 matmuls are not bit-exact). These flags choose
-only the check: the exported files are the same for every device, and predict.py takes the same flags.
+the check and the precision recorded for predict.py (which takes the same flags); the exported files are the same
+for every device and precision but int8.
 TensorRT runs through `Config.enable_tensorrt_engine` for .pdmodel programs (Paddle 2.6 exports) and through
 `paddle.tensorrt` for the .json (PIR) programs of Paddle 3, whose Config ignores TensorRT; both get the batch
 range 1 .. batch (opt = batch).
@@ -37,9 +38,11 @@ the export runs; int8 quantises its program after training (paddle.static.quanti
 -calib_images images (default 64) of -calib_data (a folder, searched through its sub-folders, or a list file of
 'relative/path [label]' lines), spread evenly over them. paddle.static.quantization reads only the .pdmodel
 programs of Paddle 2.6: make int8 exports with it (they also run on Paddle 3). The check allows 5% (bf16) and
-20% (int8, on calibration images) of the largest logit. The precision is recorded in inference.yml. `-onnx` also writes output/inference.onnx through paddle2onnx and onnx when they
-are installed (never installing anything itself): opset 13 (`-opset N`), input `images`, output `logits`, dynamic
-batch.
+50% (int8, on calibration images) of the largest logit. The precision is recorded in inference.yml; the ONNX
+copy is always fp32.
+
+`-onnx` also writes output/inference.onnx through paddle2onnx and onnx when they are installed (never installing
+anything itself): opset 13 (`-opset N`), input `images`, output `logits`, dynamic batch.
 """
 
 import os
