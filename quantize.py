@@ -113,9 +113,10 @@ class _CalibrationBatches(paddle.io.DataLoader):
 
 @contextlib.contextmanager
 def _static_mode_quietly():
-    """Paddle's static mode for the block, without the progress bars and INFO lines PTQ prints."""
-    loggers = [logging.getLogger(name) for name in logging.root.manager.loggerDict
-               if name.startswith('paddle.static.quantization')]
+    """Paddle's static mode for the block, without the progress bars and INFO lines PTQ prints, nor the warning
+    paddle.static.io gives for PTQ's way of loading the program."""
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name.startswith(('paddle.static.quantization', 'paddle.static.io'))]
     levels = [logger.level for logger in loggers]
     paddle.enable_static()
     try:
