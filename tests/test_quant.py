@@ -225,7 +225,7 @@ def test_every_format_of_a_trained_pit_gives_its_logits(trained, tmp_path):
     """fp32 everywhere within 1e-4 of the largest logit. bf16 (8 mantissa bits) within 3% of it and 98% top-1
     agreement (measured: 0.7-0.9%, 99.75-100%). int8, calibrated on 64 of the images, within 45% and 90% (measured
     on Paddle 2.6: 32%, 96%; the same program run with fp32 kernels, its int8 rounding simulated, agrees on over
-    99%: the rest is lost in oneDNN's int8 fc kernels)."""
+    99%: the rest is lost where oneDNN requantises op outputs with the scales it propagates)."""
     from export import export_inference_model, export_onnx
     model, images, dygraph, _ = trained
     scale = float(np.abs(dygraph).max())
