@@ -159,8 +159,9 @@ def predictor_settings(device, use_trt, precision, batch, image_size, paddle_ver
     program file ending in `program`, on a CPU with these instruction flags and a paddle with or without oneDNN.
     TensorRT's batch range is 1 .. max_batch (default: batch), tuned for batch. bf16 and int8 run on the CPU
     (oneDNN; auto picks it). Raises ExportError for what cannot run: GPU requests without a GPU, TensorRT or fp16
-    on the CPU, bf16/int8 on the GPU or where oneDNN cannot run them (check_cpu_precision), a .json (PIR) program
-    on Paddle 2, a max_batch below batch."""
+    on the CPU, bf16/int8 on the GPU or where oneDNN cannot run them (check_cpu_precision), bf16 of a .pdmodel
+    program on Paddle 3 (it fails there at run time), a .json (PIR) program on Paddle 2, a max_batch below
+    batch."""
     if precision not in PRECISIONS:
         raise ExportError(f"-precision {precision}: expected {', '.join(PRECISIONS)}")
     device = resolve_device(device, has_gpu, paddle_version, precision)
@@ -180,6 +181,10 @@ def predictor_settings(device, use_trt, precision, batch, image_size, paddle_ver
         raise ExportError(f'TensorRT batch range: max_batch {max_batch} is below the batch size {batch}')
     if device == 'cpu':
         check_cpu_precision(precision, flags, onednn, paddle_version)
+        if precision == 'bf16' and program == '.pdmodel' and paddle_major(paddle_version) >= 3:
+            raise ExportError(f'-precision bf16: paddle {paddle_version} runs .pdmodel programs (Paddle 2.6 exports) '
+                              'in bf16 with a wrong elementwise_add input type: export again with this Paddle '
+                              '(.json), or use -precision fp32')
         return PredictorSettings(device='cpu', gpu_id=None, memory_pool_mb=None, gpu_precision=None, tensorrt=None,
                                  trt_precision=None, shape_range=None, legacy_ir=False, onednn=onednn,
                                  threads=threads or os.cpu_count() or 1, cpu_precision=precision)

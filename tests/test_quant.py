@@ -47,6 +47,7 @@ def test_cpu_precisions_run_on_onednn_and_auto_picks_the_cpu_even_beside_a_gpu(p
     (dict(precision='bf16', onednn=False), 'paddle 3.3.1 here is built without it'),
     (dict(precision='int8', device='gpu', has_gpu=True), '-precision int8 runs on the CPU (oneDNN): use -device cpu'),
     (dict(precision='int4'), '-precision int4: expected fp32, fp16, bf16, int8'),
+    (dict(precision='bf16', program='.pdmodel'), 'paddle 3.3.1 runs .pdmodel programs (Paddle 2.6 exports) in bf16'),
 ])
 def test_a_precision_this_cpu_or_paddle_cannot_run_is_refused_naming_what_is_missing(request_, message):
     with pytest.raises(ExportError) as error:
