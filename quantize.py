@@ -100,7 +100,7 @@ class _CalibrationBatches(paddle.io.DataLoader):
     """The calibration images as the feeds PostTrainingQuantization runs (it takes only a paddle.io.DataLoader
     and calls it for {input name: batch} dicts); nothing of DataLoader's own machinery is used."""
 
-    def __init__(self, images, input_name):  # noqa: the base class's workers and samplers are not needed
+    def __init__(self, images, input_name):  # DataLoader.__init__ not called: no workers, no sampler
         self.images, self.input_name = images, input_name
 
     def __len__(self):
