@@ -6,6 +6,8 @@ For the prefix output/inference an export writes:
                                                           (distilled models: the mean of both heads)
     inference.yml, inference_class_id_map.txt             the deploy files (inference.write_deploy_files)
     inference.onnx                                        on request: paddle2onnx at one opset (export_onnx)
+An int8 export's program is quantised (quantize.py) after tracing, calibrated on the images given; bf16 and fp16
+change only how the export runs (and is checked), not its files; inference.yml records the precision.
 The files are written into a hidden folder beside the prefix, checked through paddle.inference against the dygraph
 model (check_export), then moved into place all together (staged_export): an export that fails leaves nothing
 behind, and one that succeeds replaces every file of an older export at the same prefix.
@@ -25,6 +27,8 @@ from inference import (INPUT_NAME, ExportError, ExportFailed, check_class_count,
                        describe, model_files, paddle_major, program_suffix, run_predictor, settings_for,
                        write_deploy_files)
 from pit import Attention, build_model
+from quantize import DEFAULT_CALIB_IMAGES, calibration_images, check_quantizable, quantize_export
+from transforms import build_transforms
 
 EXPORT_SUFFIXES = ('.json', '.pdmodel', '.pdiparams', '.pdiparams.info', '.yml', '_class_id_map.txt', '.onnx')
 
@@ -32,7 +36,10 @@ EXPORT_SUFFIXES = ('.json', '.pdmodel', '.pdiparams', '.pdiparams.info', '.yml',
 CHECK_BATCH = 2
 
 
-CHECK_TOLERANCE = {'fp32': 1e-2, 'fp16': 5e-2}  # of the largest |logit|: GPUs run fp32 matmuls in TF32
+# Of the largest |logit|: GPUs run fp32 matmuls in TF32; bf16 keeps 8 bits of mantissa (measured: 1% on trained
+# and random PiTs); int8 is checked on its calibration images, where oneDNN's int8 path stays within about 35% on
+# trained digit PiTs (tests/test_quant.py) and a broken calibration (a wrong input range) is off by far more.
+CHECK_TOLERANCE = {'fp32': 1e-2, 'fp16': 5e-2, 'bf16': 5e-2, 'int8': 0.5}
 
 
 def saved_program_suffix():
@@ -112,16 +119,18 @@ def publish_export(staging, name, folder):
         raise
 
 
-def check_export(model, save_prefix, settings, image_size):
+def check_export(model, save_prefix, settings, image_size, images=None):
     """Largest |logit difference| between the export at save_prefix, run under settings on a batch of 1 and of
-    CHECK_BATCH random images, and the dygraph model (in eval mode); raises ExportFailed when it exceeds
-    CHECK_TOLERANCE of the precision times the largest |logit| (at least 1)."""
+    CHECK_BATCH images (the first of images, else random ones), and the dygraph model (in eval mode); raises
+    ExportFailed when it exceeds CHECK_TOLERANCE of the precision times the largest |logit| (at least 1)."""
     predictor = build_predictor(save_prefix, settings)
     x = np.random.RandomState(0).rand(CHECK_BATCH, 3, image_size, image_size).astype('float32')
+    if images is not None:
+        x = images[:CHECK_BATCH]
     with paddle.no_grad():
         reference = model(paddle.to_tensor(x)).numpy()
     diff = max(float(np.abs(run_predictor(predictor, x[:n]) - reference[:n]).max()) for n in (1, CHECK_BATCH))
-    precision = settings.trt_precision or settings.gpu_precision or 'fp32'
+    precision = settings.trt_precision or settings.gpu_precision or settings.cpu_precision or 'fp32'
     allowed = CHECK_TOLERANCE[precision] * max(1.0, float(np.abs(reference).max()))
     if not diff <= allowed:  # also a NaN
         raise ExportFailed(f'the exported model run on {describe(settings)} differs from the dygraph model by '
@@ -209,13 +218,30 @@ def _prune_unused(graph):
 
 # ------------------------------------------------------------------ the whole export
 
-def export_weights(config, weights, save_path, device='auto', use_trt=False, precision='fp32', onnx_opset=None):
+def calibration_for(config, precision, calib_data, calib_images):
+    """The calibration images of an int8 export (quantize.calibration_images with the eval transform), None for
+    other precisions. ExportError when int8 lacks calib_data or this Paddle cannot quantise, when calib_data is
+    given for another precision, or when it cannot be read."""
+    if precision != 'int8':
+        if calib_data is not None:
+            raise ExportError(f'-calib_data calibrates -precision int8 exports; this one is {precision}')
+        return None
+    if calib_data is None:
+        raise ExportError('-precision int8 needs -calib_data: a folder of images or a list file to calibrate on '
+                          '(a few dozen images of the task, e.g. the val set)')
+    check_quantizable(paddle.__version__)
+    return calibration_images(calib_data, calib_images, build_transforms(config, 'val'))
+
+
+def export_weights(config, weights, save_path, device='auto', use_trt=False, precision='fp32', onnx_opset=None,
+                   calib_data=None, calib_images=DEFAULT_CALIB_IMAGES):
     """Export the model of config with the weights of a checkpoint.WeightsFile to the prefix save_path, checked
-    through paddle.inference under device/use_trt/precision (inference.predictor_settings; these choose only the
-    check: the files are the same for every device); with onnx_opset, also save_path.onnx. Returns the lines
-    that report it. Raises ExportError for what this machine cannot run or a class list that does not fit the
-    model (before any work), ExportFailed when the export cannot be written or fails its check: then nothing of it
-    is published."""
+    through paddle.inference under device/use_trt/precision (inference.predictor_settings; they choose only the
+    check and the precision save_path.yml records, except int8: its program is quantised, calibrated on
+    calib_images images of calib_data); with onnx_opset, also save_path.onnx (of the fp32 model). Returns the
+    lines that report it. Raises ExportError for what this machine cannot run, calibration data it cannot use or a
+    class list that does not fit the model (before any work), ExportFailed when the export cannot be written or
+    fails its check: then nothing of it is published."""
     if onnx_opset is not None:
         check_opset(onnx_opset)
     size = config.DATA.IMAGE_SIZE
@@ -225,20 +251,24 @@ def export_weights(config, weights, save_path, device='auto', use_trt=False, pre
     names = class_names(weights.classes, config.MODEL.NUM_CLASSES)
     check_class_count(names, config.MODEL.NUM_CLASSES, f"the class list of '{weights.path}'",
                       'the model (MODEL.NUM_CLASSES)')
+    images = calibration_for(config, precision, calib_data, calib_images)
     try:
         with staged_export(save_path) as prefix:
             model = build_model(config)
             weights.load_into(model, prefer_ema=config.MODEL.EMA_WEIGHTS)
             model.eval()
             export_inference_model(model, size, prefix)
-            write_deploy_files(config, names, prefix)
-            settings = settings_for(program_suffix(prefix), **request)
-            diff = check_export(model, prefix, settings, size)
             onnx = onnx_opset is not None and export_onnx(prefix, opset=onnx_opset)
+            if images is not None:
+                quantize_export(prefix, images, INPUT_NAME)
+            write_deploy_files(config, names, prefix, precision=precision)
+            settings = settings_for(program_suffix(prefix), **request)
+            diff = check_export(model, prefix, settings, size, images)
     except OSError as e:
         raise ExportFailed(f"cannot write the export '{save_path}': {e.strerror or e}") from None
-    lines = [f'exported {config.MODEL.NAME} to {save_path} (input images: [N, 3, {size}, {size}]), deploy '
-             f'config {save_path}.yml',
+    quantized = f', int8 calibrated on {len(images)} images of {calib_data}' if images is not None else ''
+    lines = [f'exported {config.MODEL.NAME} to {save_path} (input images: [N, 3, {size}, {size}]{quantized}), '
+             f'deploy config {save_path}.yml (precision {precision})',
              f'checked through paddle.inference on {describe(settings)}: the logits differ from the dygraph '
              f"model's by at most {diff:.2g}"]
     return lines + ([f'exported ONNX to {save_path}.onnx'] if onnx else [])

@@ -10,7 +10,8 @@ export runs on (paddle.inference, onnxruntime). predict.py and tools/export_mode
   recomputed from the integer sizes. Reading goes through yaml.safe_load and checks every value it uses.
 - paddle.inference: what a request (-device, -use_trt, -precision) enables, as data (PredictorSettings), applied
   to a Config; TensorRT through Config for .pdmodel programs (Paddle 2.6 exports) and through paddle.tensorrt for
-  the .json (PIR) programs of Paddle 3, both with the batch range 1 .. batch.
+  the .json (PIR) programs of Paddle 3, both with the batch range 1 .. batch; on the CPU, oneDNN in fp32, bf16
+  or int8 (the int8 export's program holds its calibrated scales).
 - onnxruntime: a CPU session of an ONNX file.
 """
 import atexit
@@ -33,6 +34,13 @@ CLASS_INDEX = os.path.join(ROOT, 'imagenet1k_class_index.txt')
 INPUT_NAME = 'images'  # the exported program's input (InputSpec name); TensorRT shape ranges are keyed by it
 GPU_MEMORY_POOL_MB = 256  # paddle.inference's initial GPU pool; it grows on demand
 TRT_WORKSPACE = 1 << 30  # bytes TensorRT may use while choosing kernels
+
+GPU_PRECISIONS = ('fp16',)  # Paddle's GPU mixed precision, or TensorRT's
+CPU_PRECISIONS = ('bf16', 'int8')  # oneDNN's
+PRECISIONS = ('fp32',) + GPU_PRECISIONS + CPU_PRECISIONS
+# CPU instructions (/proc/cpuinfo flags) without which oneDNN runs a precision no faster than fp32: it emulates
+# bf16 in fp32, and multiplies int8 without VNNI through 16-bit intermediate sums.
+CPU_PRECISION_FLAGS = {'bf16': ('avx512_bf16', 'amx_bf16'), 'int8': ('avx512_vnni', 'avx_vnni', 'amx_int8')}
 
 
 class ExportError(UserError):
@@ -90,6 +98,7 @@ PredictorSettings = collections.namedtuple('PredictorSettings', [
     'legacy_ir',       # turn off Paddle 3's PIR translation, whose passes drop Config's TensorRT subgraphs
     'onednn',          # oneDNN kernels (CPU)
     'threads',         # CPU math threads, None on GPU
+    'cpu_precision',   # oneDNN's precision on CPU: 'fp32', 'bf16' or 'int8' (needs an int8 export); None on GPU
 ])
 
 
@@ -104,27 +113,60 @@ def gpu_visible():
     return paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 
 
-def resolve_device(device, has_gpu, paddle_version):
-    """'gpu' or 'cpu' for -device auto|gpu|cpu: auto takes the GPU when there is one; gpu without one is an
-    ExportError."""
+def resolve_device(device, has_gpu, paddle_version, precision='fp32'):
+    """'gpu' or 'cpu' for -device auto|gpu|cpu: auto takes the GPU when there is one, except for a CPU precision
+    (bf16, int8); gpu without one, or with a CPU precision, is an ExportError."""
     if device not in ('auto', 'gpu', 'cpu'):
         raise ExportError(f'-device {device}: expected auto, gpu or cpu')
+    if device == 'gpu' and precision in CPU_PRECISIONS:
+        raise ExportError(f'-precision {precision} runs on the CPU (oneDNN): use -device cpu or auto')
     if device == 'gpu' and not has_gpu:
         raise ExportError(f'-device gpu: paddle {paddle_version} here has no GPU to run on (a CPU-only build, or '
                           'no GPU visible): use -device cpu or auto')
-    return 'gpu' if device == 'gpu' or (device == 'auto' and has_gpu) else 'cpu'
+    return 'gpu' if device == 'gpu' or (device == 'auto' and has_gpu and precision not in CPU_PRECISIONS) else 'cpu'
+
+
+def cpu_flags(cpuinfo='/proc/cpuinfo'):
+    """The instruction-set flags of this CPU (the first 'flags' line of cpuinfo); empty where it cannot be read."""
+    try:
+        with open(cpuinfo, encoding='utf-8') as f:
+            for line in f:
+                if line.startswith('flags'):
+                    return frozenset(line.partition(':')[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def check_cpu_precision(precision, flags, onednn, paddle_version):
+    """ExportError naming what is missing when oneDNN cannot run precision (bf16, int8) at speed here: a paddle
+    built without oneDNN, or a CPU without any of CPU_PRECISION_FLAGS[precision]."""
+    if precision not in CPU_PRECISIONS:
+        return
+    if not onednn:
+        raise ExportError(f'-precision {precision} runs on oneDNN, and paddle {paddle_version} here is built without '
+                          'it: use -precision fp32, or a paddlepaddle build with oneDNN (the x86 wheels)')
+    wanted = CPU_PRECISION_FLAGS[precision]
+    if not flags & set(wanted):
+        raise ExportError(f"-precision {precision}: this CPU lacks {' / '.join(wanted)}, without which oneDNN runs "
+                          f'{precision} no faster than fp32: use -precision fp32')
 
 
 def predictor_settings(device, use_trt, precision, batch, image_size, paddle_version, has_gpu, program='.json',
-                       max_batch=None, threads=0):
-    """The PredictorSettings of a request (-device auto|gpu|cpu, -use_trt, -precision fp32|fp16) for batches of
-    up to `batch` images of image_size, on this paddle_version, with or without a GPU, for an exported program
-    file ending in `program`. TensorRT's batch range is 1 .. max_batch (default: batch), tuned for batch.
-    Raises ExportError for what cannot run: GPU requests without a GPU, TensorRT or fp16 on the CPU, a .json
-    (PIR) program on Paddle 2, a max_batch below batch."""
-    device = resolve_device(device, has_gpu, paddle_version)
-    if precision not in ('fp32', 'fp16'):
-        raise ExportError(f'-precision {precision}: expected fp32 or fp16')
+                       max_batch=None, threads=0, flags=frozenset(), onednn=True):
+    """The PredictorSettings of a request (-device auto|gpu|cpu, -use_trt, -precision fp32|fp16|bf16|int8) for
+    batches of up to `batch` images of image_size, on this paddle_version, with or without a GPU, for an exported
+    program file ending in `program`, on a CPU with these instruction flags and a paddle with or without oneDNN.
+    TensorRT's batch range is 1 .. max_batch (default: batch), tuned for batch. bf16 and int8 run on the CPU
+    (oneDNN; auto picks it). Raises ExportError for what cannot run: GPU requests without a GPU, TensorRT or fp16
+    on the CPU, bf16/int8 on the GPU or where oneDNN cannot run them (check_cpu_precision), bf16 of a .pdmodel
+    program on Paddle 3 (it fails there at run time), a .json (PIR) program on Paddle 2, a max_batch below
+    batch."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"-precision {precision}: expected {', '.join(PRECISIONS)}")
+    device = resolve_device(device, has_gpu, paddle_version, precision)
+    if use_trt and precision in CPU_PRECISIONS:
+        raise ExportError(f'-use_trt runs on the GPU, -precision {precision} on the CPU: drop one of them')
     wanted = [flag for flag, on in (('-use_trt', use_trt), ('-precision fp16', precision == 'fp16')) if on]
     if wanted and device == 'cpu':
         wanted = ' and '.join(wanted)
@@ -138,34 +180,47 @@ def predictor_settings(device, use_trt, precision, batch, image_size, paddle_ver
     if max_batch < batch:
         raise ExportError(f'TensorRT batch range: max_batch {max_batch} is below the batch size {batch}')
     if device == 'cpu':
+        check_cpu_precision(precision, flags, onednn, paddle_version)
+        if precision == 'bf16' and program == '.pdmodel' and paddle_major(paddle_version) >= 3:
+            raise ExportError(f'-precision bf16: paddle {paddle_version} runs .pdmodel programs (Paddle 2.6 exports) '
+                              'in bf16 with a wrong elementwise_add input type: export again with this Paddle '
+                              '(.json), or use -precision fp32')
         return PredictorSettings(device='cpu', gpu_id=None, memory_pool_mb=None, gpu_precision=None, tensorrt=None,
-                                 trt_precision=None, shape_range=None, legacy_ir=False, onednn=True,
-                                 threads=threads or os.cpu_count() or 1)
+                                 trt_precision=None, shape_range=None, legacy_ir=False, onednn=onednn,
+                                 threads=threads or os.cpu_count() or 1, cpu_precision=precision)
     if not use_trt:
         return PredictorSettings(device='gpu', gpu_id=0, memory_pool_mb=GPU_MEMORY_POOL_MB, gpu_precision=precision,
                                  tensorrt=None, trt_precision=None, shape_range=None, legacy_ir=False, onednn=False,
-                                 threads=None)
+                                 threads=None, cpu_precision=None)
     tensorrt = 'paddle.tensorrt' if program == '.json' else 'Config'
     return PredictorSettings(device='gpu', gpu_id=0, memory_pool_mb=GPU_MEMORY_POOL_MB, gpu_precision='fp32',
                              tensorrt=tensorrt, trt_precision=precision,
                              shape_range=tuple([n, 3, image_size, image_size] for n in (1, batch, max_batch)),
                              legacy_ir=tensorrt == 'Config' and paddle_major(paddle_version) >= 3, onednn=False,
-                             threads=None)
+                             threads=None, cpu_precision=None)
 
 
 def describe(settings):
-    """Short human description of settings, e.g. 'gpu:0, TensorRT fp16 (batch 1..16)' or 'cpu, oneDNN, 2 threads'."""
+    """Short human description of settings, e.g. 'gpu:0, TensorRT fp16 (batch 1..16)' or 'cpu, oneDNN bf16, 2
+    threads' (fp32 is not named on the CPU)."""
     if settings.device == 'cpu':
-        return f'cpu, {"oneDNN, " if settings.onednn else ""}{settings.threads} threads'
+        precision = '' if settings.cpu_precision == 'fp32' else f' {settings.cpu_precision}'
+        return f'cpu, {"oneDNN" + precision + ", " if settings.onednn else ""}{settings.threads} threads'
     if settings.tensorrt:
         return (f'gpu:{settings.gpu_id}, TensorRT {settings.trt_precision} through {settings.tensorrt} '
                 f'(batch 1..{settings.shape_range[2][0]})')
     return f'gpu:{settings.gpu_id}, {settings.gpu_precision}'
 
 
+def _onednn_method(config, suffix):
+    """config's enable_onednn<suffix> where this Paddle has it (3.3 deprecates the enable_mkldnn names), else
+    enable_mkldnn<suffix>."""
+    return getattr(config, 'enable_onednn' + suffix, None) or getattr(config, 'enable_mkldnn' + suffix)
+
+
 def apply_settings(config, settings):
-    """Enable settings on a paddle.inference.Config (or any object with its method names). oneDNN goes
-    through enable_onednn where this Paddle has it (3.3 deprecates enable_mkldnn), else enable_mkldnn."""
+    """Enable settings on a paddle.inference.Config (or any object with its method names). oneDNN, and its bf16
+    or int8 mode, through the enable_onednn* names where this Paddle has them, else enable_mkldnn*."""
     precisions = {'fp32': paddle_inference.PrecisionType.Float32, 'fp16': paddle_inference.PrecisionType.Half}
     if settings.device == 'gpu':
         config.enable_use_gpu(settings.memory_pool_mb, settings.gpu_id, precisions[settings.gpu_precision])
@@ -181,7 +236,9 @@ def apply_settings(config, settings):
     else:
         config.disable_gpu()
         if settings.onednn:
-            (config.enable_onednn if hasattr(config, 'enable_onednn') else config.enable_mkldnn)()
+            _onednn_method(config, '')()
+        if settings.cpu_precision in CPU_PRECISIONS:
+            _onednn_method(config, {'bf16': '_bfloat16', 'int8': '_int8'}[settings.cpu_precision])()
         config.set_cpu_math_library_num_threads(settings.threads)
     config.disable_glog_info()
 
@@ -236,7 +293,8 @@ def settings_for(program, device='auto', use_trt=False, precision='fp32', batch=
                  threads=0):
     """predictor_settings of a request for a program ('.json' or '.pdmodel') on this Paddle and machine."""
     return predictor_settings(device, use_trt, precision, batch, image_size, paddle.__version__, gpu_visible(),
-                              program=program, max_batch=max_batch, threads=threads)
+                              program=program, max_batch=max_batch, threads=threads, flags=cpu_flags(),
+                              onednn=paddle.base.core.is_compiled_with_mkldnn())
 
 
 def build_predictor(model_prefix, settings):
@@ -272,13 +330,15 @@ def run_predictor(predictor, images):
 
 # ------------------------------------------------------------------ the deploy files of an export
 
-def deploy_config(config, class_map_file, topk=5):
+def deploy_config(config, class_map_file, topk=5, precision='fp32'):
     """The PaddleClas inference config (dict) of config's eval transform and top-k output; Global.crop_pct keeps
-    DATA.CROP_PCT as the config holds it (PaddleClas and PaddleX ignore it)."""
+    DATA.CROP_PCT as the config holds it, Global.precision the precision the export was checked at and runs at
+    by default (predict.py; PaddleClas and PaddleX ignore both)."""
     size = config.DATA.IMAGE_SIZE
     return {
         'Global': {'model_name': config.MODEL.NAME, 'model_type': config.MODEL.TYPE,
-                   'inference_model_dir': '.', 'batch_size': 1, 'crop_pct': config.DATA.CROP_PCT},
+                   'inference_model_dir': '.', 'batch_size': 1, 'crop_pct': config.DATA.CROP_PCT,
+                   'precision': precision},
         'PreProcess': {'transform_ops': [
             {'ResizeImage': {'resize_short': eval_resize_size(size, config.DATA.CROP_PCT),
                              'interpolation': config.DATA.INTERPOLATION, 'backend': 'pil'}},
@@ -292,15 +352,16 @@ def deploy_config(config, class_map_file, topk=5):
     }
 
 
-def write_deploy_files(config, names, save_prefix):
-    """save_prefix.yml (PaddleClas PreProcess/PostProcess) and save_prefix_class_id_map.txt; returns the yml path.
-    The class map is named relative to the yml's folder, so the export folder can be moved as a whole."""
+def write_deploy_files(config, names, save_prefix, precision='fp32'):
+    """save_prefix.yml (PaddleClas PreProcess/PostProcess, Global.precision) and save_prefix_class_id_map.txt;
+    returns the yml path. The class map is named relative to the yml's folder, so the export folder can be moved
+    as a whole."""
     class_map = save_prefix + '_class_id_map.txt'
     with open(class_map, 'w', encoding='utf-8') as f:
         f.writelines(f'{index} {name}\n' for index, name in enumerate(names))
     yml = save_prefix + '.yml'
     with open(yml, 'w', encoding='utf-8') as f:
-        yaml.safe_dump(deploy_config(config, os.path.basename(class_map)), f, sort_keys=False)
+        yaml.safe_dump(deploy_config(config, os.path.basename(class_map), precision=precision), f, sort_keys=False)
     return yml
 
 
@@ -368,6 +429,19 @@ def _preprocess_keys(ops, crop_pct, yml):
                 raise ExportError(f"'{yml}': NormalizeImage.{key} must be {need}, got {values!r}")
             described[name] = list(values)
     return described
+
+
+def export_precision(save_prefix):
+    """The precision the export at save_prefix runs at by default: its yml's Global.precision, fp32 for an export
+    without one (older exports, or written elsewhere). ExportError naming the file for a value not in
+    PRECISIONS."""
+    yml = save_prefix + '.yml'
+    if not os.path.isfile(yml):
+        return 'fp32'
+    precision = _get(_load_yaml(yml), ('Global', 'precision'), (str,), yml) or 'fp32'
+    if precision not in PRECISIONS:
+        raise ExportError(f"'{yml}': Global.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 def read_class_map(path, yml):

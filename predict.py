@@ -5,6 +5,7 @@
     python predict.py -infer_model output/inference -img_path a.jpg b.png
     python predict.py -infer_model output/inference -img_path photos/ -use_trt -precision fp16   # TensorRT
     python predict.py -onnx_model output/inference.onnx -img_path a.jpg   # onnxruntime
+    python predict.py -infer_model output/int8/inference -img_path photos/   # at the export's precision
 
 Checkpoints of this repo and converted official weights describe their model and preprocessing, so -cfg is
 optional (given, with -opts, it applies; a model key that contradicts the weights is an error). Preprocessing is
@@ -15,7 +16,9 @@ ImageNet-1k index; a class list whose length is not the model's class count is a
 -device auto (default) runs on the GPU when paddle is a CUDA build and sees one, else on the CPU; -device gpu|cpu
 forces one. Exported models (-infer_model) can also run through TensorRT (-use_trt, batch range 1 .. -batch_size)
 and in half precision (-precision fp16: TensorRT's, or Paddle's GPU mixed precision without -use_trt); both need
-a GPU. onnxruntime runs on the CPU.
+a GPU. -precision bf16|int8 run on the CPU through oneDNN (int8: an int8 export). Without -precision, an export runs
+at the precision its inference.yml records (Global.precision; fp32 when there is none). onnxruntime runs on the
+CPU.
 
 Unreadable files are reported on stderr, the others are still classified, and the exit status is 1 if any failed.
 Files in a given folder without an image extension, and its sub-folders, are skipped and named on stderr. Of a
@@ -38,8 +41,9 @@ from cli import argument_parser, run_command
 from config import build_config
 from datasets import build_transforms, list_images, load_rgb
 from errors import RunFailed, UserError, error_line
-from inference import (build_predictor, check_class_count, class_names, create_onnx_session, describe, gpu_visible,
-                       program_suffix, read_export_description, resolve_device, run_onnx, run_predictor, settings_for)
+from inference import (PRECISIONS, build_predictor, check_class_count, class_names, create_onnx_session, describe,
+                       export_precision, gpu_visible, program_suffix, read_export_description, resolve_device,
+                       run_onnx, run_predictor, settings_for)
 from pit import build_model
 
 
@@ -77,7 +81,8 @@ def get_arguments():
         '-img_path': dict(type=str, nargs='+', required=True, help='images and/or folders'),
         '-topk': dict(type=int, default=5, help='classes shown per image'),
         '-use_trt': dict(action='store_true', help='-infer_model through TensorRT (GPU)'),
-        '-precision': dict(choices=('fp32', 'fp16'), default='fp32', help='-infer_model precision (fp16: GPU)'),
+        '-precision': dict(choices=PRECISIONS, default=None,
+                           help="-infer_model precision (fp16: GPU; bf16, int8: CPU); default: the export's"),
     })
     args = parser.parse_args()
     if sum(bool(m) for m in (args.pretrained, args.infer_model, args.onnx_model)) != 1:
@@ -90,7 +95,7 @@ def check_arguments(args):
     for flag, value in (('-topk', args.topk), ('-batch_size', args.batch_size)):
         if value < 1:
             raise PredictError(f'{flag} {value}: expected a positive number')
-    if not args.infer_model and (args.use_trt or args.precision != 'fp32'):
+    if not args.infer_model and (args.use_trt or args.precision):
         raise PredictError('-use_trt and -precision apply to exported models (-infer_model)')
     if args.onnx_model and args.device == 'gpu':
         raise PredictError("-device gpu: -onnx_model runs on onnxruntime's CPU provider here; use -infer_model "
@@ -102,7 +107,8 @@ def build_classifier(args, config, weights):
     the dygraph model with weights (the -pretrained checkpoint.WeightsFile), an exported model through
     paddle.inference, or an ONNX file through onnxruntime."""
     if args.infer_model:
-        settings = settings_for(program_suffix(args.infer_model), args.device, args.use_trt, args.precision,
+        precision = args.precision or export_precision(args.infer_model)
+        settings = settings_for(program_suffix(args.infer_model), args.device, args.use_trt, precision,
                                 batch=args.batch_size, image_size=config.DATA.IMAGE_SIZE, threads=config.CPU_THREADS)
         predictor = build_predictor(args.infer_model, settings)
         return (lambda batch: run_predictor(predictor, batch)), describe(settings)

@@ -19,10 +19,11 @@ TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_S
         'MODEL.TRANS.BASE_DIMS', '[8, 8]', 'MODEL.TRANS.DEPTH', '[1, 1]', 'MODEL.TRANS.HEADS', '[2, 4]']
 SHAPES_16 = ([1, 3, 224, 224], [16, 3, 224, 224], [16, 3, 224, 224])
 CPU = PredictorSettings(device='cpu', gpu_id=None, memory_pool_mb=None, gpu_precision=None, tensorrt=None,
-                        trt_precision=None, shape_range=None, legacy_ir=False, onednn=True, threads=3)
+                        trt_precision=None, shape_range=None, legacy_ir=False, onednn=True, threads=3,
+                        cpu_precision='fp32')
 GPU = PredictorSettings(device='gpu', gpu_id=0, memory_pool_mb=GPU_MEMORY_POOL_MB, gpu_precision='fp32',
                         tensorrt=None, trt_precision=None, shape_range=None, legacy_ir=False, onednn=False,
-                        threads=None)
+                        threads=None, cpu_precision=None)
 
 
 def settings(device='auto', use_trt=False, precision='fp32', version='3.3.1', has_gpu=True, program='.json',
