@@ -294,6 +294,21 @@ class ImageNetDataset(paddle.io.Dataset):
         raise DatasetError('no image of the training set can be decoded')
 
 
+def check_same_classes(train_set, val_set):
+    """DatasetError naming the first class that only one split has, when the train and val class lists differ:
+    a label is a class's position in its split's list, so a val folder that lacks a train class (or has another
+    one in its place) would score every prediction against the wrong class without any error."""
+    if list(train_set.classes) == list(val_set.classes):
+        return
+    only_train = [c for c in train_set.classes if c not in set(val_set.classes)]
+    only_val = [c for c in val_set.classes if c not in set(train_set.classes)]
+    where = (f"class '{only_train[0]}' is in train but not in val" if only_train else
+             f"class '{only_val[0]}' is in val but not in train")  # same set: same sorted or classes.txt order
+    raise DatasetError(f'train and val splits have different classes: {where} '
+                       f'({len(only_train)} only in train, {len(only_val)} only in val); a label is the class\'s '
+                       f'position, so both splits need the same class folders')
+
+
 def build_dataset(config, mode):
     """The 'train' or 'val' dataset of config, with its transform. With -eval, 'val' is DATA.EVAL_SET's:
     imagenet the val split; real the val split with ReaL's labels (read_real_labels); v2, a, r their class

@@ -12,7 +12,7 @@ import checkpoint
 import cli
 import engine
 import stops
-from datasets import build_dataloader, build_dataset
+from datasets import build_dataloader, build_dataset, check_same_classes
 from gpu import amp_settings
 from losses import build_criterion
 from metrics import RunRecords, eval_result, write_eval_arrays, write_eval_result
@@ -48,6 +48,7 @@ def train(config, model, val_loader):
                                                                             prefer_ema=config.MODEL.EMA_WEIGHTS)
         logger.info(str(report))
     train_loader = build_dataloader(config, build_dataset(config, 'train'), 'train', get_world_size(), get_rank())
+    check_same_classes(train_loader.dataset, val_loader.dataset)
     state = engine.build_train_state(config, model, len(train_loader))
     mixup_fn = build_mixup(config)
     criterion = build_criterion(config, build_teacher(config), mixup_active=mixup_fn is not None)

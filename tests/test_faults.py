@@ -63,6 +63,20 @@ def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_last_checkpoint(dig
         assert not [name for name in os.listdir(folder) if '.tmp' in name]
 
 
+def test_a_val_split_with_other_class_folders_than_train_is_refused_before_training(digits, tmp_path):
+    """The label of an image is its class's position among its split's folders: a val folder renamed (here '3'
+    to 'three', still 10 classes) would shift labels 3..9 and score the model against wrong classes."""
+    data = tmp_path / 'data'
+    for split in ('train', 'val'):
+        os.makedirs(data / split)
+        for name in os.listdir(os.path.join(digits, split)):
+            os.symlink(os.path.join(digits, split, name), data / split / (name if split == 'train' or name != '3'
+                                                                             else 'three'))
+    line = one_line_error(train(str(data), tmp_path / 'save'), 2)
+    assert "class '3' is in train but not in val (1 only in train, 1 only in val)" in line
+    assert not os.path.exists(tmp_path / 'save' / 'checkpoint-latest.pdparams')
+
+
 def test_training_into_a_folder_of_another_run_needs_resume(digits, tmp_path):
     assert train(digits, tmp_path).returncode == 0
     before = (tmp_path / 'checkpoint-latest.pdparams').read_bytes()
