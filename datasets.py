@@ -134,8 +134,9 @@ def _list_folder(folder):
         return set(), f"not found: folder '{folder}' cannot be read ({e.strerror or e})"
 
 
-def find_samples(config, split):
-    """([(path, label)], classes) of a split, with the checks that name what is wrong."""
+def split_layout(config, split):
+    """('folder' or 'list', the split's folder, its list file): DATA.LAYOUT, with auto resolved by what exists;
+    DatasetError naming both when the split is not there."""
     root, layout = config.DATA.DATA_PATH, config.DATA.LAYOUT
     if not os.path.isdir(root):
         raise DatasetError(f"data path '{root}' not found (DATA.DATA_PATH)")
@@ -146,6 +147,13 @@ def find_samples(config, split):
             (layout == 'list' and not os.path.isfile(list_file)):
         raise DatasetError(f"split '{split}' not found: expected folder '{split_dir}' or list '{list_file}' "
                            f"(DATA.DATA_PATH={root}, DATA.LAYOUT={config.DATA.LAYOUT})")
+    return layout, split_dir, list_file
+
+
+def find_samples(config, split):
+    """([(path, label)], classes) of a split, with the checks that name what is wrong."""
+    root = config.DATA.DATA_PATH
+    layout, split_dir, list_file = split_layout(config, split)
     if layout == 'folder':
         samples, classes = _folder_samples(split_dir)
     else:
@@ -249,8 +257,10 @@ class ImageNetDataset(paddle.io.Dataset):
     boxes: a tuple of (top, left, height, width) ints, see random_erasing), val (image float32 [3, S, S], label);
     see the module docstring for bad files."""
 
-    def __init__(self, samples, classes, transform, train, image_size, class_subset=None, real_labels=None):
+    def __init__(self, samples, classes, transform, train, image_size, class_subset=None, real_labels=None,
+                 named_classes=True):
         self.samples = samples
+        self.named_classes = named_classes  # classes name the labels (folders); False: display names (a list)
         self.class_subset = class_subset  # labels the logits are restricted to in evaluation (None: all)
         self.real_labels = real_labels  # ReaL's label list per sample (DATA.EVAL_SET real), or None
         self.image_size = image_size
@@ -294,19 +304,44 @@ class ImageNetDataset(paddle.io.Dataset):
         raise DatasetError('no image of the training set can be decoded')
 
 
+def class_difference(first, first_name, second, second_name):
+    """None when the class lists first and second are equal, else what differs: the first class only one has
+    (with both counts) or, for the same classes, the first position where their orders differ."""
+    first, second = list(first), list(second)
+    if first == second:
+        return None
+    only_first = [c for c in first if c not in set(second)]
+    only_second = [c for c in second if c not in set(first)]
+    if not only_first and not only_second:
+        at = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
+        return f"the same classes in another order (label {at} is '{first[at]}' in {first_name}, " \
+               f"'{second[at]}' in {second_name})"
+    where = (f"class '{only_first[0]}' is in {first_name} but not in {second_name}" if only_first else
+             f"class '{only_second[0]}' is in {second_name} but not in {first_name}")
+    return f'{where} ({len(only_first)} only in {first_name}, {len(only_second)} only in {second_name})'
+
+
 def check_same_classes(train_set, val_set):
     """DatasetError naming the first class that only one split has, when the train and val class lists differ:
     a label is a class's position in its split's list, so a val folder that lacks a train class (or has another
     one in its place) would score every prediction against the wrong class without any error."""
-    if list(train_set.classes) == list(val_set.classes):
-        return
-    only_train = [c for c in train_set.classes if c not in set(val_set.classes)]
-    only_val = [c for c in val_set.classes if c not in set(train_set.classes)]
-    where = (f"class '{only_train[0]}' is in train but not in val" if only_train else
-             f"class '{only_val[0]}' is in val but not in train")  # same set: same sorted or classes.txt order
-    raise DatasetError(f'train and val splits have different classes: {where} '
-                       f'({len(only_train)} only in train, {len(only_val)} only in val); a label is the class\'s '
-                       f'position, so both splits need the same class folders')
+    difference = class_difference(train_set.classes, 'train', val_set.classes, 'val')
+    if difference:
+        raise DatasetError(f"train and val splits have different classes: {difference}; a label is the class's "
+                           'position, so both splits need the same class folders')
+
+
+def check_weights_classes(classes, path, dataset):
+    """DatasetError when a weights file's class list (classes, None when it has none) and the evaluated dataset's
+    name different classes, or the same in another order: the model's output k would be scored as the dataset's
+    class k. Not compared: a list layout's classes (its lines give the labels; classes.txt only names them for
+    display) and lists of bare positions ('0', '1', ...), which name nothing."""
+    def named(names):
+        return names is not None and list(names) != [str(i) for i in range(len(names))]
+    difference = class_difference(classes, 'the weights file', dataset.classes, 'the evaluated set') \
+        if dataset.named_classes and named(classes) and named(dataset.classes) else None
+    if difference:
+        raise DatasetError(f"'{path}' was trained on other classes than the evaluated set's: {difference}")
 
 
 def build_dataset(config, mode):
@@ -314,14 +349,17 @@ def build_dataset(config, mode):
     imagenet the val split; real the val split with ReaL's labels (read_real_labels); v2, a, r their class
     folders (eval_set_samples)."""
     eval_set, subset, real = config.DATA.EVAL_SET if mode == 'val' else 'imagenet', None, None
+    named = True
     if eval_set in FOLDER_EVAL_SETS:
         samples, classes, subset = eval_set_samples(config)
     else:
         samples, classes = find_samples(config, mode)
+        named = split_layout(config, mode)[0] == 'folder'
     if eval_set == 'real':
         real = read_real_labels(config.DATA.REAL_LABELS, samples, config.MODEL.NUM_CLASSES)
     return ImageNetDataset(samples, classes, build_transforms(config, mode), train=mode == 'train',
-                           image_size=config.DATA.IMAGE_SIZE, class_subset=subset, real_labels=real)
+                           image_size=config.DATA.IMAGE_SIZE, class_subset=subset, real_labels=real,
+                           named_classes=named)
 
 
 class RepeatedAugSampler(paddle.io.BatchSampler):

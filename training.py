@@ -12,7 +12,7 @@ import checkpoint
 import cli
 import engine
 import stops
-from datasets import build_dataloader, build_dataset, check_same_classes
+from datasets import build_dataloader, build_dataset, check_same_classes, check_weights_classes
 from gpu import amp_settings
 from losses import build_criterion
 from metrics import RunRecords, eval_result, write_eval_arrays, write_eval_result
@@ -68,6 +68,7 @@ def evaluate(config, model, val_loader, weights):
     logged and written to SAVE/eval.json (metrics.eval_result: also the preprocessing, per-class accuracy, the
     most frequent confusions, ReaL accuracy), with EVAL_SAVE_LOGITS the logits and labels beside it
     (metrics.write_eval_arrays); -ema takes the file's EMA weights. Returns the stats of engine.evaluate."""
+    check_weights_classes(weights.classes, weights.path, val_loader.dataset)
     report = weights.load_into(model, prefer_ema=config.MODEL.EMA_WEIGHTS)
     if config.MODEL.EMA_WEIGHTS and report.entry not in ('model_ema', 'state_dict_ema'):
         raise checkpoint.WeightsError(f"'{weights.path}' holds no EMA weights (model_ema); evaluate it without -ema")

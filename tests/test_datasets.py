@@ -9,7 +9,7 @@ from PIL import Image
 
 from config import build_config, finalize_config, merge_opts
 from datasets import (DatasetError, ExactlyOnceSampler, LoaderClock, RepeatedAugSampler, build_dataloader,
-                      build_dataset, find_samples, num_workers)
+                      build_dataset, check_weights_classes, find_samples, num_workers)
 from demo_data import write_dataset
 
 
@@ -78,6 +78,33 @@ def test_errors_name_path_and_value(tmp_path, folder):
     (tmp_path / 'val' / 'a').mkdir(parents=True)
     with pytest.raises(DatasetError, match=r"no images found for split 'val'"):
         find_samples(make_config(tmp_path), 'val')
+
+
+def test_weights_trained_on_other_classes_than_the_evaluated_folders_are_refused_naming_the_class(tmp_path):
+    for name in ('cat', 'dog', 'eel'):
+        os.makedirs(tmp_path / 'val' / name)
+        Image.new('RGB', (16, 16)).save(tmp_path / 'val' / name / 'a.png')
+    dataset = build_dataset(make_config(tmp_path, 'MODEL.NUM_CLASSES', '3'), 'val')
+    check_weights_classes(['cat', 'dog', 'eel'], 'w.pdparams', dataset)  # the same classes: evaluated
+    check_weights_classes(None, 'w.pdparams', dataset)  # a file without a class list: nothing to compare
+    check_weights_classes(['0', '1', '2'], 'w.pdparams', dataset)  # bare positions name no class
+    with pytest.raises(DatasetError, match=r"'w.pdparams' was trained on other classes than the evaluated set's: "
+                                           r"class 'cow' is in the weights file but not in the evaluated set "
+                                           r"\(1 only in the weights file, 1 only in the evaluated set\)"):
+        check_weights_classes(['cat', 'cow', 'eel'], 'w.pdparams', dataset)
+    with pytest.raises(DatasetError, match=r"the same classes in another order \(label 0 is 'dog' in the weights "
+                                           r"file, 'cat' in the evaluated set\)"):
+        check_weights_classes(['dog', 'cat', 'eel'], 'w.pdparams', dataset)
+
+
+def test_a_list_layouts_class_names_are_display_names_not_checked_against_the_weights(listed, tmp_path):
+    (listed / 'classes.txt').write_text(''.join(f'digit {i}\n' for i in range(10)))
+    try:
+        dataset = build_dataset(make_config(listed), 'val')
+        assert dataset.classes[3] == 'digit 3'  # its lines give the labels; the names are for display
+        check_weights_classes([f'n{i:08d}' for i in range(10)], 'w.pdparams', dataset)
+    finally:
+        os.remove(listed / 'classes.txt')
 
 
 def test_bad_list_lines_and_labels_are_reported_with_file_and_line(tmp_path):

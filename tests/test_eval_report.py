@@ -192,3 +192,15 @@ def test_real_labels_of_another_count_are_one_line_exit_2(ten_classes, tmp_path)
                        str(tmp_path / 'real.json')) == (
         f"error: ReaL labels '{tmp_path / 'real.json'}' hold 2 entries but the val split has 23 images "
         '(one entry per val image, in sorted file name order)')
+
+
+def test_weights_of_other_classes_than_the_val_folders_are_one_line_exit_2(tmp_path):
+    """Output k is scored as the val set's class k: weights trained on folders b, a, c (in a list layout's order)
+    evaluated on folders a, b, c would score every 'a' as wrong without an error."""
+    config = build_config(opts=TINY + ['MODEL.NUM_CLASSES', '3'])
+    weights = write_weights(build_model(config), config, str(tmp_path / 'weights'), classes=['b', 'a', 'c'])
+    for name in 'abc':
+        write_images(str(tmp_path / 'data' / 'val' / name), ['x'], 0)
+    assert failed_eval(weights, str(tmp_path / 'data'), str(tmp_path / 'out'), 'MODEL.NUM_CLASSES', '3') == (
+        f"error: '{weights}' was trained on other classes than the evaluated set's: the same classes in another "
+        "order (label 0 is 'b' in the weights file, 'a' in the evaluated set)")
