@@ -14,6 +14,8 @@ from mixup import Mixup, build_mixup, rand_bbox
 from random_erasing import RandomErasing
 from transforms import NormalizeOnDevice, RandomResizedCrop, ToNormalizedArray, build_transforms, eval_resize_size
 
+pytestmark = pytest.mark.usefixtures('gpu_strides')  # the plain (GPU) path as a GPU runs it: strided views
+
 
 @pytest.mark.parametrize('crop_pct, expected', [(0.875, 256), (0.9, 248), (1.0, 224)])
 def test_eval_resize_is_floor_of_size_over_crop_pct(crop_pct, expected):

@@ -8,6 +8,8 @@ from config import build_config, finalize_config, merge_opts
 from engine import NonFiniteLossError, TrainState, accumulation_scale, evaluate, topk_correct, train_one_epoch
 from utils import MetricSums
 
+pytestmark = pytest.mark.usefixtures('gpu_strides')  # the plain (GPU) path as a GPU runs it: strided views
+
 
 def test_metric_sums_average_over_samples_not_batches():
     sums = MetricSums('acc1')

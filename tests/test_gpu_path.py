@@ -24,6 +24,8 @@ from optim import build_optimizer
 from pit import Attention
 from weights import read_paddle_file
 
+pytestmark = pytest.mark.usefixtures('gpu_strides')  # the plain (GPU) path as a GPU runs it: strided views
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V100, A100, P100 = (7, 0), (8, 0), (6, 0)
 # GradScaler.state_dict() of an enabled scaler, as a float16 GPU run saves it (python/paddle/amp/grad_scaler.py)

@@ -6,6 +6,8 @@ import pytest
 from config import build_config, merge_opts
 from losses import DistillationLoss, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy, build_criterion
 
+pytestmark = pytest.mark.usefixtures('gpu_strides')  # the plain (GPU) path as a GPU runs it: strided views
+
 B, C = 4, 5
 
 
