@@ -9,9 +9,9 @@ records each quantised op's input range (CALIBRATION_ALGO) and its weights' per-
 program back with quantise/dequantise ops that carry these scales; paddle.inference's oneDNN int8 passes turn
 them into int8 kernels. Run in fp32, the same program simulates int8 (the ops round to the int8 grid).
 
-That tool reads legacy (.pdmodel) programs only. Paddle 3 writes .json (PIR) programs, and on 3.3 neither its
-legacy-IR tracing of PiT nor paddle.quantization's PIR export yields a program oneDNN runs in int8, so int8
-exports are made with Paddle 2.6; Paddle 3 runs them (check_quantizable says so in one line).
+That tool reads legacy (.pdmodel) programs only. Paddle 3 writes .json (PIR) programs by default, so an int8 export
+is traced into a legacy program there (legacy_programs; pit.py and cpu_kernels.py keep the traced ops to ones with
+a legacy form) and quantised under the same switch.
 """
 import contextlib
 import io
@@ -35,12 +35,14 @@ WEIGHT_QUANTIZE = 'channel_wise_abs_max'
 QUANTIZED_OPS = ['conv2d', 'depthwise_conv2d', 'matmul_v2', 'matmul', 'mul']  # PiT's convs, Linears, attention
 
 
-def check_quantizable(paddle_version):
-    """ExportError naming what is missing when this Paddle cannot write an int8 export (Paddle 3: see above)."""
-    if paddle_major(paddle_version) >= 3:
-        raise ExportError(f'-precision int8: paddle {paddle_version} exports .json (PIR) programs, which '
-                          'paddle.static.quantization cannot quantise (it reads .pdmodel programs): export int8 '
-                          'with paddlepaddle 2.6 (requirements-paddle2.txt); the int8 export runs on Paddle 3 too')
+def legacy_programs():
+    """A context under which paddle.jit.save traces into, and paddle.static loads and runs, legacy (.pdmodel)
+    programs: Paddle 3's switch from its default PIR to them (its DygraphOldIrGuard), which it undoes on exit;
+    Paddle 2 has no other kind."""
+    if paddle_major(paddle.__version__) < 3:
+        return contextlib.nullcontext()
+    from paddle.pir_utils import DygraphOldIrGuard
+    return DygraphOldIrGuard()
 
 
 def _list_file_images(list_file):
@@ -121,7 +123,7 @@ def _static_mode_quietly():
     paddle.enable_static()
     try:
         for logger in loggers:
-            logger.setLevel(logging.WARNING)
+            logger.setLevel(logging.ERROR)
         with contextlib.redirect_stderr(io.StringIO()):
             yield
     finally:
@@ -137,7 +139,7 @@ def quantize_export(prefix, images, input_name):
     folder, name = os.path.split(prefix)
     quantized = os.path.join(folder, name + '.int8')
     scope = paddle.static.Scope()  # the program's variables, dropped with it
-    with _static_mode_quietly(), paddle.static.scope_guard(scope):
+    with legacy_programs(), _static_mode_quietly(), paddle.static.scope_guard(scope):
         ptq = PostTrainingQuantization(
             executor=paddle.static.Executor(paddle.CPUPlace()), scope=scope, model_dir=folder,
             model_filename=name + '.pdmodel', params_filename=name + '.pdiparams',
