@@ -191,6 +191,19 @@ def export_onnx(save_prefix, opset=DEFAULT_ONNX_OPSET):
     return onnx_path
 
 
+def onnx_copy(model, image_size, prefix, opset, legacy_program):
+    """prefix.onnx of model in fp32 (export_onnx; its path, or None where it skips), converted from the program
+    at prefix, except a legacy one on Paddle 3 (an int8 export's), on which paddle2onnx 2 aborts the process: then
+    from a .json trace of model at a prefix beside it, in the same folder."""
+    if saved_program_suffix(legacy_program) == saved_program_suffix():
+        return export_onnx(prefix, opset=opset)
+    traced = export_inference_model(model, image_size, prefix + '.fp32')
+    path = export_onnx(traced, opset=opset)
+    if path:
+        os.replace(path, prefix + '.onnx')
+    return path and prefix + '.onnx'
+
+
 def _rename_value(graph, old, new):
     """Rename a graph value (paddle2onnx calls the output `fetch_name_0`) wherever it is produced or read."""
     for value in list(graph.input) + list(graph.output):
@@ -261,7 +274,7 @@ def export_weights(config, weights, save_path, device='auto', use_trt=False, pre
             weights.load_into(model, prefer_ema=config.MODEL.EMA_WEIGHTS)
             model.eval()
             export_inference_model(model, size, prefix, legacy_program=legacy)
-            onnx = onnx_opset is not None and export_onnx(prefix, opset=onnx_opset)
+            onnx = onnx_opset is not None and onnx_copy(model, size, prefix, onnx_opset, legacy)
             if images is not None:
                 quantize_export(prefix, images, INPUT_NAME)
             write_deploy_files(config, names, prefix, precision=precision)

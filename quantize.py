@@ -12,6 +12,21 @@ them into int8 kernels. Run in fp32, the same program simulates int8 (the ops ro
 That tool reads legacy (.pdmodel) programs only. Paddle 3 writes .json (PIR) programs by default, so an int8 export
 is traced into a legacy program there (legacy_programs; pit.py and cpu_kernels.py keep the traced ops to ones with
 a legacy form) and quantised under the same switch.
+
+What int8 loses, and why the settings below stay (the 32-px quickstart PiT on the digits: 96.1% top-1 in fp32 on
+510 val images; Paddle 3.3.1 and 2.6.2 alike): the quantised program run with fp32 kernels scores 95.9%, oneDNN
+int8 92.7%. The loss is in oneDNN's int8 fully-connected layers, and no export or Config setting reaches it:
+paddle.inference's compute_propagate_scales_onednn_pass recomputes each fc's per-output-channel weight scales from
+the weights (PTQ's only serve to restore fp32 weights before it), but reads the [in, out] weight as if it were
+column-major (ComputePropagateScalesOnednnPass::GetScales, axis 0): channel i gets the largest of `in`
+consecutive values of the buffer, not of its column. About half the channels of every PiT Linear then hold
+weights above their scale, which oneDNN saturates (by up to 1.7x here). Measured alternatives (pit_ti speed:
+224 px, batch 32, against fp32, on a loaded 2-core machine):
+  - calibration 'hist', 'avg', 'mse' or 'KL', 64 or 256 images: 92.5-93.1%
+  - fewer op types in int8 (Config.enable_onednn_int8's set): fc+conv 93.1%, fc+conv+matmul 93.5% (1.3x)
+  - Linears left in fp32 (conv and attention matmuls only): 95.7-95.9%, but 1.15x instead of 2.1x
+  - the pass deleted: 95.9%, 0.97x (no op has weight scales, so none runs in int8)
+So int8 runs every op type oneDNN quantises, for the speed; bf16 is the CPU precision without the loss.
 """
 import contextlib
 import io

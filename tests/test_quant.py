@@ -214,9 +214,10 @@ def agreement(a, b):
 @pytest.mark.slow
 def test_every_format_of_a_trained_pit_gives_its_logits(trained, tmp_path):
     """fp32 everywhere within 1e-4 of the largest logit. bf16 (8 mantissa bits) within 3% of it and 98% top-1
-    agreement (measured: 0.7-0.9%, 99.75-100%). int8, calibrated on 64 of the images, within 45% and 90% (measured
-    on Paddle 2.6: 32%, 96%; the same program run with fp32 kernels, its int8 rounding simulated, agrees on over
-    99%: the rest is lost where oneDNN requantises op outputs with the scales it propagates)."""
+    agreement (measured: 0.7-0.9%, 99.75-100%). int8, calibrated on 64 of the images, within 45% and 90% (measured:
+    37%, 96.5% on Paddle 3.3.1; 32%, 96% on 2.6.2; the same program run with fp32 kernels, its int8 rounding
+    simulated, agrees on over 99%: the rest is lost to the weight scales oneDNN gives its int8 fc layers, see
+    quantize.py)."""
     from export import export_inference_model, export_onnx
     model, images, dygraph, _ = trained
     scale = float(np.abs(dygraph).max())
@@ -246,17 +247,24 @@ def test_every_format_of_a_trained_pit_gives_its_logits(trained, tmp_path):
 @pytest.mark.slow
 @needs_int8
 def test_an_int8_export_is_made_with_this_paddle_and_predict_runs_it_at_int8(trained, tmp_path):
-    model, _, _, root = trained
+    """With -onnx, also its fp32 ONNX copy where paddle2onnx is installed (paddle2onnx 2, for Paddle 3, aborts on
+    the legacy program an int8 export holds: the copy comes from a trace of its own)."""
+    model, images, dygraph, root = trained
     paddle.save(model.state_dict(), str(tmp_path / 'trained.pdparams'))
     out = tmp_path / 'out'
     result = run_tool('tools/export_model.py', '-pretrained', str(tmp_path / 'trained'), '-save_path',
                       str(out / 'inference'), '-precision', 'int8', '-calib_data', os.path.join(root, 'train'),
-                      opts=TRAIN)
+                      '-onnx', opts=TRAIN)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'int8 calibrated on 64 images' in result.stdout
     assert 'checked through paddle.inference on cpu, oneDNN int8' in result.stdout
-    assert sorted(os.listdir(out)) == ['inference.pdiparams', 'inference.pdmodel', 'inference.yml',
-                                       'inference_class_id_map.txt']
+    files = ['inference.pdiparams', 'inference.pdmodel', 'inference.yml', 'inference_class_id_map.txt']
+    if all(importlib.util.find_spec(name) for name in ('paddle2onnx', 'onnx', 'onnxruntime')):
+        from inference import create_onnx_session, run_onnx
+        logits = run_onnx(create_onnx_session(str(out / 'inference.onnx')), images)
+        assert np.abs(logits - dygraph).max() <= 1e-4 * np.abs(dygraph).max()
+        files.append('inference.onnx')
+    assert sorted(os.listdir(out)) == sorted(files)
     result = run_tool('predict.py', '-infer_model', str(out / 'inference'), '-img_path',
                       os.path.join(root, 'val', '3'), opts=TRAIN)
     assert result.returncode == 0, result.stderr[-3000:]
