@@ -21,11 +21,12 @@ the weights (PTQ's only serve to restore fp32 weights before it), but reads the 
 column-major (ComputePropagateScalesOnednnPass::GetScales, axis 0): channel i gets the largest of `in`
 consecutive values of the buffer, not of its column. About half the channels of every PiT Linear then hold
 weights above their scale, which oneDNN saturates (by up to 1.7x here). Measured alternatives (pit_ti speed:
-224 px, batch 32, against fp32, on a loaded 2-core machine):
+224 px, batch 32, against fp32, two runs on a loaded 2-core machine; the default: 1.5-2.1x):
   - calibration 'hist', 'avg', 'mse' or 'KL', 64 or 256 images: 92.5-93.1%
-  - fewer op types in int8 (Config.enable_onednn_int8's set): fc+conv 93.1%, fc+conv+matmul 93.5% (1.3x)
-  - Linears left in fp32 (conv and attention matmuls only): 95.7-95.9%, but 1.15x instead of 2.1x
-  - the pass deleted: 95.9%, 0.97x (no op has weight scales, so none runs in int8)
+  - fewer op types in int8 (Config.enable_onednn_int8's set): fc+conv 93.1% (1.3x), fc+conv+matmul 93.5%
+    (1.3-1.65x)
+  - Linears left in fp32 (conv and attention matmuls only): 95.7-95.9%, but 1.04-1.15x
+  - the pass deleted: 95.9%, 0.93-0.97x (no op has weight scales, so none runs in int8)
 So int8 runs every op type oneDNN quantises, for the speed; bf16 is the CPU precision without the loss.
 """
 import contextlib
