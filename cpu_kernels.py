@@ -36,6 +36,7 @@ import warnings
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
+from paddle.base.layer_helper import LayerHelper
 
 from gpu import local_process_count
 
@@ -264,7 +265,7 @@ class Kernels:
         """gelu(x @ weight + bias), exact GELU; the bias add and the GELU in one pass on the extension."""
         if bias is not None and self.applies(x):
             return self._run('pit_bias_gelu', paddle.matmul(x, weight), bias)
-        return F.gelu(F.linear(x, weight, bias))
+        return gelu(F.linear(x, weight, bias))
 
     def layer_norm(self, x, weight, bias, epsilon):
         """LayerNorm over the last axis, with a weight and a bias."""
@@ -324,6 +325,18 @@ class Kernels:
 
 
 PADDLE = Kernels()
+
+
+def gelu(x):
+    """Exact GELU of x. Traced into a legacy (.pdmodel) program, the one an int8 export quantises (quantize.py),
+    it appends the program's gelu op itself: Paddle 3 moved F.gelu into a C++ op that takes PIR values only
+    (Paddle 2.6's F.gelu appends this same op)."""
+    if paddle.framework.in_dynamic_or_pir_mode():
+        return F.gelu(x)
+    helper = LayerHelper('gelu')
+    out = helper.create_variable_for_type_inference(x.dtype)
+    helper.append_op(type='gelu', inputs={'X': x}, outputs={'Out': out}, attrs={'approximate': False})
+    return out
 
 
 def for_model(enabled=True):

@@ -27,7 +27,7 @@ from inference import (INPUT_NAME, ExportError, ExportFailed, check_class_count,
                        describe, model_files, paddle_major, program_suffix, run_predictor, settings_for,
                        write_deploy_files)
 from pit import Attention, build_model
-from quantize import DEFAULT_CALIB_IMAGES, calibration_images, check_quantizable, quantize_export
+from quantize import DEFAULT_CALIB_IMAGES, calibration_images, legacy_programs, quantize_export
 from transforms import build_transforms
 
 EXPORT_SUFFIXES = ('.json', '.pdmodel', '.pdiparams', '.pdiparams.info', '.yml', '_class_id_map.txt', '.onnx')
@@ -42,15 +42,17 @@ CHECK_BATCH = 2
 CHECK_TOLERANCE = {'fp32': 1e-2, 'fp16': 5e-2, 'bf16': 5e-2, 'int8': 0.5}
 
 
-def saved_program_suffix():
-    """The program format paddle.jit.save writes here: .json (PIR) from Paddle 3 on, .pdmodel before."""
-    return '.json' if paddle_major(paddle.__version__) >= 3 else '.pdmodel'
+def saved_program_suffix(legacy_program=False):
+    """The program format export_inference_model writes here: .json (PIR) from Paddle 3 on, .pdmodel before
+    and for a legacy_program."""
+    return '.json' if paddle_major(paddle.__version__) >= 3 and not legacy_program else '.pdmodel'
 
 
-def export_inference_model(model, image_size, save_prefix):
+def export_inference_model(model, image_size, save_prefix, legacy_program=False):
     """paddle.jit.save of model in eval mode with a dynamic batch; returns save_prefix. A copy is traced, with
     the attention scale folded into the qkv weights (pit.Attention.fold_query_scale): the exported
-    .pdiparams hold those folded weights (same outputs); model itself is left as it was. Raises ExportFailed
+    .pdiparams hold those folded weights (same outputs); model itself is left as it was. legacy_program: a
+    .pdmodel program also on Paddle 3 (what int8 quantises: quantize.legacy_programs). Raises ExportFailed
     when paddle cannot write the files."""
     model = copy.deepcopy(model)
     model.eval()  # (Paddle 2.6's Layer.eval returns None)
@@ -61,7 +63,8 @@ def export_inference_model(model, image_size, save_prefix):
     spec = [paddle.static.InputSpec([None, 3, image_size, image_size], 'float32', name=INPUT_NAME)]
     static_model = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
     try:
-        paddle.jit.save(static_model, save_prefix)
+        with legacy_programs() if legacy_program else contextlib.nullcontext():
+            paddle.jit.save(static_model, save_prefix)
     except (RuntimeError, OSError) as e:  # paddle reports a failed write as a RuntimeError
         raise ExportFailed(f"cannot write the exported model '{save_prefix}': {error_line(e)}") from None
     return save_prefix
@@ -188,6 +191,19 @@ def export_onnx(save_prefix, opset=DEFAULT_ONNX_OPSET):
     return onnx_path
 
 
+def onnx_copy(model, image_size, prefix, opset, legacy_program):
+    """prefix.onnx of model in fp32 (export_onnx; its path, or None where it skips), converted from the program
+    at prefix, except a legacy one on Paddle 3 (an int8 export's), on which paddle2onnx 2 aborts the process: then
+    from a .json trace of model at a prefix beside it, in the same folder."""
+    if saved_program_suffix(legacy_program) == saved_program_suffix():
+        return export_onnx(prefix, opset=opset)
+    traced = export_inference_model(model, image_size, prefix + '.fp32')
+    path = export_onnx(traced, opset=opset)
+    if path:
+        os.replace(path, prefix + '.onnx')
+    return path and prefix + '.onnx'
+
+
 def _rename_value(graph, old, new):
     """Rename a graph value (paddle2onnx calls the output `fetch_name_0`) wherever it is produced or read."""
     for value in list(graph.input) + list(graph.output):
@@ -220,8 +236,8 @@ def _prune_unused(graph):
 
 def calibration_for(config, precision, calib_data, calib_images):
     """The calibration images of an int8 export (quantize.calibration_images with the eval transform), None for
-    other precisions. ExportError when int8 lacks calib_data or this Paddle cannot quantise, when calib_data is
-    given for another precision, or when it cannot be read."""
+    other precisions. ExportError when int8 lacks calib_data, when calib_data is given for another precision, or
+    when it cannot be read."""
     if precision != 'int8':
         if calib_data is not None:
             raise ExportError(f'-calib_data calibrates -precision int8 exports; this one is {precision}')
@@ -229,7 +245,6 @@ def calibration_for(config, precision, calib_data, calib_images):
     if calib_data is None:
         raise ExportError('-precision int8 needs -calib_data: a folder of images or a list file to calibrate on '
                           '(a few dozen images of the task, e.g. the val set)')
-    check_quantizable(paddle.__version__)
     return calibration_images(calib_data, calib_images, build_transforms(config, 'val'))
 
 
@@ -247,7 +262,8 @@ def export_weights(config, weights, save_path, device='auto', use_trt=False, pre
     size = config.DATA.IMAGE_SIZE
     request = dict(device=device, use_trt=use_trt, precision=precision, batch=CHECK_BATCH, image_size=size,
                    threads=config.CPU_THREADS)
-    settings_for(saved_program_suffix(), **request)  # refuses what this machine cannot run before any work
+    legacy = precision == 'int8'  # quantize.py's PTQ reads legacy (.pdmodel) programs
+    settings_for(saved_program_suffix(legacy), **request)  # refuses what this machine cannot run before any work
     names = class_names(weights.classes, config.MODEL.NUM_CLASSES)
     check_class_count(names, config.MODEL.NUM_CLASSES, f"the class list of '{weights.path}'",
                       'the model (MODEL.NUM_CLASSES)')
@@ -257,8 +273,8 @@ def export_weights(config, weights, save_path, device='auto', use_trt=False, pre
             model = build_model(config)
             weights.load_into(model, prefer_ema=config.MODEL.EMA_WEIGHTS)
             model.eval()
-            export_inference_model(model, size, prefix)
-            onnx = onnx_opset is not None and export_onnx(prefix, opset=onnx_opset)
+            export_inference_model(model, size, prefix, legacy_program=legacy)
+            onnx = onnx_opset is not None and onnx_copy(model, size, prefix, onnx_opset, legacy)
             if images is not None:
                 quantize_export(prefix, images, INPUT_NAME)
             write_deploy_files(config, names, prefix, precision=precision)

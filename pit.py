@@ -190,13 +190,14 @@ class Attention(nn.Layer):
         fused CPU attention kernel (oneDNN, AVX-512): q is scaled before the [B, N, 3, heads, head_dim] ->
         [3, B, heads, N, head_dim] transpose (k and v times 1.0, exact; nothing after fold_query_scale), k is
         transposed explicitly, and softmax follows the first matmul directly. Used when the model is traced for
-        export."""
+        export. The matmuls are written `@`, which also traces into a legacy (.pdmodel) program on Paddle 3 (an
+        int8 export: quantize.py); paddle.matmul there takes PIR values only."""
         if self.scale != 1.0:
             qkv = qkv * self._query_scale_factor(qkv.dtype)
         qkv = qkv.reshape([B, N, 3, self.num_heads, self.head_dim]).transpose([2, 0, 3, 1, 4])
         q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = self.attn_drop(F.softmax(paddle.matmul(q, k.transpose([0, 1, 3, 2])), axis=-1))
-        return paddle.matmul(attn, v).transpose([0, 2, 1, 3])
+        attn = self.attn_drop(F.softmax(q @ k.transpose([0, 1, 3, 2]), axis=-1))
+        return (attn @ v).transpose([0, 2, 1, 3])
 
 
 class Block(nn.Layer):

@@ -19,13 +19,12 @@ from inference import (CPU_PRECISION_FLAGS, ExportError, apply_settings, cpu_fla
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
         'MODEL.TRANS.BASE_DIMS', '[8, 8]', 'MODEL.TRANS.DEPTH', '[1, 1]', 'MODEL.TRANS.HEADS', '[2, 4]']
-PADDLE_3 = paddle.__version__.split('.')[0] != '2'
 ALL_FLAGS = frozenset(flag for flags in CPU_PRECISION_FLAGS.values() for flag in flags)
 HERE = cpu_flags()
 needs_bf16 = pytest.mark.skipif(not HERE & set(CPU_PRECISION_FLAGS['bf16']),
                                 reason='this CPU has no avx512_bf16 / amx_bf16: bf16 is refused here')
-needs_int8 = pytest.mark.skipif(PADDLE_3 or not HERE & set(CPU_PRECISION_FLAGS['int8']),
-                                reason='int8 exports are made with Paddle 2.6 on a CPU with VNNI')
+needs_int8 = pytest.mark.skipif(not HERE & set(CPU_PRECISION_FLAGS['int8']),
+                                reason='this CPU has no avx512_vnni / avx_vnni / amx_int8: int8 is refused here')
 
 
 def settings(precision, device='auto', has_gpu=False, flags=ALL_FLAGS, **kw):
@@ -99,9 +98,9 @@ def tiny_weights(tmp_path_factory):
     return str(tmp / 'tiny')
 
 
-def run_tool(script, *args):
+def run_tool(script, *args, opts=TINY):
     cmd = [sys.executable, os.path.join(ROOT, script), '-cfg', os.path.join(ROOT, 'configs', 'pit_ti.yaml'), *args,
-           '-opts', *TINY]
+           '-opts', *opts]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
@@ -111,15 +110,6 @@ def test_int8_without_calibration_data_is_refused_before_any_work(tiny_weights, 
     assert line == ('error: -precision int8 needs -calib_data: a folder of images or a list file to calibrate on '
                     '(a few dozen images of the task, e.g. the val set)')
     assert not (tmp_path / 'out').exists()
-
-
-@pytest.mark.skipif(not PADDLE_3, reason='Paddle 2.6 writes the .pdmodel programs int8 quantises')
-def test_int8_on_paddle_3_is_refused_naming_the_paddle_that_makes_it(tiny_weights, digits, tmp_path):
-    line = one_line_error(run_tool('tools/export_model.py', '-pretrained', tiny_weights, '-save_path',
-                                   str(tmp_path / 'inference'), '-precision', 'int8', '-calib_data',
-                                   os.path.join(digits, 'val')), 2)
-    assert f'paddle {paddle.__version__} exports .json (PIR) programs' in line and 'paddlepaddle 2.6' in line
-    assert os.listdir(tmp_path) == []
 
 
 def calibration_data(tmp, case):
@@ -224,9 +214,10 @@ def agreement(a, b):
 @pytest.mark.slow
 def test_every_format_of_a_trained_pit_gives_its_logits(trained, tmp_path):
     """fp32 everywhere within 1e-4 of the largest logit. bf16 (8 mantissa bits) within 3% of it and 98% top-1
-    agreement (measured: 0.7-0.9%, 99.75-100%). int8, calibrated on 64 of the images, within 45% and 90% (measured
-    on Paddle 2.6: 32%, 96%; the same program run with fp32 kernels, its int8 rounding simulated, agrees on over
-    99%: the rest is lost where oneDNN requantises op outputs with the scales it propagates)."""
+    agreement (measured: 0.7-0.9%, 99.75-100%). int8, calibrated on 64 of the images, within 45% and 90% (measured:
+    37%, 96.5% on Paddle 3.3.1; 32%, 96% on 2.6.2; the same program run with fp32 kernels, its int8 rounding
+    simulated, agrees on over 99%: the rest is lost to the weight scales oneDNN gives its int8 fc layers, see
+    quantize.py)."""
     from export import export_inference_model, export_onnx
     model, images, dygraph, _ = trained
     scale = float(np.abs(dygraph).max())
@@ -242,11 +233,39 @@ def test_every_format_of_a_trained_pit_gives_its_logits(trained, tmp_path):
     if HERE & set(CPU_PRECISION_FLAGS['bf16']):
         runs['bf16'] = run_predictor(create_predictor(prefix, device='cpu', precision='bf16'), images)
         bounds['bf16'] = (0.03, 0.98)
-    if not PADDLE_3 and HERE & set(CPU_PRECISION_FLAGS['int8']):
+    if HERE & set(CPU_PRECISION_FLAGS['int8']):
         from quantize import quantize_export
-        quantize_export(prefix, images[:64], 'images')
-        runs['int8'] = run_predictor(create_predictor(prefix, device='cpu', precision='int8'), images)
+        int8 = export_inference_model(model, 32, str(tmp_path / 'int8'), legacy_program=True)
+        quantize_export(int8, images[:64], 'images')
+        runs['int8'] = run_predictor(create_predictor(int8, device='cpu', precision='int8'), images)
         bounds['int8'] = (0.45, 0.9)
     for name, (error, agrees) in bounds.items():
         assert np.abs(runs[name] - dygraph).max() <= error * scale, name
         assert agreement(runs[name], dygraph) >= agrees, name
+
+
+@pytest.mark.slow
+@needs_int8
+def test_an_int8_export_is_made_with_this_paddle_and_predict_runs_it_at_int8(trained, tmp_path):
+    """With -onnx, also its fp32 ONNX copy where paddle2onnx is installed (paddle2onnx 2, for Paddle 3, aborts on
+    the legacy program an int8 export holds: the copy comes from a trace of its own)."""
+    model, images, dygraph, root = trained
+    paddle.save(model.state_dict(), str(tmp_path / 'trained.pdparams'))
+    out = tmp_path / 'out'
+    result = run_tool('tools/export_model.py', '-pretrained', str(tmp_path / 'trained'), '-save_path',
+                      str(out / 'inference'), '-precision', 'int8', '-calib_data', os.path.join(root, 'train'),
+                      '-onnx', opts=TRAIN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'int8 calibrated on 64 images' in result.stdout
+    assert 'checked through paddle.inference on cpu, oneDNN int8' in result.stdout
+    files = ['inference.pdiparams', 'inference.pdmodel', 'inference.yml', 'inference_class_id_map.txt']
+    if all(importlib.util.find_spec(name) for name in ('paddle2onnx', 'onnx', 'onnxruntime')):
+        from inference import create_onnx_session, run_onnx
+        logits = run_onnx(create_onnx_session(str(out / 'inference.onnx')), images)
+        assert np.abs(logits - dygraph).max() <= 1e-4 * np.abs(dygraph).max()
+        files.append('inference.onnx')
+    assert sorted(os.listdir(out)) == sorted(files)
+    result = run_tool('predict.py', '-infer_model', str(out / 'inference'), '-img_path',
+                      os.path.join(root, 'val', '3'), opts=TRAIN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'on cpu, oneDNN int8' in result.stdout.splitlines()[-1]

@@ -2,7 +2,7 @@
 
     python tools/export_model.py -pretrained output/quickstart/checkpoint-best -save_path output/q/inference -onnx
     python tools/export_model.py -pretrained output/quickstart/checkpoint-best -save_path output/q8/inference \\
-        -precision int8 -calib_data data/quickstart/train          # with paddlepaddle 2.6
+        -precision int8 -calib_data data/quickstart/train
     python tools/benchmark_deploy.py -infer_model output/q/inference -int8_model output/q8/inference \\
         -data_path data/quickstart/val
 

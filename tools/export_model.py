@@ -4,7 +4,7 @@
     python tools/export_model.py -pretrained output/pit_ti_730 -save_path output/inference -use_trt -precision fp16
     python tools/export_model.py -pretrained output/pit_ti_730 -save_path output/bf16/inference -precision bf16
     python tools/export_model.py -pretrained output/pit_ti_730 -save_path output/int8/inference -precision int8 \
-        -calib_data data/ILSVRC2012/val -calib_images 64          # with paddlepaddle 2.6
+        -calib_data data/ILSVRC2012/val -calib_images 64
     python predict.py -infer_model output/inference -img_path images/
 
 writes, for the prefix output/inference:
@@ -36,8 +36,8 @@ enable_mkldnn_* names on Paddle 2.6), where the CPU has the instructions that ma
 amx_bf16; VNNI or amx_int8); else the export is refused in one line naming what is missing. bf16 changes only how
 the export runs; int8 quantises its program after training (paddle.static.quantization), calibrated on
 -calib_images images (default 64) of -calib_data (a folder, searched through its sub-folders, or a list file of
-'relative/path [label]' lines), spread evenly over them. paddle.static.quantization reads only the .pdmodel
-programs of Paddle 2.6: make int8 exports with it (they also run on Paddle 3). The check allows 5% (bf16) and
+'relative/path [label]' lines), spread evenly over them. paddle.static.quantization reads only .pdmodel
+programs: an int8 export is one on every Paddle (Paddle 3 writes .json ones otherwise). The check allows 5% (bf16) and
 50% (int8, on calibration images) of the largest logit. The precision is recorded in inference.yml; the ONNX
 copy is always fp32.
 
