@@ -95,6 +95,17 @@ def test_grad_cam_of_a_score_read_from_one_corner_peaks_in_that_corner_by_its_de
         assert corner_of_peak(cam[0]) == corner and cam[0][~region].max() < cam[0][region].min()
 
 
+def test_grad_cam_of_a_single_token_last_stage_is_that_tokens_own_evidence_not_zero():
+    """8-pixel images leave one token in the last stage: its Grad-CAM weights are its own gradient, and the map is
+    ReLU(features . gradient), positive where the token supports the top-1 class. On the tokens entering the last
+    block (before its LayerNorm, which ignores a token's scale) that product is 0 for every token of every image."""
+    model, _ = tiny_model()
+    model.eval()
+    cam = explain(model, np.random.RandomState(3).randn(8, 3, 8, 8).astype('float32')).cam
+    assert cam.shape == (8, 1, 1)
+    assert cam.max() > 0.01, cam.ravel()
+
+
 # ---------------------------------------------------------------- tools/visualize.py
 
 @pytest.fixture(scope='module')
