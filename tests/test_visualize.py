@@ -125,7 +125,9 @@ def square_found(seed):
 def test_a_model_trained_to_find_a_square_has_a_stage_whose_attention_peaks_in_the_squares_corner():
     """The class token of a PiT trained to name the corner of a white square reads the square: the rollout of
     the stage it reads in peaks in that corner for nearly all new images (>= 90% of 64; a map that ignored the
-    square would hit 25%; over seeds 0-11 on Paddle 3.3.1 and 0-2 on 2.6.2, the worst such stage did 95%).
+    square would hit 25%; over seeds 0-11 on Paddle 3.3.1 and 0-2 on 2.6.2, the worst such stage did 95%, but
+    not for every model that learns: seed 10 stays at 75% accuracy after 300 steps, and after 500 it is right on
+    all images with no stage above 59%, so the test keeps seed 0 and 300 steps).
 
     What is not asserted, and why (measured over seeds): the last stage alone, because the class token may
     read the square in the second stage and carry the answer through the pooling's Linear, its last stage then
