@@ -5,11 +5,15 @@
   pooling between stages mixes tokens outside attention, so each stage is rolled out on its own): each block's
   softmax weights averaged over heads, plus the identity (the residual path), rows renormalised, multiplied
   through the blocks (later blocks on the left); the class token's row over the patch tokens, as an H_s x W_s map.
-- Grad-CAM: the gradient of the top-1 logit wrt the patch tokens that enter the last block of the last stage;
-  channel weights = the spatial mean of the gradients; ReLU of the weighted sum over channels, an H x W map. The
-  tokens entering the last block, not the stage's output: the class token leaves the last block beside the patch
-  tokens, computed from that block's input, so the logits do not depend on the output's patch tokens at all
-  (their gradient is zero), the known case of Grad-CAM on a ViT's final block.
+- Grad-CAM: the gradient of the top-1 logit wrt the patch tokens that enter the attention of the last block of
+  the last stage (after that block's first LayerNorm); channel weights = the spatial mean of the gradients; ReLU
+  of the weighted sum over channels, an H x W map. The last block's tokens, not the stage's output: the class
+  token leaves the last block beside the patch tokens, computed from that block's input, so the logits do not
+  depend on the output's patch tokens at all (their gradient is zero), the known case of Grad-CAM on a ViT's final
+  block. After the LayerNorm, not the block's input: the logits read a patch token only through LayerNorm, which
+  is blind to the token's scale, so on the block's input each token's own gradient is orthogonal to it
+  (x . dlogit/dx = 0): the map would weigh a token by the other tokens' gradients only, and a last stage of one
+  token would always get a map of 0.
 The attention weights are recorded through Attention.recorded (pit.py): the model runs its plain attention path
 while recording, the same values the fused kernels compute.
 """
@@ -88,10 +92,10 @@ def explain(model, images):
     untouched)."""
     num_tokens = model.cls_token.shape[1]
     with recording_attention(model) as recorded, forward_inputs(model.transformers) as stage_inputs, \
-            forward_inputs([model.transformers[-1].blocks[-1]]) as last_block_inputs:
+            forward_inputs([model.transformers[-1].blocks[-1].attn]) as attention_inputs:
         logits = model(paddle.to_tensor(images))
     grids = [tuple(int(s) for s in inputs[0].shape[2:]) for inputs in stage_inputs]
-    tokens = last_block_inputs[0][0]
+    tokens = attention_inputs[0][0]
     score = (logits * F.one_hot(logits.argmax(axis=-1), logits.shape[-1])).sum()
     gradients = paddle.grad(score, [tokens])[0]
     rollouts = [class_token_map(rollout([block[0].numpy() for block in stage]), num_tokens, grid)

@@ -1,6 +1,6 @@
 """Pictures of what the model looks at (explain.py, tools/visualize.py) and training curves (tools/plot_metrics.py):
-the maps' contracts, Grad-CAM against its definition, and the commands' files and
-one-line errors."""
+the maps' contracts, Grad-CAM against its definition, a model trained here to find a square whose attention points
+at it, and the commands' files and one-line errors."""
 import contextlib
 import json
 import os
@@ -17,7 +17,9 @@ from config import build_config
 from conftest import one_line_error
 from drawing import LINE_HEIGHT, MARGIN
 from explain import explain, grad_cam, recording_attention, rollout
+from losses import build_criterion
 from metrics import RunRecords
+from optim import build_optimizer
 from pit import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,6 +77,71 @@ def corner_of_peak(heat):
     return 2 * int(row >= heat.shape[0] / 2) + int(col >= heat.shape[1] / 2)
 
 
+def square_images(rng, corners, size=32, side=8, margin=4):
+    """Dim noise images [len(corners), 3, size, size] with a white side x side square at most margin pixels from
+    the given corner (0 top left .. 3 bottom right), and in each other corner, with probability 1/2, a grey square
+    of the same size: a distractor, so that neither the empty corners nor the squares alone tell the class."""
+    images = rng.uniform(0, 0.3, (len(corners), 3, size, size)).astype('float32')
+    for image, corner in zip(images, corners):
+        for other in range(4):
+            if other == corner or rng.rand() < 0.5:
+                top = rng.randint(margin + 1) if other < 2 else size - side - rng.randint(margin + 1)
+                left = rng.randint(margin + 1) if other % 2 == 0 else size - side - rng.randint(margin + 1)
+                image[:, top:top + side, left:left + side] = 1.0 if other == corner else 0.6
+    return images
+
+
+def trained_to_find_the_square(seed, steps=300, batch=32):
+    """A tiny PiT trained from seed by the repo's AdamW and loss to name the corner of the white square in
+    square_images; and the numpy generator, which then makes images the model has not seen."""
+    paddle.seed(seed)
+    rng = np.random.RandomState(seed)
+    model, config = tiny_model('MODEL.DROP_PATH', '0.0', 'TRAIN.OPTIMIZER.NAME', 'AdamW', 'TRAIN.WEIGHT_DECAY', '0.0',
+                               'TRAIN.SMOOTHING', '0.0')
+    optimizer, criterion = build_optimizer(config, model, 3e-3), build_criterion(config)
+    model.train()
+    for _ in range(steps):
+        corners = rng.randint(0, 4, batch)
+        images = paddle.to_tensor(square_images(rng, corners))
+        criterion(images, model(images), paddle.to_tensor(corners.astype('int64'))).backward()
+        optimizer.step()
+        optimizer.clear_grad()
+    model.eval()
+    return model, rng
+
+
+def square_found(seed):
+    """For the model trained_to_find_the_square(seed), on 64 new images (16 per corner): the fraction classified
+    right, and per stage, the fraction whose class-token rollout peaks in the white square's corner."""
+    model, rng = trained_to_find_the_square(seed)
+    corners = np.arange(64) % 4
+    explanation = explain(model, square_images(rng, corners))
+    found = [np.mean([corner_of_peak(heat) == corner for heat, corner in zip(maps, corners)])
+             for maps in explanation.rollouts]
+    return np.mean(explanation.logits.argmax(axis=-1) == corners), found
+
+
+@pytest.mark.slow
+def test_a_model_trained_to_find_a_square_has_a_stage_whose_attention_peaks_in_the_squares_corner():
+    """The class token of a PiT trained to name the corner of a white square reads the square: the rollout of
+    the stage it reads in peaks in that corner for nearly all new images (>= 90% of 64; a map that ignored the
+    square would hit 25%; over seeds 0-11 on Paddle 3.3.1 and 0-2 on 2.6.2, the worst such stage did 95%, but
+    not for every model that learns: seed 10 stays at 75% accuracy after 300 steps, and after 500 it is right on
+    all images with no stage above 59%, so the test keeps seed 0 and 300 steps).
+
+    What is not asserted, and why (measured over seeds): the last stage alone, because the class token may
+    read the square in the second stage and carry the answer through the pooling's Linear, its last stage then
+    looking nowhere in particular (down to 36% of the images in the corner); Grad-CAM, whose channel
+    weights average the gradients over all tokens while the class token reads a few of them through attention
+    (gradients of opposite signs through the keys elsewhere): its peak was in the corner for 8-69% of the images,
+    even for models whose last-stage rollout was right for all of them. The distractors are needed: with the
+    white square alone, a model may read where the square is not (the empty corners' background), and the
+    attention then peaks away from it."""
+    accuracy, found = square_found(seed=0)
+    assert accuracy >= 0.95, f'the model did not learn the task (accuracy {accuracy:.2f}): no map to judge'
+    assert max(found) >= 0.9, f'no stage of the class token looks at the square: per stage {found}'
+
+
 def test_grad_cam_of_a_score_read_from_one_corner_peaks_in_that_corner_by_its_definition():
     """A score that reads the tokens of one corner of a 4x4 token grid through a direction w: its gradient is w on
     those tokens and 0 elsewhere, so Grad-CAM (features . mean gradient, ReLU) is largest where the features point
@@ -93,6 +160,20 @@ def test_grad_cam_of_a_score_read_from_one_corner_peaks_in_that_corner_by_its_de
         expected = np.maximum(features.reshape(16, channels) @ (gradients.reshape(16, channels).mean(0)), 0)
         np.testing.assert_allclose(cam.reshape(16), expected, rtol=1e-5)
         assert corner_of_peak(cam[0]) == corner and cam[0][~region].max() < cam[0][region].min()
+
+
+def test_grad_cam_of_a_single_token_last_stage_is_that_tokens_own_evidence_not_zero():
+    """8-pixel images leave one token in the last stage: its Grad-CAM weights are its own gradient, and the map is
+    ReLU(features . gradient), positive where the token supports the top-1 class. On the tokens entering the last
+    block (before its LayerNorm, which ignores a token's scale) that product is 0 for every token of every image."""
+    cams = []
+    for seed in range(4):  # the sign of a token's evidence is the model's: models of 4 seeds, some token supports
+        paddle.seed(seed)
+        model, _ = tiny_model()
+        model.eval()
+        cams.append(explain(model, np.random.RandomState(seed).randn(8, 3, 8, 8).astype('float32')).cam)
+    assert cams[0].shape == (8, 1, 1)
+    assert max(cam.max() for cam in cams) > 0.01, [cam.ravel() for cam in cams]
 
 
 # ---------------------------------------------------------------- tools/visualize.py
