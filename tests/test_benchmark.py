@@ -6,15 +6,22 @@ import sys
 
 import pytest
 
+from inference import CPU_PRECISION_FLAGS, cpu_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.slow
-def test_benchmark_prints_and_writes_all_phases(tmp_path):
+def tiny_config(tmp_path):
     cfg = tmp_path / 'tiny.yaml'
     cfg.write_text(f"BASE: ['{os.path.join(ROOT, 'configs', 'pit_ti.yaml')}']\nDATA:\n  IMAGE_SIZE: 32\n"
                    'MODEL:\n  NAME: tiny\n  TRANS:\n    PATCH_SIZE: 4\n    STRIDE: 2\n    BASE_DIMS: [8, 8, 8]\n'
                    '    DEPTH: [1, 1, 1]\n')
+    return cfg
+
+
+@pytest.mark.slow
+def test_benchmark_prints_and_writes_all_phases(tmp_path):
+    cfg = tiny_config(tmp_path)
     out = tmp_path / 'bench.json'
     result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'benchmark.py'), '-cfg', str(cfg),
                              '-batch_size', '4', '-repeats', '1', '-json', str(out), '-markdown', '-no_reference',
@@ -36,3 +43,19 @@ def test_benchmark_prints_and_writes_all_phases(tmp_path):
     assert figures['threads'] == 1 and all(figures['ours'][p]['threads'] == 1 for p in timed)
     # the training step runs the config's optimizer (the reference is asked for the same one)
     assert figures['optimizer'] == 'AdamP' and 'training step with AdamP' in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all(set(flags) & cpu_flags() for flags in CPU_PRECISION_FLAGS.values()),
+                    reason='this CPU lacks bf16 or VNNI instructions')
+def test_benchmark_times_the_export_at_bf16_and_int8_beside_fp32(tmp_path):
+    out = tmp_path / 'bench.json'
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'benchmark.py'), '-cfg',
+                             str(tiny_config(tmp_path)), '-batch_size', '4', '-repeats', '1', '-json', str(out),
+                             '-markdown', '-no_reference', '-threads', '1', '-phases', 'exported_infer',
+                             'exported_infer_bf16', 'exported_infer_int8'],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0 and 'failed' not in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+    ours = json.loads(out.read_text())['ours']
+    assert all(ours[p]['img_per_s'] > 0 for p in ('exported_infer', 'exported_infer_bf16', 'exported_infer_int8'))
+    assert '| exported_infer_int8 |' in result.stdout and '| exported_infer_bf16 |' in result.stdout

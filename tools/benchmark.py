@@ -41,6 +41,9 @@ DATA_PHASES = ['data_vs_prefetcher', 'data_decode']
 # ours only, no images/s: the data pipeline stage by stage; ops and host reads of a plain-path training step
 DETAIL_PHASES = ['data_breakdown', 'step_launches']
 GPU_PHASES = ['train_step_amp']  # measured only where a GPU exists: a training step under auto_cast (AMP_DTYPE)
+# exported inference at oneDNN's CPU precisions (where this CPU and paddle run them); the reference is timm eager
+# fp32, as for exported_infer. int8 is calibrated on the timed random batch (speed does not depend on the scales).
+CPU_PRECISION_PHASES = {'exported_infer_bf16': 'bf16', 'exported_infer_int8': 'int8'}
 
 
 def gpu_available():
@@ -275,12 +278,18 @@ def run_phase(phase, args):
             with paddle.no_grad():
                 model(x).numpy()
         rate, rates = timed(infer, batch, args.repeats)
-    elif phase == 'exported_infer':
+    elif phase == 'exported_infer' or phase in CPU_PRECISION_PHASES:
         from export import export_inference_model
-        from inference import create_predictor, run_predictor
-        prefix = export_inference_model(model, size, os.path.join(args.tmp, 'inference'))
-        predictor = create_predictor(prefix, device='gpu' if paddle.get_device().startswith('gpu') else 'cpu',
-                                     threads=threads)
+        from inference import INPUT_NAME, create_predictor, run_predictor
+        from quantize import quantize_export
+        precision = CPU_PRECISION_PHASES.get(phase, 'fp32')
+        prefix = export_inference_model(model, size, os.path.join(args.tmp, phase, 'inference'),
+                                        legacy_program=precision == 'int8')
+        if precision == 'int8':
+            quantize_export(prefix, x.numpy(), INPUT_NAME)
+        on_gpu = paddle.get_device().startswith('gpu')
+        predictor = create_predictor(prefix, device='cpu' if precision != 'fp32' or not on_gpu else 'gpu',
+                                     precision=precision, threads=threads, batch=batch, image_size=size)
         xs = x.numpy()
         rate, rates = timed(lambda: run_predictor(predictor, xs), batch, args.repeats)
     else:
@@ -360,7 +369,8 @@ def markdown(result):
              f"ours peak MB | reference img/s | reference peak MB | speed ours / reference | "
              f"peak ours / reference |", '|---|---|---|---|---|---|---|']
     nan = float('nan')
-    for phase in [p for p in PHASES + DATA_PHASES + GPU_PHASES if p in result['ours'] or p in PHASES]:
+    for phase in [p for p in PHASES + DATA_PHASES + GPU_PHASES + list(CPU_PRECISION_PHASES)
+                  if p in result['ours'] or p in PHASES]:
         ours = result['ours'].get(phase, {})
         ref = (result.get('reference') or {}).get(phase, {})
         pairs = result.get('pair_ratios', {}).get(phase)  # the median of the pairs' ratios, where pairs ran
@@ -383,8 +393,9 @@ def main():
     parser.add_argument('-rounds', type=int, default=1,
                         help='alternate ours / the reference this many times per phase (processes in turn); the '
                              'ratio is the median of the pairs')
-    parser.add_argument('-phases', nargs='+', default=None, choices=PHASES + DATA_PHASES + DETAIL_PHASES + GPU_PHASES,
-                        help='default: all (train_step_amp only where a GPU exists)')
+    parser.add_argument('-phases', nargs='+', default=None,
+                        choices=PHASES + DATA_PHASES + DETAIL_PHASES + GPU_PHASES + list(CPU_PRECISION_PHASES),
+                        help='default: all but exported_infer_bf16/int8 (train_step_amp only where a GPU exists)')
     parser.add_argument('-images', default=None,
                         help='a folder of JPEGs for the data phases (default: photos written to a temporary folder)')
     parser.add_argument('-json', default=None, help='also write the figures here')

@@ -21,8 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from timing import timed  # noqa: E402  (the standard library only, like this script)
 
 
-PHASES = ['dygraph_infer', 'exported_infer', 'latency_b1', 'train_step', 'train_step_amp', 'data_per_worker',
-          'data_vs_prefetcher', 'data_decode']
+PHASES = ['dygraph_infer', 'exported_infer', 'exported_infer_bf16', 'exported_infer_int8', 'latency_b1', 'train_step',
+          'train_step_amp', 'data_per_worker', 'data_vs_prefetcher', 'data_decode']
 DATA_PHASES = {'data_per_worker': False, 'data_vs_prefetcher': True, 'data_decode': None}  # -> use_prefetcher
 
 
@@ -103,7 +103,8 @@ def main():
     def infer():
         with torch.no_grad():
             model(x).cpu()
-    for phase in ('dygraph_infer', 'exported_infer'):  # the reference's exported figure is its eager one
+    # the reference's exported figure (at every precision of ours) is its eager fp32 one
+    for phase in ('dygraph_infer', 'exported_infer', 'exported_infer_bf16', 'exported_infer_int8'):
         if phase in args.phases:
             result[phase] = figures(timed(infer, args.batch_size, args.repeats))
     if 'latency_b1' in args.phases:
