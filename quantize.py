@@ -15,7 +15,7 @@ is traced into a legacy program there (legacy_programs; pit.py and cpu_kernels.p
 a legacy form) and quantised under the same switch.
 
 What int8 keeps (the 32-px quickstart PiT on the digits, 510 val images; Paddle 3.3.1 and 2.6.2 alike): 96.3%
-top-1 and 99.0% agreement with fp32 (96.1%), at 1.6-1.8x fp32's speed on pit_ti (224 px, batch 32). That needs
+top-1 and 99.0% agreement with fp32 (96.1%), at 1.4-1.8x fp32's speed on pit_ti (224 px, batch 32). That needs
 route_linear_weights. Left to itself, paddle.inference's compute_propagate_scales_onednn_pass gives every int8
 `fc` (a fused Linear) without a weight scale per-output-channel scales computed from the weights, and reads the
 [in, out] weight as if it were column-major (ComputePropagateScalesOnednnPass::GetScales, axis 0): channel i gets
