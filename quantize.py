@@ -5,29 +5,26 @@ Calibration: up to `count` images of a folder (searched through its sub-folders,
 layout) or of a list file ('relative/path [label]' lines, paths relative to the list's folder), taken evenly
 spread over the sorted list (so every class of a class-folder layout is seen), read with the model's eval
 transform. paddle.static.quantization.PostTrainingQuantization then runs them through the exported program,
-records each quantised op's input range (CALIBRATION_ALGO) and its weights' per-channel abs-max, and writes the
-program back with quantise/dequantise ops that carry these scales; paddle.inference's oneDNN int8 passes turn
-them into int8 kernels. Run in fp32, the same program simulates int8 (the ops round to the int8 grid).
+records each quantised op's input range (CALIBRATION_ALGO) and its weights' per-channel abs-max (the convs'; a
+Linear's weight is ranged as an input, see route_linear_weights), and writes the program back with
+quantise/dequantise ops that carry these scales; paddle.inference's oneDNN int8 passes turn them into int8
+kernels. Run in fp32, the same program simulates int8 (the ops round to the int8 grid).
 
 That tool reads legacy (.pdmodel) programs only. Paddle 3 writes .json (PIR) programs by default, so an int8 export
 is traced into a legacy program there (legacy_programs; pit.py and cpu_kernels.py keep the traced ops to ones with
 a legacy form) and quantised under the same switch.
 
-What int8 loses, and why the settings below stay (the 32-px quickstart PiT on the digits: 96.1% top-1 in fp32 on
-510 val images; Paddle 3.3.1 and 2.6.2 alike): the quantised program run with fp32 kernels scores 95.9%, oneDNN
-int8 92.7%. The loss is in oneDNN's int8 fully-connected layers, and no export or Config setting reaches it:
-paddle.inference's compute_propagate_scales_onednn_pass recomputes each fc's per-output-channel weight scales from
-the weights (PTQ's only serve to restore fp32 weights before it), but reads the [in, out] weight as if it were
-column-major (ComputePropagateScalesOnednnPass::GetScales, axis 0): channel i gets the largest of `in`
-consecutive values of the buffer, not of its column. About half the channels of every PiT Linear then hold
-weights above their scale, which oneDNN saturates (by up to 1.7x here). Measured alternatives (pit_ti speed:
-224 px, batch 32, against fp32, two runs on a loaded 2-core machine; the default: 1.5-2.1x):
-  - calibration 'hist', 'avg', 'mse' or 'KL', 64 or 256 images: 92.5-93.1%
-  - fewer op types in int8 (Config.enable_onednn_int8's set): fc+conv 93.1% (1.3x), fc+conv+matmul 93.5%
-    (1.3-1.65x)
-  - Linears left in fp32 (conv and attention matmuls only): 95.7-95.9%, but 1.04-1.15x
-  - the pass deleted: 95.9%, 0.93-0.97x (no op has weight scales, so none runs in int8)
-So int8 runs every op type oneDNN quantises, for the speed; bf16 is the CPU precision without the loss.
+What int8 keeps (the 32-px quickstart PiT on the digits, 510 val images; Paddle 3.3.1 and 2.6.2 alike): 96.3%
+top-1 and 99.0% agreement with fp32 (96.1%), at 1.4-1.8x fp32's speed on pit_ti (224 px, batch 32). That needs
+route_linear_weights. Left to itself, paddle.inference's compute_propagate_scales_onednn_pass gives every int8
+`fc` (a fused Linear) without a weight scale per-output-channel scales computed from the weights, and reads the
+[in, out] weight as if it were column-major (ComputePropagateScalesOnednnPass::GetScales, axis 0): channel i gets
+the largest of `in` consecutive values of the buffer, not of its column, and oneDNN saturates the weights above
+it in about half the channels (92.7% top-1). PTQ's per-channel weight scales do not help: the passes use them
+only to restore fp32 weights. A scale the pass finds already recorded for the weight is kept, and PTQ records
+one (per tensor) for a weight that reaches its matmul through an op. Measured without it: other calibrations
+(avg, mse, KL; 256 images) 92.5-93.1%; the Linears left in fp32 95.7-95.9% at 1.04-1.15x; the pass deleted
+95.9% at 0.93-0.97x (nothing then runs in int8).
 """
 import contextlib
 import io
@@ -47,8 +44,9 @@ CALIB_BATCH = 16
 # 'hist': the 99.999th percentile of |activation| (abs_max lets a few outliers after the GELU and in the
 # attention widen the int8 step of every value; KL is several times slower for the same top-1 here).
 CALIBRATION_ALGO = 'hist'
-WEIGHT_QUANTIZE = 'channel_wise_abs_max'
+WEIGHT_QUANTIZE = 'channel_wise_abs_max'  # the convs' (the Linears' weights are ranged as inputs)
 QUANTIZED_OPS = ['conv2d', 'depthwise_conv2d', 'matmul_v2', 'matmul', 'mul']  # PiT's convs, Linears, attention
+LINEAR_OPS = ('matmul_v2', 'matmul', 'mul')  # a Linear's x @ weight in a legacy program (its bias is an add)
 
 
 def legacy_programs():
@@ -148,12 +146,41 @@ def _static_mode_quietly():
             logger.setLevel(level)
 
 
+def route_linear_weights(program_file):
+    """Rewrite the legacy program in program_file (in place, through a temporary file) so that every Linear (a
+    LINEAR_OPS op whose Y is a persistable 2-D weight) reads its weight through an `assign` op; same outputs.
+    PTQ then calibrates that weight as an input (one scale for the tensor). paddle.inference folds the assign
+    back into a constant and fuses the Linear into an int8 `fc` as before, and that fc keeps the calibrated
+    scale: oneDNN's scale pass computes per-channel weight scales (wrongly, see above) only for an fc weight
+    that has none yet."""
+    from paddle.base.framework import Program
+    with open(program_file, 'rb') as f:
+        serialized = f.read()
+    with legacy_programs(), _static_mode_quietly():
+        program = Program.parse_from_string(serialized)
+        block = program.global_block()
+        for index in reversed(range(len(block.ops))):  # an inserted op shifts the ones after it
+            op = block.ops[index]
+            weight = block._find_var_recursive(op.input('Y')[0]) if op.type in LINEAR_OPS else None
+            if weight is None or not weight.persistable or len(weight.shape) != 2:
+                continue
+            routed = block.create_var(name=weight.name + '.routed', shape=weight.shape, dtype=weight.dtype)
+            block._insert_op(index, type='assign', inputs={'X': [weight]}, outputs={'Out': [routed]})
+            op._rename_input(weight.name, routed.name)
+        serialized = program.desc.serialize_to_string()
+    partial = program_file + '.partial'
+    with open(partial, 'wb') as f:
+        f.write(serialized)
+    os.replace(partial, program_file)
+
+
 def quantize_export(prefix, images, input_name):
     """Replace the .pdmodel export at prefix (prefix.pdmodel, .pdiparams) by its int8 quantisation calibrated on
     images (float32 [N, 3, S, S]); input_name is the program's input."""
     from paddle.static.quantization import PostTrainingQuantization
     folder, name = os.path.split(prefix)
     quantized = os.path.join(folder, name + '.int8')
+    route_linear_weights(prefix + '.pdmodel')
     scope = paddle.static.Scope()  # the program's variables, dropped with it
     with legacy_programs(), _static_mode_quietly(), paddle.static.scope_guard(scope):
         ptq = PostTrainingQuantization(

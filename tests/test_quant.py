@@ -158,6 +158,51 @@ def test_a_bf16_export_records_its_precision_and_predict_runs_it_at_bf16(tiny_we
     assert result.returncode == 0 and 'oneDNN bf16' not in result.stdout.splitlines()[-1], result.stderr
 
 
+# ------------------------------------------------------------------ what int8 quantisation does to the program
+
+def linear_inputs(prefix):
+    """[(op type, Y, the type of the op that writes Y or None, whether Y is persistable)] of every matmul_v2 /
+    matmul / mul of the legacy program at prefix."""
+    from paddle.base.framework import Program
+    from quantize import legacy_programs
+    with open(prefix + '.pdmodel', 'rb') as f:
+        serialized = f.read()
+    with legacy_programs():
+        paddle.enable_static()
+        try:
+            block = Program.parse_from_string(serialized).global_block()
+            writers = {name: op.type for op in block.ops for name in op.output_arg_names}
+            return [(op.type, op.input('Y')[0], writers.get(op.input('Y')[0]), block.var(op.input('Y')[0]).persistable)
+                    for op in block.ops if op.type in ('matmul_v2', 'matmul', 'mul')]
+        finally:
+            paddle.disable_static()
+
+
+def test_int8_quantisation_reads_each_linear_weight_through_an_op_and_keeps_the_outputs(tmp_path):
+    """Each Linear's weight reaches its matmul through an `assign` (quantize.route_linear_weights), so that PTQ
+    calibrates it and oneDNN's int8 fc keeps that scale; the attention matmuls and the logits are unchanged."""
+    import shutil
+    from config import build_config, merge_opts
+    from export import export_inference_model
+    from pit import build_pit
+    from quantize import route_linear_weights
+    paddle.seed(3)
+    model = build_pit(merge_opts(build_config(os.path.join(ROOT, 'configs', 'pit_ti.yaml')), TINY))
+    plain = export_inference_model(model, 32, str(tmp_path / 'plain' / 'inference'), legacy_program=True)
+    routed = str(tmp_path / 'routed' / 'inference')
+    shutil.copytree(tmp_path / 'plain', tmp_path / 'routed')
+    route_linear_weights(routed + '.pdmodel')
+    before, after = linear_inputs(plain), linear_inputs(routed)
+    linears = [(op, weight) for op, weight, writer, persistable in before if persistable and writer is None]
+    assert len(linears) == 10  # qkv, proj, fc1, fc2 of 2 blocks, the pooling's class-token Linear, the head
+    assert [(op, weight + '.routed', 'assign', False) for op, weight in linears] == \
+        [row for row in after if row[1].endswith('.routed')]
+    assert [row for row in before if not row[3]] == [row for row in after if not row[1].endswith('.routed')]
+    images = np.random.RandomState(0).rand(4, 3, 32, 32).astype('float32')
+    logits = [run_predictor(create_predictor(prefix, device='cpu'), images) for prefix in (plain, routed)]
+    assert np.array_equal(logits[0], logits[1])
+
+
 # ------------------------------------------------------------------ parity of the formats on a trained PiT
 
 TRAIN = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE',
@@ -214,10 +259,9 @@ def agreement(a, b):
 @pytest.mark.slow
 def test_every_format_of_a_trained_pit_gives_its_logits(trained, tmp_path):
     """fp32 everywhere within 1e-4 of the largest logit. bf16 (8 mantissa bits) within 3% of it and 98% top-1
-    agreement (measured: 0.7-0.9%, 99.75-100%). int8, calibrated on 64 of the images, within 45% and 90% (measured:
-    37%, 96.5% on Paddle 3.3.1; 32%, 96% on 2.6.2; the same program run with fp32 kernels, its int8 rounding
-    simulated, agrees on over 99%: the rest is lost to the weight scales oneDNN gives its int8 fc layers, see
-    quantize.py)."""
+    agreement (measured: 0.7-0.9%, 99.75-100%). int8, calibrated on 64 of the images, within 15% and 97% (measured:
+    9.1%, 98.5% on Paddle 3.3.1; 7.5%, 100% on 2.6.2; 37% and 96.5% when oneDNN's int8 fc layers computed their
+    own weight scales, see quantize.route_linear_weights)."""
     from export import export_inference_model, export_onnx
     model, images, dygraph, _ = trained
     scale = float(np.abs(dygraph).max())
@@ -238,7 +282,7 @@ def test_every_format_of_a_trained_pit_gives_its_logits(trained, tmp_path):
         int8 = export_inference_model(model, 32, str(tmp_path / 'int8'), legacy_program=True)
         quantize_export(int8, images[:64], 'images')
         runs['int8'] = run_predictor(create_predictor(int8, device='cpu', precision='int8'), images)
-        bounds['int8'] = (0.45, 0.9)
+        bounds['int8'] = (0.15, 0.97)
     for name, (error, agrees) in bounds.items():
         assert np.abs(runs[name] - dygraph).max() <= error * scale, name
         assert agreement(runs[name], dygraph) >= agrees, name
