@@ -6,6 +6,9 @@ side by side when available. Any of the configs/*.yaml, with -opts KEY VALUE ...
     PIT_REFERENCE_PYTHON=/path/to/python-with-torch-and-timm python tools/benchmark.py -cfg configs/pit_s.yaml
     python tools/benchmark.py -cfg configs/pit_b.yaml -threads 2 -phases train_step -opts MODEL.DROP_PATH 0.0
 
+`-phases exported_infer exported_infer_bf16 exported_infer_int8` times the export at oneDNN's CPU precisions too
+(not run by default; int8 calibrated on the timed batch), each against the reference's eager fp32 model.
+
 Where a GPU exists, everything runs on it, train_step_amp adds a training step under auto_cast (AMP_DTYPE), and
 the reference runs on CUDA (ratios are printed only when both sides ran on the same kind of device).
 
