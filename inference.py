@@ -16,9 +16,13 @@ export runs on (paddle.inference, onnxruntime). predict.py and tools/export_mode
 """
 import atexit
 import collections
+import contextlib
 import os
+import re
 import shutil
+import sys
 import tempfile
+import warnings
 
 import numpy as np
 import paddle
@@ -297,17 +301,68 @@ def settings_for(program, device='auto', use_trt=False, precision='fp32', batch=
                               onednn=paddle.base.core.is_compiled_with_mkldnn())
 
 
+# the summary line each oneDNN int8 pass writes to stderr (past GLOG_minloglevel, in colour), e.g.
+# '---    quantized 23 fc ops', '---    squashed 84 dequantize-quantize pairs'
+ONEDNN_PASS_SUMMARY = re.compile(r'^(?:\x1b\[[0-9;]*m)*---\s+(quantized|squashed) (\d+) (.*?)\s*(?:\x1b\[[0-9;]*m)*$')
+
+
+def quantized_ops(summary_lines):
+    """{op type: count} of the 'quantized N <op> ops' lines among summary_lines (fused variants and 'with residual
+    connection' counts added to their op)."""
+    counts = collections.Counter()
+    for line in summary_lines:
+        match = ONEDNN_PASS_SUMMARY.match(line)
+        if match and match.group(1) == 'quantized':
+            counts[match.group(3).split()[0].replace('fused_', '')] += int(match.group(2))
+    return dict(counts)
+
+
+@contextlib.contextmanager
+def onednn_summaries_kept_apart(summaries):
+    """Within the block, stderr (file descriptor 2, where paddle.inference's C++ writes) goes through a file: the
+    oneDNN pass summary lines are appended to the list summaries, everything else is written back to stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                capture.seek(0)
+                for line in capture.read().decode('utf-8', 'replace').splitlines(keepends=True):
+                    if ONEDNN_PASS_SUMMARY.match(line.rstrip('\n')):
+                        summaries.append(line.rstrip('\n'))
+                    else:
+                        sys.stderr.write(line)
+                sys.stderr.flush()
+    finally:
+        os.close(saved)
+
+
 def build_predictor(model_prefix, settings):
-    """A paddle.inference predictor of the export at model_prefix under settings. Raises ExportError naming the
-    export when paddle.inference cannot load it (a damaged or foreign file)."""
+    """A paddle.inference predictor of the export at model_prefix under settings, without the oneDNN int8 passes'
+    summary lines on stderr; where those say that no fully-connected layer was quantised, a RuntimeWarning says the
+    Linears run in fp32 (the int8 export would then gain little: see quantize.route_linear_weights). Raises
+    ExportError naming the export when paddle.inference cannot load it (a damaged or foreign file)."""
     if settings.tensorrt == 'paddle.tensorrt':
         model_prefix = tensorrt_program(model_prefix, settings)
     config = paddle_inference.Config(*model_files(model_prefix))
     apply_settings(config, settings)
+    summaries = []
     try:
-        return paddle_inference.create_predictor(config)
+        with onednn_summaries_kept_apart(summaries):
+            predictor = paddle_inference.create_predictor(config)
     except (RuntimeError, ValueError, OSError) as e:
         raise ExportError(f"cannot load the exported model '{model_prefix}': {error_line(e)}") from None
+    counts = quantized_ops(summaries)
+    if counts and not counts.get('fc'):
+        warnings.warn(f"'{model_prefix}': paddle.inference quantised no fully-connected layer of this int8 export "
+                      f'({", ".join(f"{n} {op}" for op, n in counts.items() if n)}): its Linears run in fp32',
+                      RuntimeWarning, stacklevel=2)
+    return predictor
 
 
 def create_predictor(model_prefix, device='auto', use_trt=False, precision='fp32', threads=0, batch=1,

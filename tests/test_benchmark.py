@@ -59,3 +59,4 @@ def test_benchmark_times_the_export_at_bf16_and_int8_beside_fp32(tmp_path):
     ours = json.loads(out.read_text())['ours']
     assert all(ours[p]['img_per_s'] > 0 for p in ('exported_infer', 'exported_infer_bf16', 'exported_infer_int8'))
     assert '| exported_infer_int8 |' in result.stdout and '| exported_infer_bf16 |' in result.stdout
+    assert '| train_step |' not in result.stdout  # the table has the phases asked for

@@ -14,7 +14,7 @@ from paddle import inference
 
 from conftest import one_line_error
 from inference import (CPU_PRECISION_FLAGS, ExportError, apply_settings, cpu_flags, create_predictor,
-                       predictor_settings, run_predictor)
+                       onednn_summaries_kept_apart, predictor_settings, quantized_ops, run_predictor)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['DATA.IMAGE_SIZE', '32', 'MODEL.NUM_CLASSES', '10', 'MODEL.TRANS.PATCH_SIZE', '4', 'MODEL.TRANS.STRIDE', '2',
@@ -313,3 +313,17 @@ def test_an_int8_export_is_made_with_this_paddle_and_predict_runs_it_at_int8(tra
                       os.path.join(root, 'val', '3'), opts=TRAIN)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'on cpu, oneDNN int8' in result.stdout.splitlines()[-1]
+    # the oneDNN passes' summaries are kept off stderr, and they quantised the Linears (else a warning says so)
+    assert '---' not in result.stderr and 'run in fp32' not in result.stderr, result.stderr[-3000:]
+
+
+def test_onednn_pass_summaries_are_kept_apart_and_counted_and_other_stderr_passes_through(capfd):
+    """paddle.inference's C++ writes the oneDNN int8 passes' summaries to file descriptor 2, past glog's level."""
+    summaries = []
+    with onednn_summaries_kept_apart(summaries):
+        os.write(2, b'\x1b[37m---    quantized 23 fc ops \x1b[0m\n\x1b[37m---    quantized 3 fused_conv2d ops \x1b[0m\n'
+                    b'a real error line\n\x1b[37m---    quantized 2 fc ops with residual connection\x1b[0m\n'
+                    b'---    squashed 84 dequantize-quantize pairs\n')
+    assert capfd.readouterr().err == 'a real error line\n'
+    assert len(summaries) == 4
+    assert quantized_ops(summaries) == {'fc': 25, 'conv2d': 3}

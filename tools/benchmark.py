@@ -372,8 +372,7 @@ def markdown(result):
              f"ours peak MB | reference img/s | reference peak MB | speed ours / reference | "
              f"peak ours / reference |", '|---|---|---|---|---|---|---|']
     nan = float('nan')
-    for phase in [p for p in PHASES + DATA_PHASES + GPU_PHASES + list(CPU_PRECISION_PHASES)
-                  if p in result['ours'] or p in PHASES]:
+    for phase in [p for p in result['phases'] if p not in DETAIL_PHASES]:  # a failed phase: a row of nan
         ours = result['ours'].get(phase, {})
         ref = (result.get('reference') or {}).get(phase, {})
         pairs = result.get('pair_ratios', {}).get(phase)  # the median of the pairs' ratios, where pairs ran
@@ -435,7 +434,7 @@ def main():
               'gmacs': count_macs(model, args.image_size)['total'] / 1e9, 'paddle': paddle.__version__,
               'machine': f'{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or "cpu"}',
               'device': 'gpu' if on_gpu else 'cpu', 'date': time.strftime('%Y-%m-%d'),
-              'optimizer': args.optimizer['name'], 'ours': {}}
+              'optimizer': args.optimizer['name'], 'phases': args.phases, 'ours': {}}
     print(f"{variant}: {result['params'] / 1e6:.2f}M params, {result['gmacs']:.2f} GMACs, batch {args.batch_size}, "
           f"{args.threads} threads, training step with {args.optimizer['name']}")
     reference_error = None if not args.no_reference else 'not asked for'
