@@ -127,7 +127,9 @@ def test_a_model_trained_to_find_a_square_has_a_stage_whose_attention_peaks_in_t
     the stage it reads in peaks in that corner for nearly all new images (>= 90% of 64; a map that ignored the
     square would hit 25%; over seeds 0-11 on Paddle 3.3.1 and 0-2 on 2.6.2, the worst such stage did 95%, but
     not for every model that learns: seed 10 stays at 75% accuracy after 300 steps, and after 500 it is right on
-    all images with no stage above 59%, so the test keeps seed 0 and 300 steps).
+    all images with no stage above 59%, so the test keeps seed 0 and 300 steps). The model is trained in a fresh
+    process set up as this test module is, the condition of those figures: inside the whole suite, whose earlier
+    tests change process-wide settings, seed 0 on 2.6.2 gave another model (89%).
 
     What is not asserted, and why (measured over seeds): the last stage alone, because the class token may
     read the square in the second stage and carry the answer through the pooling's Linear, its last stage then
@@ -137,7 +139,12 @@ def test_a_model_trained_to_find_a_square_has_a_stage_whose_attention_peaks_in_t
     even for models whose last-stage rollout was right for all of them. The distractors are needed: with the
     white square alone, a model may read where the square is not (the empty corners' background), and the
     attention then peaks away from it."""
-    accuracy, found = square_found(seed=0)
+    code = (f'import json, sys; sys.path[:0] = [{ROOT!r}, {os.path.join(ROOT, "tests")!r}]; '
+            'from test_visualize import square_found; accuracy, found = square_found(seed=0); '
+            'print(json.dumps([float(accuracy), [float(f) for f in found]]))')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    accuracy, found = json.loads(result.stdout.strip().splitlines()[-1])
     assert accuracy >= 0.95, f'the model did not learn the task (accuracy {accuracy:.2f}): no map to judge'
     assert max(found) >= 0.9, f'no stage of the class token looks at the square: per stage {found}'
 
