@@ -4,6 +4,8 @@ import multiprocessing
 import os
 import pickle
 
+import quiet  # noqa: F401  (first, as in every entry point: a spawned process imports this module before paddle)
+
 import numpy as np
 import pytest
 
@@ -45,7 +47,8 @@ def sample_in_spawned_process(dataset, key):
 def test_a_worker_started_by_spawn_builds_the_same_sample(data):
     dataset = build_dataset(recipe(data), 'train')
     with multiprocessing.get_context('spawn').Pool(1) as pool:
-        spawned = pool.apply(sample_in_spawned_process, (dataset, (3, 99)))
+        # a bound, so that a worker that never answers fails the test instead of holding the suite
+        spawned = pool.apply_async(sample_in_spawned_process, (dataset, (3, 99))).get(timeout=120)
     np.testing.assert_array_equal(spawned, dataset[(3, 99)][0])
 
 
