@@ -310,8 +310,9 @@ def class_difference(first, first_name, second, second_name):
     first, second = list(first), list(second)
     if first == second:
         return None
-    only_first = [c for c in first if c not in set(second)]
-    only_second = [c for c in second if c not in set(first)]
+    first_set, second_set = set(first), set(second)
+    only_first = [c for c in first if c not in second_set]
+    only_second = [c for c in second if c not in first_set]
     if not only_first and not only_second:
         at = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
         return f"the same classes in another order (label {at} is '{first[at]}' in {first_name}, " \
